@@ -1,0 +1,32 @@
+"""The library's exceptions: one small hierarchy the CLI maps to exit codes.
+
+`UsageError` is a user mistake (bad option, missing folder, unknown dataset): exit
+code 2. `TrainingFailure` is a run that started and could not finish (a loss that
+became NaN): exit code 1. Library code never calls `sys.exit` or imports click.
+"""
+
+
+class ResNetKerasError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(ResNetKerasError, ValueError):
+    """The caller asked for something invalid; the message says what is accepted."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A configuration value is out of range or inconsistent."""
+
+
+class DataError(UsageError):
+    """A dataset cannot be found, read or decoded."""
+
+
+class TrainingFailure(ResNetKerasError):
+    """Training started but could not finish (for example the loss became NaN)."""
+
+    exit_code = 1
