@@ -7,8 +7,8 @@ Augmentation follows He et al. 2015, "Deep Residual Learning for Image Recogniti
   the original 32x32 image."
 * ``"imagenet"`` (sec. 3.4): scale augmentation with random crops and horizontal flips. We use the
   random-resized crop of Szegedy et al. (area 8-100 %, aspect 3/4-4/3) that reimplementations use;
-  evaluation resizes the shorter side to ``image_size / 0.875`` and takes the centre crop (the
-  paper's single-crop "10-crop" baseline view).
+  evaluation resizes the shorter side to ``image_size / 0.875`` and takes the centre crop, the
+  usual single-crop view (the paper's 10-crop and multi-scale testing are not done here).
 * ``"none"``: resize only.
 
 Every dataset yields ``(images, labels)``: float32 ``[batch, image_size, image_size, 3]`` with raw
@@ -35,7 +35,6 @@ from resnet_keras.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-BUILTIN_DATASETS = ("folder", "synthetic", "digits")
 AUGMENTATIONS = ("auto", "cifar", "imagenet", "none")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 CACHE_LIMIT_BYTES = 2 * 1024**3
@@ -74,24 +73,22 @@ class DataConfig:
     synthetic_classes: int = 10
 
     def __post_init__(self):
-        for name in ("dataset", "train_split"):
-            _require(name, getattr(self, name), isinstance(getattr(self, name), str)
-                     and getattr(self, name), "a non-empty string")
-        for name in ("data_dir", "val_split"):
-            value = getattr(self, name)
-            _require(name, value, value is None or (isinstance(value, str) and value),
-                     "None or a non-empty string")
-        fraction = self.validation_fraction
-        _require("validation_fraction", fraction, isinstance(fraction, (int, float))
-                 and not isinstance(fraction, bool) and 0 < fraction < 1,
-                 "a number strictly between 0 and 1")
-        _require("augment", self.augment, self.augment in AUGMENTATIONS, f"one of {AUGMENTATIONS}")
-        for name in ("cache", "deterministic", "skip_corrupt"):
-            _require(name, getattr(self, name), isinstance(getattr(self, name), bool), "True or False")
-        for name, low in (("shuffle_buffer", 1), ("seed", 0), ("synthetic_examples", 2),
-                          ("synthetic_classes", 2)):
-            value = getattr(self, name)
-            _require(name, value, _is_int(value) and value >= low, f"an integer >= {low}")
+        def check(names, ok, expected):
+            for name in names:
+                _require(name, getattr(self, name), ok(getattr(self, name)), expected)
+
+        check(("dataset", "train_split"), lambda v: isinstance(v, str) and v, "a non-empty string")
+        check(("data_dir", "val_split"), lambda v: v is None or (isinstance(v, str) and v),
+              "None or a non-empty string")
+        check(("validation_fraction",), lambda v: isinstance(v, (int, float))
+              and not isinstance(v, bool) and 0 < v < 1, "a number strictly between 0 and 1")
+        check(("augment",), lambda v: v in AUGMENTATIONS, f"one of {AUGMENTATIONS}")
+        check(("cache", "deterministic", "skip_corrupt"), lambda v: isinstance(v, bool),
+              "True or False")
+        check(("seed",), lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+        check(("shuffle_buffer",), lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        check(("synthetic_examples", "synthetic_classes"), lambda v: _is_int(v) and v >= 2,
+              "an integer >= 2")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,7 +98,8 @@ class DataConfig:
         fields = [f.name for f in dataclasses.fields(cls)]
         if not isinstance(d, dict) or set(d) - set(fields):
             unknown = sorted(set(d) - set(fields)) if isinstance(d, dict) else d
-            raise ConfigError(f"Received: DataConfig keys {unknown!r}; expected keys among {fields}")
+            raise ConfigError(f"Received: DataConfig keys {unknown!r}; "
+                              f"expected keys among {fields}")
         return cls(**d)
 
 
@@ -180,7 +178,8 @@ def make_dataset(config: DataConfig, split: str, *, image_size: int, batch_size:
         except ValueError as err:
             raise DataError(f"Received: batch_size={batch_size}; {err}") from err
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        count = len(range(input_context.input_pipeline_id, count, input_context.num_input_pipelines))
+        count = len(range(count)[input_context.input_pipeline_id::
+                                 input_context.num_input_pipelines])
 
     options = tf.data.Options()
     # Evaluation keeps the order regardless, so predictions line up with files and labels.
@@ -247,7 +246,8 @@ def _augment_and_batch(ds, family, training, size, batch_size, drop_remainder, s
         return ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if family == "cifar" and training:
-        # One vectorised op per batch instead of a per-image map: ~10x cheaper on 32x32 images.
+        # One vectorised gather per batch: 94k images/s on 2 cores vs 26k for a per-image map,
+        # which leaves the cores to the model.
         return tf.data.Dataset.zip((ds, seeds)).map(
             lambda batch, key: _pad_crop_flip(batch[1], key, batch[2]),
             num_parallel_calls=tf.data.AUTOTUNE)
@@ -264,7 +264,8 @@ def _pad_crop_flip(images, key, labels):
     n, size = tf.shape(images)[0], images.shape[1]
     # Zero (black) padding as in common reimplementations; the paper pads after mean subtraction.
     padded = tf.pad(images, [[0, 0], [CIFAR_PAD, CIFAR_PAD], [CIFAR_PAD, CIFAR_PAD], [0, 0]])
-    offsets = tf.random.stateless_uniform([2, n], tf.stack([key, 0]), 0, 2 * CIFAR_PAD + 1, tf.int32)
+    offsets = tf.random.stateless_uniform([2, n], tf.stack([key, 0]), 0, 2 * CIFAR_PAD + 1,
+                                          tf.int32)
     flip = tf.random.stateless_uniform([n], tf.stack([key, 1])) < 0.5
     steps = tf.range(size)
     rows = offsets[0][:, None] + steps
@@ -333,8 +334,8 @@ def _cache_bytes(part: _Split, count: int, family: str, size: int) -> float:
 def _fill_cache_and_check(ds, part: _Split, input_context, config: DataConfig) -> int:
     """Decodes the whole split into the cache; names files that failed. Returns how many."""
     start = time.perf_counter()
-    seen = np.concatenate([np.zeros([0], np.int64)]
-                          + list(ds.map(lambda i, image, label: i).batch(8192).as_numpy_iterator()))
+    indices = ds.map(lambda index, image, label: index).batch(8192).as_numpy_iterator()
+    seen = np.concatenate([np.zeros([0], np.int64), *indices])
     expected = np.arange(part.count)
     if input_context is not None:
         expected = expected[input_context.input_pipeline_id::input_context.num_input_pipelines]
@@ -444,8 +445,8 @@ def _synthetic_source(config: DataConfig) -> _Source:
 
         def generate(index):
             seed = tf.stack([tf.cast(config.seed, tf.int64), index])
-            pixels = tf.random.stateless_uniform([image_size, image_size, 3], seed, 0, 256, tf.int32)
-            return tf.cast(pixels, tf.uint8)
+            shape = [image_size, image_size, 3]
+            return tf.cast(tf.random.stateless_uniform(shape, seed, 0, 256, tf.int32), tf.uint8)
 
         return _Split(items, counts[name], generate, (image_size, image_size))
 
@@ -483,14 +484,16 @@ def _scan_split(directory: Path, class_names: tuple[str, ...], config: DataConfi
     are not JPEG/PNG/GIF/BMP are skipped (skip_corrupt) or raise a DataError naming them."""
     found = tuple(d.name for d in _subdirs(directory))
     if found != class_names:
-        missing, extra = sorted(set(class_names) - set(found)), sorted(set(found) - set(class_names))
+        missing = sorted(set(class_names) - set(found))
+        extra = sorted(set(found) - set(class_names))
         raise DataError(f"Class folders in {directory} differ from those in {train_dir}: "
                         f"missing {missing}, extra {extra}")
     paths, labels, bad = [], [], []
     for label, name in enumerate(class_names):
         files = _list_images(directory / name)
         if not files and directory == train_dir:
-            raise DataError(f"Class folder {directory / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(f"Class folder {directory / name} has no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)})")
         for path in files:
             if _is_image(path):
                 paths.append(path)
@@ -509,7 +512,7 @@ def _scan_split(directory: Path, class_names: tuple[str, ...], config: DataConfi
 
 
 def _folder_split(paths: np.ndarray, labels: np.ndarray, skipped: int, seed: int) -> _Split:
-    # Listing order is class by class; a fixed permutation lets a bounded shuffle buffer mix classes.
+    # Listings go class by class; a fixed permutation lets a bounded shuffle buffer mix classes.
     order = np.random.default_rng(seed).permutation(len(paths))
     paths, labels = paths[order], labels[order]
 
@@ -533,7 +536,8 @@ def _folder_source(config: DataConfig) -> _Source:
     if not _subdirs(root):
         raise DataError(f"No class folders in {root}; expected {layouts}")
     train_dir = root / config.train_split
-    split_dirs = {d.name: d for d in _subdirs(root)} if train_dir.is_dir() and _subdirs(train_dir) else {}
+    has_splits = train_dir.is_dir() and _subdirs(train_dir)
+    split_dirs = {d.name: d for d in _subdirs(root)} if has_splits else {}
     if not split_dirs:
         if config.val_split is not None:
             raise DataError(f"Received: val_split={config.val_split!r}; {root} holds class "
@@ -544,7 +548,8 @@ def _folder_source(config: DataConfig) -> _Source:
     val_name = config.val_split or next((n for n in ("validation", "val") if n in split_dirs), None)
     if val_name is None:
         keep, held = _carve(labels, config.validation_fraction, SPLIT_SEED)
-        parts = {"train": (paths[keep], labels[keep], skipped), "val": (paths[held], labels[held], 0)}
+        parts = {"train": (paths[keep], labels[keep], skipped),
+                 "val": (paths[held], labels[held], 0)}
     elif val_name in split_dirs:
         parts = {"train": (paths, labels, skipped),
                  "val": _scan_split(split_dirs[val_name], class_names, config, train_dir)}
@@ -585,30 +590,52 @@ def _network_available(url: str = _TFDS_PROBE_URL, timeout: float = _PROBE_TIMEO
     return bool(reached)
 
 
-def _prepared_builder(config: DataConfig):
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _tfds_builder(config: DataConfig):
+    """The registered builder, checked to be image classification before anything is downloaded.
+    Returns (builder, image feature key, label feature key)."""
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(config.dataset, data_dir=config.data_dir)
-    except ValueError as err:  # DatasetNotFoundError, bad config or version
-        raise DataError(f"Received: dataset={config.dataset!r}; {_ACCEPTED}") from err
+    except (ValueError, AssertionError) as err:  # unknown name, config or version
+        reason = _ACCEPTED if isinstance(err, tfds.core.registered.DatasetNotFoundError) else (
+            _first_line(err))
+        raise DataError(f"Received: dataset={config.dataset!r}; {reason}") from err
+    info = builder.info
+    keys = info.supervised_keys
+    pair = isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys)
+    image_key, label_key = keys if pair else ("image", "label")
+    image = info.features[image_key] if image_key in info.features else None
+    label = info.features[label_key] if label_key in info.features else None
+    if not (isinstance(image, tfds.features.Image) and isinstance(label, tfds.features.ClassLabel)
+            and image.shape[-1] in (1, 3, 4) and image.np_dtype == np.uint8):
+        raise DataError(f"Received: dataset={config.dataset!r}, which is not an image "
+                        f"classification dataset (features: {sorted(info.features)}); {_ACCEPTED}")
+    return builder, image_key, label_key
+
+
+def _prepare(builder, name: str) -> None:
+    """Downloads and prepares the dataset unless it is prepared; fails fast when offline."""
     if builder.is_prepared():
-        return builder
+        return
     root = builder.data_dir_root
     # tfds.load retries for ~200 s when offline; a 3 s probe tells the user at once.
     if not _network_available():
         raise DataError(
-            f"TFDS dataset {config.dataset!r} is not prepared under {root} and there is no network "
-            f"to download it; use --dataset folder --data-dir <root of <class>/<image> folders>, or "
-            f"a --data-dir holding a prepared copy made with `tfds build {config.dataset} "
-            f"--data_dir DIR` on a networked machine")
-    log.info("Downloading and preparing TFDS dataset %s into %s", config.dataset, root)
+            f"TFDS dataset {name!r} is not prepared under {root} and there is no network to "
+            f"download it; use --dataset folder --data-dir <root of <class>/<image> folders>, or a "
+            f"--data-dir holding a prepared copy made with `tfds build {name} --data_dir DIR` on a "
+            f"networked machine")
+    log.info("Downloading and preparing TFDS dataset %s into %s", name, root)
     try:
         builder.download_and_prepare()
     except Exception as err:  # noqa: BLE001 - any failure here is reported as a data problem
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DataError(f"Cannot prepare TFDS dataset {config.dataset!r} under {root}: {first_line}") from err
-    return builder
+        raise DataError(f"Cannot prepare TFDS dataset {name!r} under {root}: "
+                        f"{_first_line(err)}") from err
 
 
 def _tfds_source(config: DataConfig) -> _Source:
@@ -616,18 +643,10 @@ def _tfds_source(config: DataConfig) -> _Source:
     (ClassLabel), or the dataset's supervised keys."""
     import tensorflow_datasets as tfds
 
-    builder = _prepared_builder(config)
+    builder, image_key, label_key = _tfds_builder(config)
+    _prepare(builder, config.dataset)
     info = builder.info
-    keys = info.supervised_keys
-    pair = isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys)
-    image_key, label_key = keys if pair else ("image", "label")
-    image_feature = info.features[image_key] if image_key in info.features else None
-    label_feature = info.features[label_key] if label_key in info.features else None
-    if not (isinstance(image_feature, tfds.features.Image)
-            and isinstance(label_feature, tfds.features.ClassLabel)
-            and image_feature.shape[-1] in (1, 3, 4) and image_feature.np_dtype == np.uint8):
-        raise DataError(f"Received: dataset={config.dataset!r}, which is not an image "
-                        f"classification dataset (features: {sorted(info.features)}); {_ACCEPTED}")
+    image_feature = info.features[image_key]
 
     def count(expr):
         try:
@@ -654,7 +673,7 @@ def _tfds_source(config: DataConfig) -> _Source:
         return _Split(items, n, lambda data: _to_rgb(image_feature.decode_example(data)),
                       tuple(image_feature.shape[:2]))
 
-    return _Source(tuple(label_feature.names), count(train), count(val), 0, split)
+    return _Source(tuple(info.features[label_key].names), count(train), count(val), 0, split)
 
 
 # ----------------------------------------------------------------------------- validation helpers

@@ -60,7 +60,7 @@ def raises_data_error(fn, *fragments) -> str:
 
 
 def image_folder(root: Path, mini: Path, layout: dict[str, dict[str, int]]) -> Path:
-    """root/<split>/<class>/ with the first n real JPEGs of that class (symlinks); split '' = flat."""
+    """root/<split>/<class>/ holding the first n real JPEGs of the class (symlinks); '' = flat."""
     for split, classes in layout.items():
         for name, n in classes.items():
             target = root / split / name
@@ -128,7 +128,8 @@ def test_digits(tmp_path):
                                num_val=144, channels=3)
     train_x, train_y, _ = collect(make_dataset(config, "train", image_size=32, batch_size=128,
                                                training=False))
-    val_x, _, _ = collect(make_dataset(config, "val", image_size=32, batch_size=128, training=False))
+    val_x, _, _ = collect(make_dataset(config, "val", image_size=32, batch_size=128,
+                                       training=False))
     test_x, test_y, _ = collect(make_dataset(config, "test", image_size=32, batch_size=128,
                                              training=False))
     assert (len(train_y), len(val_x), len(test_y)) == (1294, 144, 359)  # 1797 = 80/20, then 90/10
@@ -155,7 +156,8 @@ def test_digits(tmp_path):
 def test_digits_native_size():
     x, _, _ = collect(make_dataset(DataConfig(dataset="digits"), "val", image_size=8,
                                    batch_size=200, training=False))
-    assert x.shape == (144, 8, 8, 3) and set(np.unique(x)) <= {round(v * 255 / 16) for v in range(17)}
+    assert x.shape == (144, 8, 8, 3)
+    assert set(np.unique(x)) <= {round(v * 255 / 16) for v in range(17)}  # unresized 0..16 levels
 
 
 def test_synthetic():
@@ -169,7 +171,8 @@ def test_synthetic():
     assert set(np.unique(y)) <= set(range(7)) and len(set(np.unique(y))) > 3
     again, _, _ = collect(ds)
     assert np.array_equal(x, again)  # generated once, cached
-    forever = make_dataset(config, "train", image_size=24, batch_size=32, training=True, repeat=True)
+    forever = make_dataset(config, "train", image_size=24, batch_size=32, training=True,
+                           repeat=True)
     assert len(list(forever.take(10))) == 10
 
 
@@ -240,7 +243,8 @@ def test_tfds_cifar10_mock(cifar10_tfds_dir):
             assert sizes == ([16, 16] if training else [16, 16, 8])
             assert 0 <= x.min() and x.max() <= 255 and x.std() > 30
             assert 0 <= y.min() and y.max() <= 9
-        x, _, _ = collect(make_dataset(config, "test", image_size=64, batch_size=16, training=False))
+        x, _, _ = collect(make_dataset(config, "test", image_size=64, batch_size=16,
+                                       training=False))
         assert x.shape == (40, 64, 64, 3)
 
 
@@ -306,7 +310,16 @@ def test_tfds_not_prepared_online_downloads(tmp_path, monkeypatch):
 
 def test_unknown_dataset_name():
     raises_data_error(lambda: describe(DataConfig(dataset="foo")),
-                      "Received: dataset='foo'; expected a TFDS name, 'folder', 'synthetic' or 'digits'")
+                      "Received: dataset='foo'; expected a TFDS name, 'folder', 'synthetic' or "
+                      "'digits'")
+
+
+def test_tfds_non_image_dataset_and_bad_version_fail_before_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_network_available", lambda: pytest.fail("must not reach the net"))
+    raises_data_error(lambda: describe(DataConfig(dataset="glue", data_dir=str(tmp_path))),
+                      "dataset='glue', which is not an image classification dataset")
+    raises_data_error(lambda: describe(DataConfig(dataset="cifar10:9.9.9", data_dir=str(tmp_path))),
+                      "dataset='cifar10:9.9.9'", "3.0.2")
 
 
 # ----------------------------------------------------------------------------- augmentation
