@@ -199,7 +199,10 @@ def make_dataset(config: DataConfig, split: str, *, image_size: int, batch_size:
     if use_cache:
         ds = ds.cache()
         if part.files:  # fill the cache now, so undecodable files are named before training
-            skipped += _fill_cache_and_check(ds.with_options(options), part, input_context, config)
+            bad = _fill_cache_and_check(ds.with_options(options), part, input_context, config)
+            # ignore_errors hid the size; Keras needs it for progress bars and epoch ends.
+            ds = ds.apply(tf.data.experimental.assert_cardinality(count - bad))
+            skipped += bad
 
     if config.dataset == "synthetic":  # generated once, cached as batches: ~free per step
         ds = ds.batch(batch_size, drop_remainder=drop_remainder).cache()

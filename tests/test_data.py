@@ -183,6 +183,7 @@ def test_folder_with_split_folders(mini):
     ds = make_dataset(config, "val", image_size=32, batch_size=64, training=False)
     x, y, sizes = collect(ds)
     assert sizes == [64, 64, 64, 8]  # eval keeps the remainder
+    assert ds.cardinality() == 4  # known, so Keras shows progress and ends epochs cleanly
     assert x.shape == (200, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
     assert x.min() >= 0 and x.max() <= 255 and x.max() > 200
     assert np.array_equal(np.bincount(y), [20] * 10)
@@ -246,6 +247,20 @@ def test_tfds_cifar10_mock(cifar10_tfds_dir):
         x, _, _ = collect(make_dataset(config, "test", image_size=64, batch_size=16,
                                        training=False))
         assert x.shape == (40, 64, 64, 3)
+
+
+def test_tfds_prepared_copy_grayscale(tmp_path):
+    """Real TFRecords (TFDS's offline dummy_mnist: 28x28x1) through the unmocked reader."""
+    from tensorflow_datasets.testing import DummyMnist
+
+    DummyMnist(data_dir=str(tmp_path)).download_and_prepare()
+    config = DataConfig(dataset="dummy_mnist", data_dir=str(tmp_path))
+    info = describe(config)
+    assert (info.num_classes, info.num_train, info.num_val, info.channels) == (10, 18, 2, 3)
+    x, y, sizes = collect(make_dataset(config, "test", image_size=32, batch_size=8,
+                                       training=False))
+    assert x.shape == (20, 32, 32, 3) and sizes == [8, 8, 4]
+    assert np.array_equal(x[..., 0], x[..., 1]) and 0 <= y.min() and y.max() <= 9
 
 
 @pytest.mark.parametrize("val_split, fraction, expected", [
@@ -497,3 +512,4 @@ def test_skip_corrupt_drops_and_counts(folder_with_bad_files, cache):
     assert len(y) == 10 and np.array_equal(np.bincount(y), [5, 5])
     # With the cache every file is decoded up front, so the truncated JPEG is counted too.
     assert ds.skipped_files == (2 if cache else 1)
+    assert ds.cardinality() == (3 if cache else tf.data.UNKNOWN_CARDINALITY)
