@@ -1,0 +1,36 @@
+"""ResNet (He et al. 2015; pre-activation: He et al. 2016) for TensorFlow and Keras 3.
+
+    >>> import resnet_keras
+    >>> model = resnet_keras.create_model("resnet20")          # CIFAR-10, option A shortcuts
+    >>> model = resnet_keras.build_model(resnet_keras.ModelConfig(depth=50, variant="v1.5"))
+
+Names are imported on first use, so `import resnet_keras` (and `resnet-keras --help`)
+does not pay TensorFlow's start-up time until a model or dataset is touched.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "config": ["ModelConfig"],
+    "errors": ["ConfigError", "DataError", "ResNetKerasError", "TrainingFailure", "UsageError"],
+    "models": [
+        "build_backbone", "build_classifier", "build_model", "count_multiply_adds", "count_parameters",
+        "create_model", "describe", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+        "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
+    ],
+    "specs": ["PRESETS", "StageSpec"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'resnet_keras' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"resnet_keras.{_WHERE[name]}"), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,23 @@
+"""Shared test fixtures: the real data beside the project, and test markers."""
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~10 s; deselect with -m 'not slow'")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """`../shared/data` (real CIFAR-10 JPEGs). Missing data is a failure, never a skip."""
+    if not (SHARED_DATA / "cifar10-mini" / "train").is_dir():
+        pytest.fail(f"real test data is missing: expected {SHARED_DATA}/cifar10-mini (see ../shared/data/README.md)")
+    return SHARED_DATA
