@@ -1,0 +1,46 @@
+"""resnet-keras: the ResNets of He et al. on TensorFlow and Keras 3.
+
+TensorFlow is an extra so that pip never installs two TensorFlows:
+    pip install -e ".[cpu]"    # tensorflow-cpu, smallest download, no GPU
+    pip install -e ".[gpu]"    # tensorflow[and-cuda], CUDA libraries from pip (Linux)
+    pip install -e ".[tf]"     # the plain tensorflow wheel
+"""
+
+from setuptools import find_packages, setup
+
+TENSORFLOW = ">=2.16,<2.22"
+
+setup(
+    name="resnet-keras",
+    version="0.1.0",
+    description="Paper-faithful ResNets (He et al. 2015, 2016) on TensorFlow and Keras 3: build, train, tune, export.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.14",
+    packages=find_packages(include=["resnet_keras", "resnet_keras.*"]),
+    install_requires=[
+        "keras>=3.5",
+        "click>=8.1",
+        "numpy",
+        "tensorflow-datasets>=4.9",
+        # tensorflow-datasets 4.9.10 imports it on every Python but only declares it for old ones.
+        "importlib_resources",
+        "keras-tuner>=1.4",
+        # keras-tuner imports tensorboard's hparams plugin; TF 2.21 no longer installs tensorboard.
+        "tensorboard",
+        "scikit-learn",  # the bundled `digits` dataset, and Bayesian search in keras-tuner
+        "matplotlib",  # training-curve and confusion-matrix PNGs
+        "pyyaml",  # --config files
+    ],
+    extras_require={
+        "cpu": [f"tensorflow-cpu{TENSORFLOW}"],
+        "gpu": [f"tensorflow[and-cuda]{TENSORFLOW}"],
+        "tf": [f"tensorflow{TENSORFLOW}"],
+        "test": ["pytest>=7", "pytest-xdist"],
+    },
+    entry_points={"console_scripts": ["resnet-keras=resnet_keras.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

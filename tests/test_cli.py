@@ -1,0 +1,66 @@
+"""The `resnet-keras` command line: output, exit codes and one-line errors."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from resnet_keras.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_info_json_gives_published_sizes():
+    result = run("info", "--depth", "18", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["resnet18"]["trainable_params"] == 11_689_512
+    assert rows["resnet18"]["blocks_per_stage"] == [2, 2, 2, 2]
+    assert rows["resnet18"]["multiply_adds"] == pytest.approx(1.8e9, rel=0.02)
+    assert set(rows) == {"resnet18", "resnet18_v2"}
+
+
+def test_info_table_for_cifar_presets():
+    result = run("info", "--family", "cifar", "--variant", "v1")
+    assert result.exit_code == 0, result.output
+    for name, params in [("resnet20", "269,722"), ("resnet56", "853,018"), ("resnet1202", "19,421,274")]:
+        line = next(l for l in result.output.splitlines() if l.split()[0] == name)
+        assert params in line
+
+
+def test_info_accepts_any_6n_plus_2_depth_and_overrides():
+    result = run("info", "--depth", "26", "--width", "2", "--num-classes", "100", "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert (row["family"], row["blocks_per_stage"], row["width"], row["num_classes"]) == ("cifar", [4, 4, 4], 2.0, 100)
+
+
+def test_info_can_force_the_cifar_family_for_depth_50():
+    result = run("info", "--depth", "50", "--family", "cifar", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert {r["family"] for r in rows} == {"cifar"} and rows[0]["blocks_per_stage"] == [8, 8, 8]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["info", "--depth", "51"], "depth=51"),
+    (["info", "--depth", "50", "--width", "-1"], "width=-1.0"),
+    (["info", "--depth", "50", "--image-size", "4"], "image_size=4"),
+    (["info", "--family", "resnext"], "'--family'"),
+    (["info", "--depth", "fifty"], "'--depth'"),
+    (["nonsense"], "No such command"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, fragment):
+    result = run(*args)
+    assert result.exit_code == 2
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and fragment in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_version_and_help():
+    assert run("--version").exit_code == 0
+    result = run("--help")
+    assert result.exit_code == 0 and "info" in result.output
