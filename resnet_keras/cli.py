@@ -94,6 +94,149 @@ def info(depth, family, variant, width, num_classes, image_size, as_json):
     ]))
 
 
+
+# ----------------------------------------------------------------------------- train / evaluate
+
+_MODEL_KEYS = ("depth", "preset", "family", "variant", "width", "shortcut", "image_size")
+_DATA_KEYS = ("dataset", "data_dir", "val_split", "validation_fraction", "deterministic", "skip_corrupt")
+_TRAIN_KEYS = ("recipe", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs",
+               "strategy", "mixed_precision", "xla", "seed")
+
+
+def _read_config_file(path: str) -> dict:
+    """A YAML or JSON mapping of option names (dashes or underscores) to values."""
+    import yaml  # YAML is a superset of JSON
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise click.BadParameter(f"cannot read {path}: {error}", param_hint="--config")
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a mapping of option names to values", param_hint="--config")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...]) -> dict:
+    """Values from --config fill every option not given on the command line."""
+    if not params.get("config"):
+        return params
+    from click.core import ParameterSource
+
+    values = _read_config_file(params["config"])
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise click.BadParameter(f"unknown keys {unknown}; expected keys among {sorted(allowed)}",
+                                 param_hint="--config")
+    merged = dict(params)
+    for key, value in values.items():
+        if ctx.get_parameter_source(key) != ParameterSource.COMMANDLINE:
+            merged[key] = value
+    return merged
+
+
+@cli.command()
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False),
+              help="YAML or JSON file of option values; options on the command line override it.")
+@click.option("--depth", type=int, help="Network depth: 18/34/50/101/152 (ImageNet) or 6n+2 (CIFAR).")
+@click.option("--preset", help="A named preset (e.g. resnet20, resnet50_v2) instead of --depth.")
+@click.option("--family", type=click.Choice(specs.FAMILIES), help="Network family (default from the depth).")
+@click.option("--variant", type=click.Choice(specs.VARIANTS), help="v1 (paper), v1.5 or v2 (pre-activation).")
+@click.option("--width", type=float, help="Width multiplier on every stage's channels.")
+@click.option("--shortcut", type=click.Choice(["A", "B"]), help="A: zero-padded identity; B: projection.")
+@click.option("--image-size", type=int, help="Input size (default: the family's, 32 for digits).")
+@click.option("--dataset", default="cifar10", show_default=True,
+              help="A TFDS name, 'digits', 'synthetic' or 'folder'.")
+@click.option("--data-dir", help="Dataset root: the image folder, or the TFDS data directory.")
+@click.option("--val-split", help="Validation split (default: the dataset's, else held out of train).")
+@click.option("--validation-fraction", type=float, default=0.1, show_default=True,
+              help="Fraction of train held out when the dataset has no validation split.")
+@click.option("--recipe", type=click.Choice(["paper", "short"]), default="paper", show_default=True,
+              help="paper: step schedule (sec. 4.2); short: warm-up + cosine, Nesterov, label smoothing.")
+@click.option("--epochs", type=int, help="Epochs (default 182 for paper, 30 for short).")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch size.")
+@click.option("--lr", type=float, help="Peak learning rate (default 0.1 x batch / 128).")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True, help="L2 weight decay.")
+@click.option("--label-smoothing", type=float, help="Label smoothing (default 0 paper, 0.1 short).")
+@click.option("--warmup-epochs", type=float, help="Linear warm-up epochs (default 0 paper, <=5 short).")
+@click.option("--strategy", type=click.Choice(["auto", "one-device", "mirrored"]), default="auto",
+              show_default=True, help="tf.distribute strategy.")
+@click.option("--mixed-precision", type=click.Choice(["none", "float16", "bfloat16"]), default="none",
+              show_default=True, help="Mixed-precision compute dtype.")
+@click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the train step with XLA.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (weights and data order).")
+@click.option("--deterministic", is_flag=True, help="Deterministic data order.")
+@click.option("--skip-corrupt", is_flag=True, help="Skip image files that cannot be decoded.")
+@click.option("--model-dir", type=click.Path(file_okay=False),
+              help="Run directory (default runs/<model>-<dataset>); rerunning resumes it.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing run in --model-dir and start fresh.")
+@click.pass_context
+def train(ctx, **params):
+    """Train a ResNet with checkpoints, resume, TensorBoard logs, history and curves."""
+    allowed = _MODEL_KEYS + _DATA_KEYS + _TRAIN_KEYS + ("model_dir", "overwrite")
+    p = _merge_config_file(ctx, params, allowed)
+    from resnet_keras.config import ModelConfig
+    from resnet_keras.data import DataConfig
+
+    data_config = DataConfig(dataset=p["dataset"], data_dir=p["data_dir"], val_split=p["val_split"],
+                             validation_fraction=p["validation_fraction"], seed=p["seed"],
+                             deterministic=bool(p["deterministic"]), skip_corrupt=bool(p["skip_corrupt"]))
+    model_overrides = {key: p[key] for key in ("family", "variant", "width", "shortcut", "image_size")
+                       if p[key] is not None}
+    if p["image_size"] is None and p["dataset"] == "digits":
+        model_overrides["image_size"] = 32  # 8x8 digits upsampled; 224 would only cost time
+    if p["preset"] and p["depth"] is not None:
+        raise click.UsageError("give --depth or --preset, not both.")
+    # Validate the model options before touching any data (which may be slow).
+    probe = dict(model_overrides, num_classes=1)
+    ModelConfig.preset(p["preset"], **probe) if p["preset"] else ModelConfig(depth=p["depth"] or 20, **probe)
+    from resnet_keras.data import describe
+    from resnet_keras.train import TrainConfig, train as run_training
+
+    info = describe(data_config)
+    overrides = dict(model_overrides, num_classes=info.num_classes)
+    model_config = (ModelConfig.preset(p["preset"], **overrides) if p["preset"]
+                    else ModelConfig(depth=p["depth"] or 20, **overrides))
+    train_config = TrainConfig(recipe=p["recipe"], epochs=p["epochs"], batch_size=p["batch_size"],
+                               learning_rate=p["lr"], weight_decay=p["weight_decay"],
+                               label_smoothing=p["label_smoothing"], warmup_epochs=p["warmup_epochs"],
+                               strategy=p["strategy"], mixed_precision=p["mixed_precision"], xla=bool(p["xla"]),
+                               seed=p["seed"])
+    model_dir = p["model_dir"] or os.path.join("runs", f"{model_config.name}-{p['dataset'].replace('/', '_')}")
+    run_training(model_config, data_config, train_config, model_dir, overwrite=bool(p["overwrite"]),
+                 log=click.echo)
+
+
+@cli.command()
+@click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="A training run directory.")
+@click.option("--dataset", help="Dataset to evaluate on (default: the run's).")
+@click.option("--data-dir", help="Dataset root (default: the run's).")
+@click.option("--split", default="test", show_default=True, help="Split to evaluate.")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Batch size.")
+@click.option("--weights", type=click.Choice(["final", "best"]), default="final", show_default=True,
+              help="final: model.keras; best: the best val-accuracy weights.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
+    """Evaluate a trained run: top-1/top-5, loss, per-class accuracy, confusion matrix (confusion.png)."""
+    import dataclasses
+
+    from resnet_keras.data import DataConfig
+    from resnet_keras.train import evaluate as run_evaluation, load_run_config
+
+    data_config = DataConfig.from_dict(load_run_config(model_dir)["data"])
+    changes = {key: value for key, value in dict(dataset=dataset, data_dir=data_dir).items() if value is not None}
+    if changes:
+        data_config = dataclasses.replace(data_config, **changes)
+    result = run_evaluation(model_dir, data_config, split, batch_size=batch_size, weights=weights)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    top5 = f", top-5 {result['top5_accuracy']:.4f}" if result["top5_accuracy"] is not None else ""
+    click.echo(f"{split}: {result['examples']} examples, top-1 {result['accuracy']:.4f}{top5}, loss {result['loss']:.4f}")
+    for name, accuracy in result["per_class_accuracy"].items():
+        click.echo(f"  {name}: {'-' if accuracy is None else f'{accuracy:.4f}'}")
+
+
 def main():  # console-script entry point
     cli()
 

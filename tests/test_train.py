@@ -1,0 +1,304 @@
+"""Training loop, run directory, resume, distribution, NaN handling, evaluation and the CLI.
+
+Tiny models (ResNet-8 at width 0.25 on 16x16 digits) keep each run to a few seconds; the
+subprocess tests (MirroredStrategy over two logical CPUs, SIGKILL and resume) pay a fresh
+TensorFlow start-up each.
+"""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import types
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from resnet_keras.cli import cli
+from resnet_keras.config import ModelConfig
+from resnet_keras.data import DataConfig
+from resnet_keras.errors import ConfigError, TrainingFailure, UsageError
+from resnet_keras.train import TrainConfig, evaluate, make_schedule, train
+
+TINY = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
+DIGITS = DataConfig(dataset="digits")
+FAST = dict(batch_size=64, learning_rate=0.1)
+TINY_CLI = ["--dataset", "digits", "--depth", "8", "--width", "0.25", "--image-size", "16", "--batch-size", "64"]
+
+
+def quiet(_message):
+    pass
+
+
+def history(model_dir):
+    with open(os.path.join(model_dir, "history.csv"), newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ----------------------------------------------------------------------------- config and schedule
+
+
+def test_train_config_recipe_defaults_and_round_trip():
+    paper = TrainConfig(batch_size=256)
+    assert (paper.epochs, paper.learning_rate, paper.nesterov, paper.label_smoothing, paper.warmup_epochs) == (
+        182, pytest.approx(0.2), False, 0.0, 0)
+    short = TrainConfig(recipe="short", epochs=20)
+    assert short.nesterov and short.label_smoothing == 0.1 and short.warmup_epochs == 2
+    for config in (paper, short):
+        assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("field, value", [("recipe", "fast"), ("epochs", 0), ("batch_size", 1.5),
+                                          ("mixed_precision", "int8"), ("strategy", "tpu"), ("label_smoothing", 1)])
+def test_train_config_rejects_bad_values(field, value):
+    with pytest.raises(ConfigError, match=f"Received: {field}="):
+        TrainConfig(**{field: value})
+
+
+def test_paper_schedule_divides_by_ten_at_half_and_three_quarters():
+    schedule = make_schedule(TrainConfig(epochs=4, learning_rate=0.1), steps_per_epoch=100)
+    rates = [float(schedule(step)) for step in (0, 199, 200, 299, 300, 399)]
+    assert rates == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_short_schedule_warms_up_then_decays_to_zero():
+    schedule = make_schedule(TrainConfig(recipe="short", epochs=10, warmup_epochs=1, learning_rate=0.4), 10)
+    assert float(schedule(0)) == pytest.approx(0.04)
+    assert float(schedule(9)) == pytest.approx(0.4)
+    assert float(schedule(10)) == pytest.approx(0.4)
+    assert float(schedule(55)) == pytest.approx(0.2, abs=0.01)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_global_batch_must_split_over_replicas():
+    from resnet_keras.distribute import check_global_batch
+
+    with pytest.raises(UsageError, match="batch_size=7.*2 replicas"):
+        check_global_batch(7, types.SimpleNamespace(num_replicas_in_sync=2))
+    assert check_global_batch(8, types.SimpleNamespace(num_replicas_in_sync=2)) == 4
+
+
+# ----------------------------------------------------------------------------- training and run dir
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("run") / "digits"
+    metrics = train(TINY, DIGITS, TrainConfig(epochs=4, **FAST), model_dir, log=quiet)
+    return model_dir, metrics
+
+
+def test_training_learns_digits(digits_run):
+    _, metrics = digits_run
+    assert metrics["epochs"] == 4
+    assert metrics["final_loss"] < 1.5
+    assert metrics["final_val_accuracy"] > 0.5  # chance is 0.1
+    assert metrics["best_val_accuracy"] >= metrics["final_val_accuracy"]
+    assert metrics["images_per_second"] > 0
+
+
+def test_run_directory_contents(digits_run):
+    import keras
+
+    model_dir, _ = digits_run
+    for name in ("config.json", "history.csv", "metrics.json", "curves.png", "model.keras", "best.weights.h5"):
+        assert (model_dir / name).stat().st_size > 0, name
+    assert list((model_dir / "logs").iterdir()), "no TensorBoard events"
+    assert (model_dir / "checkpoints" / "checkpoint").exists()
+    configs = json.loads((model_dir / "config.json").read_text())
+    assert ModelConfig.from_dict(configs["model"]).weight_decay == 1e-4  # from TrainConfig
+    assert DataConfig.from_dict(configs["data"]) == DIGITS
+    assert TrainConfig.from_dict(configs["train"]).epochs == 4
+    rows = history(model_dir)
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert set(json.loads((model_dir / "metrics.json").read_text())) >= {
+        "final_val_accuracy", "best_val_accuracy", "wall_seconds", "images_per_second"}
+    import resnet_keras.blocks  # noqa: F401  registers ZeroPadShortcut
+
+    model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
+    assert model.output.shape == (None, 10)
+
+
+def test_evaluate_reports_per_class_and_confusion(digits_run):
+    model_dir, metrics = digits_run
+    result = evaluate(model_dir, batch_size=100)
+    confusion = np.array(result["confusion_matrix"])
+    assert confusion.shape == (10, 10) and confusion.sum() == result["examples"] == 359
+    assert result["accuracy"] == pytest.approx(np.trace(confusion) / 359)
+    assert result["accuracy"] > 0.5 and result["top5_accuracy"] >= result["accuracy"]
+    assert len(result["per_class_accuracy"]) == 10
+    assert (model_dir / "confusion.png").stat().st_size > 0
+    val = evaluate(model_dir, split="val", weights="best", write=False)
+    assert val["accuracy"] == pytest.approx(metrics["best_val_accuracy"])
+
+
+def test_evaluate_refuses_a_directory_without_a_model(tmp_path):
+    with pytest.raises(UsageError, match="no config.json"):
+        evaluate(tmp_path)
+
+
+def test_resume_continues_after_the_last_epoch_and_refuses_other_configs(tmp_path):
+    model_dir = tmp_path / "run"
+    train(TINY, DIGITS, TrainConfig(epochs=1, **FAST), model_dir, log=quiet)
+    first = history(model_dir)
+    messages = []
+    metrics = train(TINY, DIGITS, TrainConfig(epochs=2, **FAST), model_dir, log=messages.append)
+    assert any("Resuming" in m and "after epoch 1" in m for m in messages)
+    assert [m for m in messages if m.startswith("epoch ")][0].startswith("epoch 2/2")  # epoch 1 not recomputed
+    rows = history(model_dir)
+    assert len(rows) == 2 and rows[0] == first[0] and metrics["epochs"] == 2
+
+    with pytest.raises(UsageError, match=r"train\.learning_rate.*--overwrite"):
+        train(TINY, DIGITS, TrainConfig(epochs=2, batch_size=64, learning_rate=0.05), model_dir, log=quiet)
+    with pytest.raises(UsageError, match=r"model\.depth"):
+        train(ModelConfig(depth=14, width=0.25, image_size=16, num_classes=10), DIGITS,
+              TrainConfig(epochs=2, **FAST), model_dir, log=quiet)
+
+    train(TINY, DIGITS, TrainConfig(epochs=1, batch_size=64, learning_rate=0.05), model_dir, overwrite=True, log=quiet)
+    assert len(history(model_dir)) == 1
+    assert json.loads((model_dir / "config.json").read_text())["train"]["learning_rate"] == 0.05
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    import resnet_keras.train as train_module
+
+    poison = tf.Variable(1.0)
+    original = train_module._per_example_loss
+    monkeypatch.setattr(train_module, "_per_example_loss", lambda *args: original(*args) * poison)
+
+    def log(message):  # after epoch 1 is checkpointed, the loss turns NaN
+        if message.startswith("epoch 1/"):
+            poison.assign(float("nan"))
+
+    with pytest.raises(TrainingFailure, match=r"NaN at epoch 2 step 1; last good checkpoint: .*ckpt-1"):
+        train(TINY, DIGITS, TrainConfig(epochs=3, **FAST), tmp_path, log=log)
+    assert (tmp_path / "checkpoints" / "ckpt-1.index").exists()
+    assert not (tmp_path / "checkpoints" / "ckpt-2.index").exists()
+    assert len(history(tmp_path)) == 1
+
+
+def test_exploding_learning_rate_fails_cleanly(tmp_path):
+    with pytest.raises(TrainingFailure, match="loss became NaN at epoch"):
+        train(TINY, DIGITS, TrainConfig(epochs=3, batch_size=64, learning_rate=1e10, weight_decay=0.0),
+              tmp_path, log=quiet)
+
+
+def test_num_classes_must_match_the_dataset(tmp_path):
+    with pytest.raises(UsageError, match="num_classes=5"):
+        train(ModelConfig(depth=8, width=0.25, image_size=16, num_classes=5), DIGITS, TrainConfig(epochs=1),
+              tmp_path, log=quiet)
+
+
+@pytest.mark.slow
+def test_mixed_float16_trains(tmp_path):
+    metrics = train(TINY, DIGITS, TrainConfig(epochs=1, mixed_precision="float16", **FAST), tmp_path, log=quiet)
+    assert math.isfinite(metrics["final_loss"])
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_cli_train_and_evaluate(tmp_path):
+    result = run("train", *TINY_CLI, "--epochs", "1", "--model-dir", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1" in result.output and "Done:" in result.output
+    result = run("evaluate", "--model-dir", str(tmp_path / "run"), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{"):])["examples"] == 359
+
+
+def test_cli_bad_depth_is_one_line_exit_2(tmp_path):
+    result = run("train", "--dataset", "digits", "--depth", "9", "--model-dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "depth=9" in result.output
+    result = run("evaluate", "--model-dir", str(tmp_path / "missing"))
+    assert result.exit_code == 2 and "no config.json" in result.output
+
+
+def test_cli_config_file_with_a_flag_overriding_it(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("dataset: digits\ndepth: 8\nwidth: 0.25\nimage-size: 16\nbatch_size: 64\nepochs: 1\nlr: 0.05\n")
+    result = run("train", "--config", str(config), "--epochs", "2", "--model-dir", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["epochs"] == 2  # the flag wins
+    assert saved["train"]["batch_size"] == 64 and saved["train"]["learning_rate"] == 0.05  # the file fills the rest
+    assert saved["model"]["depth"] == 8 and saved["model"]["image_size"] == 16
+    config.write_text("depth: 8\nbogus: 1\n")
+    result = run("train", "--config", str(config))
+    assert result.exit_code == 2 and "bogus" in result.output
+
+
+# ----------------------------------------------------------------------------- subprocesses
+
+PYTHON = sys.executable
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+
+
+def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+    script = textwrap.dedent(f"""
+        import json, numpy as np
+        from resnet_keras.distribute import split_cpu, make_strategy
+        split_cpu(2)
+        from resnet_keras.config import ModelConfig
+        from resnet_keras.data import DataConfig
+        from resnet_keras.errors import UsageError
+        from resnet_keras.train import TrainConfig, train
+        import keras, resnet_keras.blocks
+        model = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
+        try:
+            train(model, DataConfig(dataset="digits"), TrainConfig(epochs=1, batch_size=33, strategy="mirrored"),
+                  {str(tmp_path / 'bad')!r}, log=lambda m: None)
+            refused = None
+        except UsageError as error:
+            refused = str(error)
+        metrics = train(model, DataConfig(dataset="digits"),
+                        TrainConfig(epochs=1, batch_size=64, learning_rate=0.1, strategy="mirrored"),
+                        {str(tmp_path / 'run')!r}, log=lambda m: None)
+        weights = keras.saving.load_model({str(tmp_path / 'run' / 'model.keras')!r}).get_weights()
+        print(json.dumps(dict(replicas=metrics["replicas"], loss=metrics["final_loss"], refused=refused,
+                              finite=all(bool(np.isfinite(w).all()) for w in weights))))
+    """)
+    done = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=ENV, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2 and result["finite"] and math.isfinite(result["loss"])
+    assert "batch_size=33" in result["refused"] and "2 replicas" in result["refused"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_the_same_command_resumes(tmp_path):
+    model_dir = tmp_path / "run"
+    command = [PYTHON, "-m", "resnet_keras.cli", "train", *TINY_CLI[:-1], "32", "--epochs", "6",
+               "--model-dir", str(model_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV)
+    deadline = time.time() + 120
+    while not (model_dir / "checkpoints" / "checkpoint").exists():
+        assert process.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.05)
+    assert process.poll() is None, "training finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_rows = history(model_dir)
+    assert 1 <= len(killed_rows) < 6 and not (model_dir / "model.keras").exists()
+
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Resuming" in done.stdout
+    rows = history(model_dir)
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[0] == killed_rows[0]  # the first epoch was kept, not recomputed
+    assert (model_dir / "model.keras").exists()
