@@ -193,15 +193,15 @@ def train(ctx, **params):
     from resnet_keras.data import describe
     from resnet_keras.train import TrainConfig, train as run_training
 
-    info = describe(data_config)
-    overrides = dict(model_overrides, num_classes=info.num_classes)
-    model_config = (ModelConfig.preset(p["preset"], **overrides) if p["preset"]
-                    else ModelConfig(depth=p["depth"] or 20, **overrides))
     train_config = TrainConfig(recipe=p["recipe"], epochs=p["epochs"], batch_size=p["batch_size"],
                                learning_rate=p["lr"], weight_decay=p["weight_decay"],
                                label_smoothing=p["label_smoothing"], warmup_epochs=p["warmup_epochs"],
                                strategy=p["strategy"], mixed_precision=p["mixed_precision"], xla=bool(p["xla"]),
                                seed=p["seed"])
+    info = describe(data_config)  # the classifier's outputs come from the dataset
+    overrides = dict(model_overrides, num_classes=info.num_classes)
+    model_config = (ModelConfig.preset(p["preset"], **overrides) if p["preset"]
+                    else ModelConfig(depth=p["depth"] or 20, **overrides))
     model_dir = p["model_dir"] or os.path.join("runs", f"{model_config.name}-{p['dataset'].replace('/', '_')}")
     run_training(model_config, data_config, train_config, model_dir, overwrite=bool(p["overwrite"]),
                  log=click.echo)

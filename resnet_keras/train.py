@@ -191,14 +191,16 @@ def _flatten(configs: dict) -> dict:
 def _check_run_dir(model_dir: Path, configs: dict, overwrite: bool) -> bool:
     """True when model_dir holds a compatible run to resume; raises UsageError for a different one."""
     config_file = model_dir / "config.json"
-    if overwrite and model_dir.exists():
+    if not config_file.exists():
+        if model_dir.exists() and any(model_dir.iterdir()):
+            # Never delete a folder that is not ours, even with overwrite.
+            raise UsageError(f"{model_dir} exists, is not empty and is not a run directory (no config.json); "
+                             "use another --model-dir")
+        return False
+    if overwrite:
         import shutil
 
         shutil.rmtree(model_dir)
-    if not config_file.exists():
-        if model_dir.exists() and any(model_dir.iterdir()):
-            raise UsageError(f"{model_dir} exists and is not a run directory (no config.json); "
-                             "use --overwrite or another --model-dir")
         return False
     try:
         old = _flatten(json.loads(config_file.read_text()))
@@ -357,12 +359,17 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         return tf.reduce_sum(per_example), correct, count
 
-    @tf.function(jit_compile=train_config.xla)
+    # No tensor-dependent Python control flow in the steps: AutoGraph is not needed (and it
+    # trips over the closure of these nested functions). XLA compiles the replica step only:
+    # reading the input iterator (IteratorGetNext) has no XLA kernel.
+    replica_step = tf.function(step_fn, jit_compile=True, autograph=False) if train_config.xla else step_fn
+
+    @tf.function(autograph=False)
     def train_step(iterator):
-        results = strategy.run(step_fn, args=next(iterator))
+        results = strategy.run(replica_step, args=next(iterator))
         return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in results]
 
-    @tf.function
+    @tf.function(autograph=False)
     def val_step(images, labels):
         logits = tf.cast(model(images, training=False), tf.float32)
         per_example = _per_example_loss(tf, labels, logits, num_classes, 0.0)
@@ -502,7 +509,7 @@ def evaluate(model_dir: str | os.PathLike, data_config: DataConfig | None = None
     ds = data_lib.make_dataset(data_config, split, image_size=model_config.image_size, batch_size=batch_size,
                                training=False, drop_remainder=False)
 
-    @tf.function
+    @tf.function(autograph=False)
     def predict(images):
         return tf.cast(model(images, training=False), tf.float32)
 

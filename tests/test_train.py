@@ -166,6 +166,13 @@ def test_resume_continues_after_the_last_epoch_and_refuses_other_configs(tmp_pat
     assert json.loads((model_dir / "config.json").read_text())["train"]["learning_rate"] == 0.05
 
 
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(UsageError, match="not a run directory"):
+        train(TINY, DIGITS, TrainConfig(epochs=1, **FAST), tmp_path, overwrite=True, log=quiet)
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import tensorflow as tf
 
@@ -199,9 +206,14 @@ def test_num_classes_must_match_the_dataset(tmp_path):
 
 
 @pytest.mark.slow
-def test_mixed_float16_trains(tmp_path):
-    metrics = train(TINY, DIGITS, TrainConfig(epochs=1, mixed_precision="float16", **FAST), tmp_path, log=quiet)
-    assert math.isfinite(metrics["final_loss"])
+@pytest.mark.parametrize("precision, xla", [("float16", False), ("none", True)])
+def test_mixed_precision_and_xla_train(tmp_path, precision, xla):
+    import keras
+
+    metrics = train(TINY, DIGITS, TrainConfig(epochs=1, mixed_precision=precision, xla=xla, **FAST), tmp_path,
+                    log=quiet)
+    assert math.isfinite(metrics["final_loss"]) and metrics["final_accuracy"] > 0.1
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # the global policy is restored
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -265,11 +277,17 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
             refused = None
         except UsageError as error:
             refused = str(error)
+        try:
+            train(model, DataConfig(dataset="digits"), TrainConfig(epochs=1, strategy="mirrored", xla=True),
+                  {str(tmp_path / 'xla')!r}, log=lambda m: None)
+            xla_refused = None
+        except UsageError as error:
+            xla_refused = str(error)
         metrics = train(model, DataConfig(dataset="digits"),
                         TrainConfig(epochs=1, batch_size=64, learning_rate=0.1, strategy="mirrored"),
                         {str(tmp_path / 'run')!r}, log=lambda m: None)
         weights = keras.saving.load_model({str(tmp_path / 'run' / 'model.keras')!r}).get_weights()
-        print(json.dumps(dict(replicas=metrics["replicas"], loss=metrics["final_loss"], refused=refused,
+        print(json.dumps(dict(replicas=metrics["replicas"], loss=metrics["final_loss"], refused=refused, xla_refused=xla_refused,
                               finite=all(bool(np.isfinite(w).all()) for w in weights))))
     """)
     done = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=ENV, timeout=240)
@@ -277,6 +295,7 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2 and result["finite"] and math.isfinite(result["loss"])
     assert "batch_size=33" in result["refused"] and "2 replicas" in result["refused"]
+    assert "xla=True" in result["xla_refused"]
 
 
 @pytest.mark.slow
