@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from resnet_keras import specs
-from resnet_keras.errors import ConfigError
+from resnet_keras.errors import ConfigError, expect, is_int
 
 SHORTCUTS = ("A", "B")
 STEMS = ("imagenet", "small")
@@ -24,11 +24,6 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 # The ImageNet stem (7x7/2 conv + 3x3/2 max pool) throws away too much of a small image:
 # below this size the family uses the 3x3/1 stem without max pool instead.
 SMALL_STEM_BELOW = 128
-
-
-def _expect(ok: bool, field: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"Received: {field}={value!r}; expected {expected}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,11 +63,11 @@ class ModelConfig:
     input_std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        _expect(isinstance(self.depth, int) and not isinstance(self.depth, bool), "depth", self.depth, "an integer")
+        expect(is_int(self.depth), "depth", self.depth, "an integer")
         family = self.family or specs.default_family(self.depth)
-        _expect(family in specs.FAMILIES, "family", family, " or ".join(specs.FAMILIES))
+        expect(family in specs.FAMILIES, "family", family, " or ".join(specs.FAMILIES))
         specs.stage_specs(family, self.depth)  # raises for a depth the family does not have
-        _expect(self.variant in specs.VARIANTS, "variant", self.variant, "one of " + ", ".join(specs.VARIANTS))
+        expect(self.variant in specs.VARIANTS, "variant", self.variant, "one of " + ", ".join(specs.VARIANTS))
         cifar = family == "cifar"
         image_size = self.image_size if self.image_size is not None else (32 if cifar else 224)
         defaults = dict(
@@ -87,19 +82,19 @@ class ModelConfig:
         )
         for key, value in defaults.items():
             object.__setattr__(self, key, value)
-        _expect(self.shortcut in SHORTCUTS, "shortcut", self.shortcut, "'A' (zero-pad) or 'B' (projection)")
-        _expect(self.stem in STEMS, "stem", self.stem, " or ".join(map(repr, STEMS)))
-        _expect(0 < self.width <= 16, "width", self.width, "a multiplier in (0, 16]")
-        _expect(isinstance(self.num_classes, int) and self.num_classes >= 1, "num_classes", self.num_classes, "an integer >= 1")
-        _expect(isinstance(self.channels, int) and self.channels >= 1, "channels", self.channels, "an integer >= 1")
-        _expect(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a rate in [0, 1)")
-        _expect(self.weight_decay >= 0.0, "weight_decay", self.weight_decay, "a value >= 0")
+        expect(self.shortcut in SHORTCUTS, "shortcut", self.shortcut, "'A' (zero-pad) or 'B' (projection)")
+        expect(self.stem in STEMS, "stem", self.stem, " or ".join(map(repr, STEMS)))
+        expect(0 < self.width <= 16, "width", self.width, "a multiplier in (0, 16]")
+        expect(isinstance(self.num_classes, int) and self.num_classes >= 1, "num_classes", self.num_classes, "an integer >= 1")
+        expect(isinstance(self.channels, int) and self.channels >= 1, "channels", self.channels, "an integer >= 1")
+        expect(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a rate in [0, 1)")
+        expect(self.weight_decay >= 0.0, "weight_decay", self.weight_decay, "a value >= 0")
         for field in ("input_mean", "input_std"):
             value = getattr(self, field)
-            _expect(len(value) == self.channels, field, value, f"{self.channels} values (one per channel)")
-        _expect(all(s > 0 for s in self.input_std), "input_std", self.input_std, "positive values")
+            expect(len(value) == self.channels, field, value, f"{self.channels} values (one per channel)")
+        expect(all(s > 0 for s in self.input_std), "input_std", self.input_std, "positive values")
         minimum = self.output_stride
-        _expect(
+        expect(
             isinstance(self.image_size, int) and self.image_size >= minimum,
             "image_size",
             self.image_size,

@@ -347,7 +347,7 @@ def _fill_cache_and_check(ds, part: _Split, input_context, config: DataConfig) -
              time.perf_counter() - start)
     if bad and not config.skip_corrupt:
         raise DataError(f"Cannot decode {len(bad)} image file(s): {', '.join(bad[:3])}"
-                        f"{' ...' if len(bad) > 3 else ''}; remove them or set skip_corrupt=True")
+                        f"{' ...' if len(bad) > 3 else ''}; remove them or skip them (--skip-corrupt)")
     if bad:
         log.warning("Skipped %d image file(s) that cannot be decoded: %s", len(bad), ", ".join(bad))
     return len(bad)
@@ -506,7 +506,7 @@ def _scan_split(directory: Path, class_names: tuple[str, ...], config: DataConfi
     if bad and not config.skip_corrupt:
         raise DataError(f"Not an image file (JPEG/PNG/GIF/BMP): {bad[0]}"
                         f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''};"
-                        " remove it or set skip_corrupt=True")
+                        " remove it or skip such files (--skip-corrupt)")
     if bad:
         log.warning("Skipped %d file(s) that are not images: %s", len(bad), ", ".join(bad))
     if not paths:

@@ -30,3 +30,14 @@ class TrainingFailure(ResNetKerasError):
     """Training started but could not finish (for example the loss became NaN)."""
 
     exit_code = 1
+
+
+def expect(ok: bool, field: str, value, expected: str) -> None:
+    """Raises ConfigError("Received: field=value; expected ...") unless `ok`."""
+    if not ok:
+        raise ConfigError(f"Received: {field}={value!r}; expected {expected}.")
+
+
+def is_int(value) -> bool:
+    """An int that is not a bool (True is an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)

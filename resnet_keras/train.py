@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from resnet_keras.config import ModelConfig
 from resnet_keras.data import DataConfig
-from resnet_keras.errors import ConfigError, TrainingFailure, UsageError
+from resnet_keras.errors import ConfigError, TrainingFailure, UsageError, expect, is_int
 
 RECIPES = ("paper", "short")
 PRECISIONS = ("none", "float16", "bfloat16")
@@ -44,15 +44,6 @@ HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
 # The paper's CIFAR schedule: 64k iterations of batch 128 on 45k images is ~182 epochs.
 PAPER_EPOCHS = 182
 SHORT_EPOCHS = 30
-
-
-def _expect(ok: bool, field: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"Received: {field}={value!r}; expected {expected}.")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
@@ -86,11 +77,11 @@ class TrainConfig:
     steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
-        _expect(self.recipe in RECIPES, "recipe", self.recipe, " or ".join(map(repr, RECIPES)))
+        expect(self.recipe in RECIPES, "recipe", self.recipe, " or ".join(map(repr, RECIPES)))
         short = self.recipe == "short"
-        _expect(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        expect(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         epochs = self.epochs if self.epochs is not None else (SHORT_EPOCHS if short else PAPER_EPOCHS)
-        _expect(_is_int(epochs) and epochs >= 1, "epochs", epochs, "an integer >= 1")
+        expect(is_int(epochs) and epochs >= 1, "epochs", epochs, "an integer >= 1")
         defaults = dict(
             epochs=epochs,
             learning_rate=self.learning_rate if self.learning_rate is not None else 0.1 * self.batch_size / 128,
@@ -100,22 +91,22 @@ class TrainConfig:
         )
         for key, value in defaults.items():
             object.__setattr__(self, key, value)
-        _expect(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
-        _expect(_is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
-        _expect(isinstance(self.nesterov, bool), "nesterov", self.nesterov, "True or False")
-        _expect(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        _expect(_is_number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
+        expect(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
+        expect(_is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        expect(isinstance(self.nesterov, bool), "nesterov", self.nesterov, "True or False")
+        expect(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        expect(_is_number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
                 self.warmup_epochs, f"a number in [0, epochs={self.epochs})")
-        _expect(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing",
+        expect(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing",
                 self.label_smoothing, "a number in [0, 1)")
         from resnet_keras.distribute import STRATEGIES
 
-        _expect(self.strategy in STRATEGIES, "strategy", self.strategy, "one of " + ", ".join(STRATEGIES))
-        _expect(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision,
+        expect(self.strategy in STRATEGIES, "strategy", self.strategy, "one of " + ", ".join(STRATEGIES))
+        expect(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision,
                 "one of " + ", ".join(PRECISIONS))
-        _expect(isinstance(self.xla, bool), "xla", self.xla, "True or False")
-        _expect(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        _expect(self.steps_per_epoch is None or (_is_int(self.steps_per_epoch) and self.steps_per_epoch >= 1),
+        expect(isinstance(self.xla, bool), "xla", self.xla, "True or False")
+        expect(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        expect(self.steps_per_epoch is None or (is_int(self.steps_per_epoch) and self.steps_per_epoch >= 1),
                 "steps_per_epoch", self.steps_per_epoch, "None or an integer >= 1")
 
     def to_dict(self) -> dict[str, Any]:
@@ -490,7 +481,7 @@ def evaluate(model_dir: str | os.PathLike, data_config: DataConfig | None = None
     (best.weights.h5 by val accuracy). The confusion matrix is rows = true class, columns =
     predicted class. With `write`, saves `confusion.png` and `eval-<split>.json` in model_dir.
     """
-    _expect(weights in ("final", "best"), "weights", weights, "'final' or 'best'")
+    expect(weights in ("final", "best"), "weights", weights, "'final' or 'best'")
     model_dir = Path(model_dir)
     configs = load_run_config(model_dir)
     model_config = ModelConfig.from_dict(configs["model"])

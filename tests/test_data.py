@@ -493,12 +493,12 @@ def folder_with_bad_files(tmp_path, mini):
 def test_corrupt_files_are_named(folder_with_bad_files):
     config = DataConfig(dataset="folder", data_dir=str(folder_with_bad_files))
     raises_data_error(lambda: describe(config), str(folder_with_bad_files / "train/cat/notes.jpg"),
-                      "skip_corrupt")
+                      "--skip-corrupt")
     (folder_with_bad_files / "train" / "cat" / "notes.jpg").unlink()
     assert describe(config).num_train == 11  # the truncated file's header looks fine
     raises_data_error(lambda: make_dataset(config, "train", image_size=32, batch_size=4,
                                            training=True),
-                      str(folder_with_bad_files / "train/dog/truncated.jpg"), "skip_corrupt")
+                      str(folder_with_bad_files / "train/dog/truncated.jpg"), "--skip-corrupt")
 
 
 @pytest.mark.parametrize("cache", [True, False])
