@@ -440,8 +440,8 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         total_train_seconds=round(sum(row["seconds"] for row in history), 3),
     )
     _write_atomic(model_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    log(f"Done: {metrics['epochs']} epochs, val accuracy {metrics['final_val_accuracy']} "
-        f"(best {metrics['best_val_accuracy']} at epoch {metrics['best_epoch']}), "
+    log(f"Done: {metrics['epochs']} epochs, val accuracy {metrics['final_val_accuracy']:.4f} "
+        f"(best {metrics['best_val_accuracy']:.4f} at epoch {metrics['best_epoch']}), "
         f"{metrics['wall_seconds']:.1f} s, {metrics['images_per_second']} images/s; saved {model_dir / 'model.keras'}")
     return metrics
 
