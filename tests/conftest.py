@@ -11,8 +11,23 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--extended", action="store_true",
+                     help="also run the extended suite (minutes per test; not part of CI)")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~10 s; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "extended: minutes per test; runs only with --extended (not in CI)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--extended"):
+        return
+    skip = pytest.mark.skip(reason="extended suite: run with --extended")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
