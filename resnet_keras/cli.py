@@ -99,8 +99,8 @@ def info(depth, family, variant, width, num_classes, image_size, as_json):
 
 _MODEL_KEYS = ("depth", "preset", "family", "variant", "width", "shortcut", "image_size")
 _DATA_KEYS = ("dataset", "data_dir", "val_split", "validation_fraction", "deterministic", "skip_corrupt")
-_TRAIN_KEYS = ("recipe", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs",
-               "strategy", "mixed_precision", "xla", "seed")
+_TRAIN_KEYS = ("recipe", "low_lr_start", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
+               "warmup_epochs", "strategy", "mixed_precision", "xla", "seed")
 
 
 def _read_config_file(path: str) -> dict:
@@ -153,9 +153,11 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
               help="Fraction of train held out when the dataset has no validation split.")
 @click.option("--recipe", type=click.Choice(["paper", "short"]), default="paper", show_default=True,
               help="paper: step schedule (sec. 4.2); short: warm-up + cosine, Nesterov, label smoothing.")
-@click.option("--epochs", type=int, help="Epochs (default 182 for paper, 30 for short).")
+@click.option("--epochs", type=int, help="Epochs (paper: 182 CIFAR, 90 ImageNet; short: 30).")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch size.")
-@click.option("--lr", type=float, help="Peak learning rate (default 0.1 x batch / 128).")
+@click.option("--lr", type=float, help="Peak learning rate (default 0.1 x batch / 128, ImageNet / 256).")
+@click.option("--low-lr-start/--no-low-lr-start", default=None,
+              help="Start at lr/10 until train error < 80% (default: paper recipe, CIFAR depth >= 110).")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True, help="L2 weight decay.")
 @click.option("--label-smoothing", type=float, help="Label smoothing (default 0 paper, 0.1 short).")
 @click.option("--warmup-epochs", type=float, help="Linear warm-up epochs (default 0 paper, <=5 short).")
@@ -189,11 +191,12 @@ def train(ctx, **params):
         raise click.UsageError("give --depth or --preset, not both.")
     # Validate the model options before touching any data (which may be slow).
     probe = dict(model_overrides, num_classes=1)
-    ModelConfig.preset(p["preset"], **probe) if p["preset"] else ModelConfig(depth=p["depth"] or 20, **probe)
+    probe = ModelConfig.preset(p["preset"], **probe) if p["preset"] else ModelConfig(depth=p["depth"] or 20, **probe)
     from resnet_keras.data import describe
     from resnet_keras.train import TrainConfig, train as run_training
 
-    train_config = TrainConfig(recipe=p["recipe"], epochs=p["epochs"], batch_size=p["batch_size"],
+    train_config = TrainConfig(recipe=p["recipe"], family=probe.family, low_lr_start=p["low_lr_start"],
+                               epochs=p["epochs"], batch_size=p["batch_size"],
                                learning_rate=p["lr"], weight_decay=p["weight_decay"],
                                label_smoothing=p["label_smoothing"], warmup_epochs=p["warmup_epochs"],
                                strategy=p["strategy"], mixed_precision=p["mixed_precision"], xla=bool(p["xla"]),

@@ -1,10 +1,18 @@
 """Training and evaluation: one custom loop for every `tf.distribute` strategy.
 
-Recipes (He et al. 2015, sec. 4.2, CIFAR): SGD, momentum 0.9, weight decay 1e-4, batch 128,
-learning rate 0.1 divided by 10 at 32k and 48k iterations, stopping at 64k. With another
-number of epochs the boundaries stay at 50 % and 75 % of the total steps, and the rate
-scales linearly with the batch (Goyal et al. 2017). The "short" recipe is a modern
-budget recipe: linear warm-up then cosine decay, Nesterov momentum, label smoothing 0.1.
+Recipes. "paper" follows He et al. (2015) for the model's family:
+- CIFAR (sec. 4.2): SGD, momentum 0.9, weight decay 1e-4, batch 128, learning rate 0.1
+  divided by 10 at 32k and 48k iterations, stopping at 64k (~182 epochs on 45k images). With
+  another number of epochs the boundaries stay at 50 % and 75 % of the steps. ResNet-110 (and
+  deeper) first trains at a tenth of the rate until the training error is below 80 % ("about
+  400 iterations"), then goes back to the full rate.
+- ImageNet (sec. 3.4): batch 256, learning rate 0.1, weight decay 1e-4, momentum 0.9; the
+  paper divides the rate by 10 "when the error plateaus"; we use the fixed form of the
+  reference reproductions (fb.resnet.torch, torchvision): /10 every 30 of 90 epochs, i.e. at
+  1/3 and 2/3 of the steps.
+The rate scales linearly with the batch from the paper's batch (Goyal et al. 2017). The
+"short" recipe is a modern budget recipe: linear warm-up then cosine decay, Nesterov
+momentum, label smoothing 0.1.
 
 Why a custom loop instead of `model.fit`: Keras 3 `fit` fails under
 MultiWorkerMirroredStrategy (keras-team/keras#20585), and one loop keeps one-device,
@@ -23,6 +31,7 @@ A run directory holds ``config.json``, ``checkpoints/`` (last two epochs), ``bes
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import io
@@ -42,8 +51,12 @@ RECIPES = ("paper", "short")
 PRECISIONS = ("none", "float16", "bfloat16")
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "finished_at")
 # The paper's CIFAR schedule: 64k iterations of batch 128 on 45k images is ~182 epochs.
-PAPER_EPOCHS = 182
+PAPER_EPOCHS = {"cifar": 182, "imagenet": 90}
+PAPER_BATCH = {"cifar": 128, "imagenet": 256}  # the batch at which the paper's rate is 0.1
 SHORT_EPOCHS = 30
+WARMUP_DEPTH = 110  # paper sec. 4.2: ResNet-110 needs a low-rate start to begin converging
+WARMUP_ERROR = 0.8
+WARMUP_FACTOR = 0.1
 
 
 def _is_number(value) -> bool:
@@ -54,14 +67,18 @@ def _is_number(value) -> bool:
 class TrainConfig:
     """How to train; `None` fields resolve to the recipe's value in `__post_init__`.
 
-    batch_size is global (split over the replicas). learning_rate defaults to
-    0.1 * batch_size / 128 (paper: 0.1 at batch 128). weight_decay is the paper's L2 (1e-4),
-    applied inside the model (`ModelConfig.weight_decay`). steps_per_epoch defaults to
-    num_train // batch_size. xla compiles the step (`jit_compile`); off by default because it
-    fails under MirroredStrategy across logical CPUs.
+    family ("cifar" or "imagenet", the model's) picks the paper's schedule and reference batch;
+    `train` refuses a model of the other family. batch_size is global (split over the
+    replicas). learning_rate defaults to 0.1 * batch_size / 128 (CIFAR) or / 256 (ImageNet).
+    weight_decay is the paper's L2 (1e-4), applied inside the model (`ModelConfig.weight_decay`).
+    steps_per_epoch defaults to num_train // batch_size. xla compiles the step (`jit_compile`);
+    off by default because it fails under MirroredStrategy across logical CPUs. low_lr_start
+    (None: on for the paper recipe on CIFAR nets of 110+ layers) trains at a tenth of the rate
+    until the training error is below 80 %, as the paper does for ResNet-110.
     """
 
     recipe: str = "paper"
+    family: str = "cifar"
     epochs: int | None = None
     batch_size: int = 128
     learning_rate: float | None = None
@@ -75,16 +92,19 @@ class TrainConfig:
     xla: bool = False
     seed: int = 0
     steps_per_epoch: int | None = None
+    low_lr_start: bool | None = None
 
     def __post_init__(self) -> None:
         expect(self.recipe in RECIPES, "recipe", self.recipe, " or ".join(map(repr, RECIPES)))
+        expect(self.family in PAPER_EPOCHS, "family", self.family, " or ".join(map(repr, PAPER_EPOCHS)))
         short = self.recipe == "short"
         expect(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        epochs = self.epochs if self.epochs is not None else (SHORT_EPOCHS if short else PAPER_EPOCHS)
+        epochs = self.epochs if self.epochs is not None else (SHORT_EPOCHS if short else PAPER_EPOCHS[self.family])
         expect(is_int(epochs) and epochs >= 1, "epochs", epochs, "an integer >= 1")
         defaults = dict(
             epochs=epochs,
-            learning_rate=self.learning_rate if self.learning_rate is not None else 0.1 * self.batch_size / 128,
+            learning_rate=(self.learning_rate if self.learning_rate is not None
+                           else 0.1 * self.batch_size / PAPER_BATCH[self.family]),
             nesterov=self.nesterov if self.nesterov is not None else short,
             warmup_epochs=self.warmup_epochs if self.warmup_epochs is not None else (min(5, epochs // 10) if short else 0),
             label_smoothing=self.label_smoothing if self.label_smoothing is not None else (0.1 if short else 0.0),
@@ -108,6 +128,13 @@ class TrainConfig:
         expect(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
         expect(self.steps_per_epoch is None or (is_int(self.steps_per_epoch) and self.steps_per_epoch >= 1),
                 "steps_per_epoch", self.steps_per_epoch, "None or an integer >= 1")
+        expect(self.low_lr_start in (None, True, False), "low_lr_start", self.low_lr_start, "None, True or False")
+
+    def uses_low_lr_start(self, model_config: ModelConfig) -> bool:
+        """Whether training starts at a tenth of the rate (paper, CIFAR ResNet-110 and deeper)."""
+        if self.low_lr_start is not None:
+            return self.low_lr_start
+        return self.recipe == "paper" and model_config.family == "cifar" and model_config.depth >= WARMUP_DEPTH
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,20 +155,27 @@ def _schedule_class():
     import keras
 
     class ResNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
-        """Linear warm-up from 0, then "paper" steps (/10 at 50 % and 75 % of the steps) or
-        "short" cosine decay to 0; a function of the optimizer's iteration count."""
+        """Linear warm-up from 0, then "paper" steps (/10 at two fractions of the steps: 1/2 and
+        3/4 for CIFAR, 1/3 and 2/3 for ImageNet) or "short" cosine decay to 0; a function of the
+        optimizer's iteration count, times `factor` (a variable the loop may change, for the
+        paper's low-rate start of ResNet-110)."""
 
-        def __init__(self, base, total_steps, warmup_steps, kind):
+        def __init__(self, base, total_steps, warmup_steps, kind, boundaries=(0.5, 0.75), factor=None):
             self.base, self.total_steps, self.warmup_steps, self.kind = float(base), int(total_steps), int(warmup_steps), kind
+            self.boundaries, self.factor = tuple(boundaries), factor
 
         def __call__(self, step):
+            rate = self._rate(step)
+            return rate if self.factor is None else rate * self.factor
+
+        def _rate(self, step):
             import tensorflow as tf
 
             step = tf.cast(step, tf.float32)
             warm = float(max(self.warmup_steps, 1))
             if self.kind == "paper":
-                after = tf.where(step < 0.5 * self.total_steps, self.base,
-                                 tf.where(step < 0.75 * self.total_steps, self.base / 10, self.base / 100))
+                first, second = (fraction * self.total_steps for fraction in self.boundaries)
+                after = tf.where(step < first, self.base, tf.where(step < second, self.base / 10, self.base / 100))
             else:
                 span = float(max(self.total_steps - self.warmup_steps, 1))
                 progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
@@ -151,16 +185,18 @@ def _schedule_class():
             return tf.where(step < self.warmup_steps, self.base * (step + 1) / warm, after)
 
         def get_config(self):
-            return dict(base=self.base, total_steps=self.total_steps, warmup_steps=self.warmup_steps, kind=self.kind)
+            return dict(base=self.base, total_steps=self.total_steps, warmup_steps=self.warmup_steps, kind=self.kind,
+                        boundaries=self.boundaries)
 
     return ResNetSchedule
 
 
-def make_schedule(train_config: TrainConfig, steps_per_epoch: int):
-    """The recipe's learning-rate schedule (a Keras `LearningRateSchedule`)."""
+def make_schedule(train_config: TrainConfig, steps_per_epoch: int, factor=None):
+    """The recipe's learning-rate schedule (a Keras `LearningRateSchedule`), times `factor` if given."""
     total = train_config.epochs * steps_per_epoch
     warmup = int(round(train_config.warmup_epochs * steps_per_epoch))
-    return _schedule_class()(train_config.learning_rate, total, warmup, train_config.recipe)
+    boundaries = (1 / 3, 2 / 3) if train_config.family == "imagenet" else (0.5, 0.75)
+    return _schedule_class()(train_config.learning_rate, total, warmup, train_config.recipe, boundaries, factor)
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -287,6 +323,10 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     if model_config.num_classes != info.num_classes:
         raise UsageError(f"Received: num_classes={model_config.num_classes}; dataset {data_config.dataset!r} "
                          f"has {info.num_classes} classes.")
+    if train_config.family != model_config.family:
+        raise UsageError(f"Received: train family={train_config.family!r} for a {model_config.family}-family model; "
+                         f"the paper's recipes differ by family: use TrainConfig(family={model_config.family!r})")
+    low_lr_start = train_config.uses_low_lr_start(model_config)
     strategy = make_strategy(train_config.strategy)
     replicas = strategy.num_replicas_in_sync
     check_global_batch(train_config.batch_size, strategy)
@@ -308,7 +348,10 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     try:
         with strategy.scope():
             model = build_model(model_config)
-            optimizer = keras.optimizers.SGD(learning_rate=make_schedule(train_config, steps_per_epoch),
+            lr_factor = tf.Variable(WARMUP_FACTOR if low_lr_start else 1.0, dtype=tf.float32, trainable=False,
+                                    name="lr_factor")
+            schedule = make_schedule(train_config, steps_per_epoch, lr_factor if low_lr_start else None)
+            optimizer = keras.optimizers.SGD(learning_rate=schedule,
                                              momentum=train_config.momentum, nesterov=train_config.nesterov)
             if train_config.mixed_precision == "float16":
                 # bfloat16 has float32's exponent range and needs no loss scaling.
@@ -318,7 +361,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
 
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, lr_factor=lr_factor)
     manager = tf.train.CheckpointManager(checkpoint, str(model_dir / "checkpoints"), max_to_keep=2)
     history_path = model_dir / "history.csv"
     history: list[dict] = []
@@ -378,6 +421,10 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     interactive = sys.stdout.isatty()
     best_path = model_dir / "best.weights.h5"
     best = max((row["val_accuracy"] for row in history), default=-1.0)
+    # The paper's ResNet-110 start: a tenth of the rate until the training error (over the
+    # last few steps, all replicas) is below 80 %; the factor is checkpointed, so it survives resume.
+    warming_up = low_lr_start and float(lr_factor.numpy()) < 1.0
+    recent = collections.deque(maxlen=10)
     wall_start = time.perf_counter()
     images_seen = 0
     train_seconds = 0.0
@@ -396,6 +443,14 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
                 last = manager.latest_checkpoint or "none (no epoch completed)"
                 raise TrainingFailure(f"loss became NaN at epoch {epoch} step {step}; last good checkpoint: {last}")
             totals += values
+            if warming_up:
+                recent.append(values[1:])
+                correct, count = np.sum(recent, axis=0)
+                if len(recent) == recent.maxlen and 1 - correct / count < WARMUP_ERROR:
+                    lr_factor.assign(1.0)
+                    warming_up = False
+                    log(f"low-rate start done at epoch {epoch} step {step}: training error {1 - correct / count:.3f} "
+                        f"< {WARMUP_ERROR}; learning rate back to the full schedule")
             if bar:
                 bar.update(step, [("loss", totals[0] / totals[2]), ("accuracy", totals[1] / totals[2])])
         seconds = time.perf_counter() - epoch_start

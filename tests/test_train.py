@@ -76,6 +76,43 @@ def test_short_schedule_warms_up_then_decays_to_zero():
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_imagenet_paper_recipe_uses_batch_256_reference_and_thirds():
+    config = TrainConfig(family="imagenet", batch_size=128)
+    assert (config.epochs, config.learning_rate) == (90, pytest.approx(0.05))  # 0.1 at batch 256
+    schedule = make_schedule(TrainConfig(family="imagenet", epochs=90, batch_size=256), steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in (0, 299, 300, 599, 600, 899)]
+    assert rates == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_low_rate_start_only_for_the_paper_recipe_on_deep_cifar_nets():
+    paper, short = TrainConfig(), TrainConfig(recipe="short")
+    assert paper.uses_low_lr_start(ModelConfig.preset("resnet110"))
+    assert paper.uses_low_lr_start(ModelConfig.preset("resnet1202"))
+    assert not paper.uses_low_lr_start(ModelConfig.preset("resnet56"))
+    assert not short.uses_low_lr_start(ModelConfig.preset("resnet110"))
+    assert TrainConfig(low_lr_start=True).uses_low_lr_start(ModelConfig.preset("resnet20"))
+    assert not TrainConfig(low_lr_start=False).uses_low_lr_start(ModelConfig.preset("resnet110"))
+
+
+def test_train_refuses_a_config_for_the_other_family(tmp_path):
+    with pytest.raises(UsageError, match="family"):
+        train(ModelConfig.preset("resnet18", width=0.25, image_size=32, num_classes=10), DIGITS,
+              TrainConfig(epochs=1), tmp_path / "run", log=quiet)
+
+
+def test_low_rate_start_runs_at_a_tenth_until_train_error_is_below_80_percent(tmp_path):
+    messages = []
+    config = TrainConfig(epochs=3, low_lr_start=True, **FAST)
+    train(TINY, DIGITS, config, tmp_path / "run", log=messages.append)
+    rows = history(tmp_path / "run")
+    assert float(rows[0]["lr"]) == pytest.approx(0.01)  # 0.1 / 10 while the error is high
+    done = [message for message in messages if message.startswith("low-rate start done")]
+    assert len(done) == 1 and "at epoch 3 " not in done[0], messages
+    steps = 1294 // 64  # digits train examples // batch
+    full_rate = float(make_schedule(config, steps)(2 * steps))
+    assert float(rows[-1]["lr"]) == pytest.approx(full_rate)  # the last epoch runs on the full schedule
+
+
 def test_global_batch_must_split_over_replicas():
     from resnet_keras.distribute import check_global_batch
 
