@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     parser.add_argument("--warmup-epochs", type=float, default=None)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--label-smoothing", type=float, default=None)
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "resnet-keras-cifar10"),
@@ -73,6 +75,7 @@ def main(argv=None) -> int:
     model_config = ModelConfig.preset(args.preset, num_classes=10)
     train_config = TrainConfig(recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size,
                                learning_rate=args.lr, warmup_epochs=args.warmup_epochs, xla=args.xla,
+                               weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                                seed=args.seed)
     model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="cifar10-benchmark-"))
     epoch_walls: list[float] = []
@@ -101,6 +104,8 @@ def main(argv=None) -> int:
     summary = dict(
         kind="summary", model=model_config.name, recipe=args.recipe, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=train_config.learning_rate, xla=args.xla,
+        weight_decay=train_config.weight_decay, warmup_epochs=train_config.warmup_epochs,
+        label_smoothing=train_config.label_smoothing,
         train_examples=info.num_train, val_examples=info.num_val,
         final_val_accuracy=metrics["final_val_accuracy"], best_val_accuracy=metrics["best_val_accuracy"],
         train_minutes=round(train_seconds / 60, 2), wall_minutes=round((time.perf_counter() - wall_start) / 60, 2),
