@@ -259,7 +259,8 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
 @click.option("--calibration-data", type=click.Path(), help="int8: folder of images (default: the run's train split).")
 @click.option("--calibration-samples", type=click.IntRange(min=1), default=200, show_default=True,
               help="int8: images used for calibration.")
-@click.option("--eval-samples", type=click.IntRange(min=1), help="TFLite: validation images for the check (default all).")
+@click.option("--eval-samples", type=click.IntRange(min=1),
+              help="TFLite: validation images for the check (default all).")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="TFLite: refuse when accuracy falls more than this many points below the Keras model.")
 @click.option("--weights", type=click.Choice(["final", "best"]), default="final", show_default=True,

@@ -305,7 +305,8 @@ def _check_saved_model(path: Path, run: TrainedRun, sample) -> dict:
     png = tf.io.encode_png(tf.constant(pixels[0]))
     via_bytes = loaded.signatures[BYTES_SIGNATURE](**{BYTES_INPUT: tf.stack([png])})["probabilities"].numpy()
     size = run.model_config.image_size
-    direct = _keras_probabilities(run.model, evaluation_view(run.preprocessing, size)(tf.constant(pixels[0]))[None].numpy())
+    viewed = evaluation_view(run.preprocessing, size)(tf.constant(pixels[0]))
+    direct = _keras_probabilities(run.model, viewed[None].numpy())
     bytes_difference = float(np.abs(via_bytes - direct).max())
     del loaded
     if difference > SAVED_MODEL_TOLERANCE or bytes_difference > SAVED_MODEL_TOLERANCE or labels != expected_labels:
@@ -398,13 +399,13 @@ def _interpreter_class():
 class TFLiteRunner:
     """Runs a .tflite classifier one image at a time: float32 pixels [n, s, s, 3] -> probabilities [n, C]."""
 
-    def __init__(self, model_path: str | None = None, model_content: bytes | None = None):
+    def __init__(self, model_path: str | None = None, model_content: bytes | None = None,
+                 num_threads: int | None = None):
         import numpy as np
 
         self.np = np
-        Interpreter = _interpreter_class()
-        self.interpreter = (Interpreter(model_path=model_path) if model_path is not None
-                            else Interpreter(model_content=model_content))
+        self.interpreter = _interpreter_class()(model_path=model_path, model_content=model_content,
+                                                num_threads=num_threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -479,7 +480,8 @@ def _convert(run: TrainedRun, quantize: str, calibration, scratch: Path) -> byte
 
     archive = ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", probabilities, [tf.TensorSpec([1, size, size, 3], tf.float32, name="image")])
+    archive.add_endpoint("serving_default", probabilities,
+                         [tf.TensorSpec([1, size, size, 3], tf.float32, name="image")])
     path = scratch / "float32_saved_model"
     archive.write_out(str(path), verbose=False)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=["serving_default"])

@@ -21,7 +21,6 @@ from resnet_keras import export as export_lib
 from resnet_keras.cli import cli
 from resnet_keras.config import ModelConfig
 from resnet_keras.data import DataConfig
-from resnet_keras.errors import TrainingFailure, UsageError
 from resnet_keras.train import TrainConfig, train
 
 TINY = ModelConfig(depth=8, width=0.25, image_size=32, num_classes=10)
@@ -185,7 +184,8 @@ def test_tf_serving_predict_request_round_trip(exported, trained, val_files):
     response = predict_pb2.PredictResponse()
     for key, value in outputs.items():
         response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
-    labels = tf.make_ndarray(predict_pb2.PredictResponse.FromString(response.SerializeToString()).outputs["top_k_labels"])
+    received_response = predict_pb2.PredictResponse.FromString(response.SerializeToString())
+    labels = tf.make_ndarray(received_response.outputs["top_k_labels"])
     expected = keras_probabilities(trained, decode(val_files[0])[None])
     assert labels[0, 0].decode() == trained.class_names[expected.argmax()]
 
@@ -423,3 +423,98 @@ def test_train_export_flag_exports_after_training(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "labels.txt").read_text().split() == [str(d) for d in range(10)]
     assert (tmp_path / "saved_models" / "resnet8_w0.25" / "1" / "saved_model.pb").exists()
     assert "Exported resnet8_w0.25 version 1" in result.stdout
+
+
+# ----------------------------------------------------------------------------- serving scripts
+
+
+def test_serve_script_command(exported, tmp_path):
+    """The TF Serving command names the absolute base path, the model and both ports (dry run)."""
+    from conftest import REPO
+
+    script = str(REPO / "scripts" / "serve_tf_serving.sh")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "tensorflow_model_server").write_text("#!/bin/sh\nexit 0\n")
+    (fake_bin / "tensorflow_model_server").chmod(0o755)
+    base = exported["model_base_path"]
+    env = dict(os.environ, PATH=f"{fake_bin}:{os.environ['PATH']}")
+    local = subprocess.run([script, "--dry-run", base], env=env, capture_output=True, text=True, check=True)
+    assert local.stdout.split() == ["tensorflow_model_server", "--port=8500", "--rest_api_port=8501",
+                                    "--model_name=resnet8_w0.25", f"--model_base_path={os.path.abspath(base)}",
+                                    "--file_system_poll_wait_seconds=5"]
+    env = dict(os.environ, PATH="/usr/bin:/bin", MODEL_NAME="cifar", REST_PORT="9001")
+    docker = subprocess.run([script, "--dry-run", base], env=env, capture_output=True, text=True, check=True)
+    assert "-p 9001:8501" in docker.stdout and "target=/models/cifar" in docker.stdout
+    assert "MODEL_NAME=cifar tensorflow/serving" in docker.stdout
+    missing = subprocess.run([script, str(tmp_path / "none")], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.startswith("Error: model base path not found")
+
+
+def test_rest_client_request_is_served_by_the_signature(exported, trained, val_files, capsys):
+    """rest_client's body goes to a loopback stand-in for TF Serving's REST predict (row format: b64
+    instances in, one dict of named outputs per instance out) that runs the exported signature."""
+    import base64
+    import http.server
+    import threading
+
+    import tensorflow as tf
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import rest_client
+    finally:
+        sys.path.pop(0)
+    loaded = tf.saved_model.load(exported["path"])
+    seen = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.update(path=self.path, body=body)
+            signature = loaded.signatures[body["signature_name"]]
+            images = [base64.b64decode(instance["b64"]) for instance in body["instances"]]
+            outputs = {k: v.numpy().tolist() for k, v in signature(image_bytes=tf.constant(images)).items()}
+            rows = [{k: [x.decode() if isinstance(x, bytes) else x for x in v[i]] for k, v in outputs.items()}
+                    for i in range(len(images))]
+            data = json.dumps({"predictions": rows}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.handle_request, daemon=True)  # exactly one request
+    thread.start()
+    try:
+        code = rest_client.main(["--url", f"http://127.0.0.1:{server.server_port}", "--model", "resnet8_w0.25",
+                                 "--version", "1", val_files[0], val_files[5]])
+    finally:
+        thread.join(30)
+        server.server_close()
+    assert code == 0
+    assert seen["path"] == "/v1/models/resnet8_w0.25/versions/1:predict"
+    assert seen["body"]["signature_name"] == "serving_bytes" and list(seen["body"]["instances"][0]) == ["b64"]
+    printed = capsys.readouterr().out.splitlines()
+    expected = keras_probabilities(trained, np.stack([decode(val_files[0]), decode(val_files[5])]))
+    assert printed[0] == val_files[0] and printed[1].split()[1] == trained.class_names[expected[0].argmax()]
+    assert printed[6] == val_files[5] and printed[7].split()[1] == trained.class_names[expected[1].argmax()]
+
+
+@pytest.mark.extended
+def test_benchmark_export_quick(tmp_path):
+    """scripts/benchmark_export.py --quick prints one JSON line per format and a summary (minutes on a busy machine)."""
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark_export.py"), "--quick"],
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r.get("format") for r in records[:-1]] == ["keras", "saved_model", "tflite_float32", "tflite_float16",
+                                                       "tflite_dynamic", "tflite_int8"]
+    assert all(r["latency_ms_median"] > 0 for r in records[:-1]) and records[-1]["summary"]
