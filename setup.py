@@ -31,6 +31,9 @@ setup(
         "scikit-learn",  # the bundled `digits` dataset, and Bayesian search in keras-tuner
         "matplotlib",  # training-curve and confusion-matrix PNGs
         "pyyaml",  # --config files
+        # LiteRT's interpreter, which TF 2.21 recommends over the deprecated tf.lite.Interpreter (no Windows
+        # wheels; export.py falls back to tf.lite.Interpreter there).
+        "ai-edge-litert; platform_system != 'Windows'",
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu{TENSORFLOW}"],

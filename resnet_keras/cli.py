@@ -172,10 +172,12 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.option("--model-dir", type=click.Path(file_okay=False),
               help="Run directory (default runs/<model>-<dataset>); rerunning resumes it.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in --model-dir and start fresh.")
+@click.option("--export", "export", is_flag=True,
+              help="After training, export a SavedModel to saved_models/<model>/<next version>/.")
 @click.pass_context
 def train(ctx, **params):
     """Train a ResNet with checkpoints, resume, TensorBoard logs, history and curves."""
-    allowed = _MODEL_KEYS + _DATA_KEYS + _TRAIN_KEYS + ("model_dir", "overwrite")
+    allowed = _MODEL_KEYS + _DATA_KEYS + _TRAIN_KEYS + ("model_dir", "overwrite", "export")
     p = _merge_config_file(ctx, params, allowed)
     from resnet_keras.config import ModelConfig
     from resnet_keras.data import DataConfig
@@ -208,6 +210,10 @@ def train(ctx, **params):
     model_dir = p["model_dir"] or os.path.join("runs", f"{model_config.name}-{p['dataset'].replace('/', '_')}")
     run_training(model_config, data_config, train_config, model_dir, overwrite=bool(p["overwrite"]),
                  log=click.echo)
+    if p.get("export"):
+        from resnet_keras.export import export_saved_model
+
+        export_saved_model(model_dir, log=click.echo)
 
 
 @cli.command()
@@ -238,6 +244,78 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
     click.echo(f"{split}: {result['examples']} examples, top-1 {result['accuracy']:.4f}{top5}, loss {result['loss']:.4f}")
     for name, accuracy in result["per_class_accuracy"].items():
         click.echo(f"  {name}: {'-' if accuracy is None else f'{accuracy:.4f}'}")
+
+
+# ----------------------------------------------------------------------------- export / predict
+
+
+@cli.command()
+@click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="A training run directory.")
+@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite"]), default="saved_model",
+              show_default=True, help="saved_model: TF Serving layout; tflite: one .tflite file.")
+@click.option("--base-dir", default="saved_models", show_default=True,
+              help="Export root: SavedModels go to <base-dir>/<model>/<version>/, TFLite to <base-dir>/tflite/.")
+@click.option("--version", "version", type=click.IntRange(min=1), help="SavedModel version (default: next integer).")
+@click.option("--output", type=click.Path(dir_okay=False), help="TFLite file path (default under --base-dir).")
+@click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]), default="none",
+              show_default=True, help="TFLite weights/activations: float32, float16 weights, int8 weights, full int8.")
+@click.option("--calibration-data", type=click.Path(), help="int8: folder of images (default: the run's train split).")
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=200, show_default=True,
+              help="int8: images used for calibration.")
+@click.option("--eval-samples", type=click.IntRange(min=1),
+              help="TFLite: validation images for the check (default all).")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="TFLite: refuse when accuracy falls more than this many points below the Keras model.")
+@click.option("--weights", type=click.Choice(["final", "best"]), default="final", show_default=True,
+              help="final: model.keras; best: the best val-accuracy weights.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing version or file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+def export(model_dir, fmt, base_dir, version, output, quantize, calibration_data, calibration_samples, eval_samples,
+           max_accuracy_drop, weights, overwrite, as_json):
+    """Export a trained run: a versioned SavedModel for TF Serving, or a (quantized) TFLite file."""
+    if fmt == "saved_model" and (output or quantize != "none" or calibration_data or eval_samples):
+        raise click.UsageError("--output, --quantize, --calibration-data and --eval-samples apply to --format tflite.")
+    if fmt == "tflite" and version is not None:
+        raise click.UsageError("--version applies to --format saved_model.")
+    log = (lambda message: click.echo(message, err=True)) if as_json else click.echo
+    from resnet_keras import export as export_lib
+
+    if fmt == "saved_model":
+        report = export_lib.export_saved_model(model_dir, base_dir, version=version, overwrite=overwrite,
+                                               weights=weights, log=log)
+    else:
+        report = export_lib.export_tflite(model_dir, output, quantize=quantize, base_dir=base_dir,
+                                          calibration_data=calibration_data, calibration_samples=calibration_samples,
+                                          eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
+                                          overwrite=overwrite, weights=weights, log=log)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one entry per image.")
+def predict(model, images, top_k, as_json):
+    """Top-k labels of IMAGES from MODEL: a SavedModel (version folder or base path) or a .tflite file.
+
+    Exit code 1 when some image could not be read (the others are still predicted).
+    """
+    from resnet_keras.predict import predict as run_prediction
+
+    results = run_prediction(model, list(images), top_k, on_error=lambda line: click.echo(line, err=True))
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for result in results:
+            if "predictions" not in result:
+                continue
+            click.echo(result["image"])
+            width = max(len(p["label"]) for p in result["predictions"])
+            for p in result["predictions"]:
+                click.echo(f"  {p['rank']}. {p['label'].ljust(width)}  {p['probability']:.4f}")
+    return 1 if any("error" in result for result in results) else 0
 
 
 def main():  # console-script entry point

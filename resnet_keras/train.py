@@ -24,9 +24,10 @@ Validation runs outside the strategy, on the same (mirrored) variables, over the
 val split with ``drop_remainder=False``: exact counts on any number of replicas at the
 cost of not parallelising validation.
 
-A run directory holds ``config.json``, ``checkpoints/`` (last two epochs), ``best.weights.h5``
-(best val accuracy), ``logs/`` (TensorBoard), ``history.csv``, ``metrics.json``,
-``curves.png`` and the final ``model.keras``. Rerunning the same call resumes.
+A run directory holds ``config.json``, ``labels.txt`` (class names, one per line),
+``checkpoints/`` (last two epochs), ``best.weights.h5`` (best val accuracy), ``logs/``
+(TensorBoard), ``history.csv``, ``metrics.json``, ``curves.png`` and the final ``model.keras``.
+Rerunning the same call resumes.
 """
 
 from __future__ import annotations
@@ -337,6 +338,8 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     resuming = _check_run_dir(model_dir, configs, overwrite)
     model_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(model_dir / "config.json", json.dumps(configs, indent=2, sort_keys=True) + "\n")
+    # Class names in index order, so exports need no access to the data (export.py reads it).
+    _write_atomic(model_dir / "labels.txt", "".join(f"{name}\n" for name in info.class_names))
 
     steps_per_epoch = train_config.steps_per_epoch or max(1, info.num_train // train_config.batch_size)
     global_batch = train_config.batch_size

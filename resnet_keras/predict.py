@@ -1,0 +1,140 @@
+"""Top-k predictions from an exported model (SavedModel or .tflite) for image files.
+
+A SavedModel runs its ``serving_bytes`` signature, so decoding, resizing and cropping happen in
+the exported graph, exactly as TF Serving would do them. A .tflite file takes pixels: the same
+evaluation view (``export.evaluation_view``) is applied here, with the preprocessing and labels
+read from the ``<file>.tflite.json`` sidecar written by the export (without it: indices as labels
+and a plain resize, with a note).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from resnet_keras.errors import UsageError, expect, is_int
+
+NOT_AN_IMAGE = "not a JPEG, PNG, GIF or BMP image"
+
+
+def resolve_saved_model(path: Path) -> Path:
+    """A SavedModel version folder, or the latest integer version under a model base path."""
+    if (path / "saved_model.pb").exists():
+        return path
+    from resnet_keras.export import versions
+
+    found = [v for v in versions(path) if (path / str(v) / "saved_model.pb").exists()]
+    if not found:
+        raise UsageError(f"{path} is neither a SavedModel folder (saved_model.pb) nor a model base path with "
+                         f"integer version folders, nor a .tflite file")
+    return path / str(found[-1])
+
+
+class _SavedModelPredictor:
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        from resnet_keras.export import BYTES_INPUT, BYTES_SIGNATURE, LABELS_FILE
+
+        self.tf = tf
+        self.path = resolve_saved_model(path)
+        loaded = tf.saved_model.load(str(self.path))
+        if BYTES_SIGNATURE not in loaded.signatures:
+            raise UsageError(f"{self.path} has no {BYTES_SIGNATURE!r} signature; export it with resnet-keras export")
+        self._loaded = loaded
+        self._signature = loaded.signatures[BYTES_SIGNATURE]
+        self._input = BYTES_INPUT
+        self.labels = (self.path / "assets" / LABELS_FILE).read_text(encoding="utf-8").splitlines()
+
+    def __call__(self, data: bytes):
+        tf = self.tf
+        try:
+            out = self._signature(**{self._input: tf.constant([data])})
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(NOT_AN_IMAGE) from error
+        return out["probabilities"].numpy()[0]
+
+
+class _TFLitePredictor:
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        from resnet_keras.export import TFLiteRunner, evaluation_view
+
+        self.tf = tf
+        self.path = path
+        try:
+            self.runner = TFLiteRunner(model_path=str(path))
+        except ValueError as error:
+            raise UsageError(f"{path} is not a valid TFLite model ({error})") from error
+        sidecar = path.with_name(path.name + ".json")
+        self.notes = []
+        num_classes = int(self.runner.output["shape"][-1])
+        if sidecar.exists():
+            meta = json.loads(sidecar.read_text())
+            self.labels, preprocessing = list(meta["class_names"]), meta["preprocessing"]
+        else:
+            self.labels, preprocessing = [str(i) for i in range(num_classes)], "none"
+            self.notes.append(f"Note: {sidecar} is missing: labels are class indices and images are only resized.")
+        self.view = evaluation_view(preprocessing, self.runner.image_size)
+
+    def __call__(self, data: bytes):
+        tf = self.tf
+        try:
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(NOT_AN_IMAGE) from error
+        return self.runner(self.view(image).numpy()[None])[0]
+
+
+def load_predictor(model: str | os.PathLike):
+    """A callable image bytes -> probabilities [C] (float32) with ``.labels`` and ``.path``."""
+    path = Path(model)
+    if not path.exists():
+        raise UsageError(f"Model not found: {path}")
+    if path.is_file():
+        if path.suffix != ".tflite":
+            raise UsageError(f"Received: model={str(path)!r}; expected a SavedModel folder or a .tflite file")
+        return _TFLitePredictor(path)
+    return _SavedModelPredictor(path)
+
+
+def predict(model: str | os.PathLike, images: list[str], top_k: int = 5,
+            on_error: Callable[[str], None] | None = None) -> list[dict]:
+    """One result per image: ``{"image", "predictions": [{"rank", "index", "label", "probability"}]}``
+    or ``{"image", "error"}`` for a file that cannot be read or decoded (the others still run).
+
+    ``on_error(message)`` is called with one line per failed image. Raises UsageError for a bad
+    model path or top_k.
+    """
+    import numpy as np
+
+    from resnet_keras.data import _is_image
+
+    expect(is_int(top_k) and top_k >= 1, "top_k", top_k, "an integer >= 1")
+    predictor = load_predictor(model)
+    for note in getattr(predictor, "notes", []):
+        if on_error:
+            on_error(note)
+    top_k = min(top_k, len(predictor.labels))
+    results = []
+    for image in images:
+        try:
+            with open(image, "rb") as handle:
+                data = handle.read()
+            if not _is_image(image):
+                raise ValueError(NOT_AN_IMAGE)
+            probabilities = predictor(data)
+        except (OSError, ValueError) as error:
+            message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            results.append(dict(image=image, error=message))
+            if on_error:
+                on_error(f"Error: {image}: {message}")
+            continue
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        results.append(dict(image=image, predictions=[
+            dict(rank=rank, index=int(i), label=predictor.labels[i], probability=float(probabilities[i]))
+            for rank, i in enumerate(order, start=1)]))
+    return results
