@@ -317,6 +317,76 @@ def predict(model, images, top_k, as_json):
                 click.echo(f"  {p['rank']}. {p['label'].ljust(width)}  {p['probability']:.4f}")
     return 1 if any("error" in result for result in results) else 0
 
+# ----------------------------------------------------------------------------- benchmark
+
+
+@cli.command()
+@click.option("--depth", type=int, help="Network depth: 18/34/50/101/152 (ImageNet) or 6n+2 (CIFAR).")
+@click.option("--preset", help="A named preset (e.g. resnet20, resnet50_v1.5) instead of --depth.")
+@click.option("--family", type=click.Choice(specs.FAMILIES), help="Network family (default from the depth).")
+@click.option("--variant", type=click.Choice(specs.VARIANTS), help="v1 (paper), v1.5 or v2 (pre-activation).")
+@click.option("--width", type=float, help="Width multiplier on every stage's channels.")
+@click.option("--image-size", type=int, help="Input size (default: the family's, 32 or 224).")
+@click.option("--num-classes", type=int, help="Classifier outputs with synthetic data (default: the family's).")
+@click.option("--batch-size", type=int, help="Global batch (default 128 up to 64 pixels, 16 above).")
+@click.option("--precision", type=click.Choice(["none", "float16", "bfloat16"]), default="none", show_default=True,
+              help="Mixed-precision compute dtype (float16 with loss scaling).")
+@click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the steps with XLA (jit_compile).")
+@click.option("--data", default="synthetic", show_default=True,
+              help="'synthetic', an image folder, or a TFDS name (prepared under --data-dir).")
+@click.option("--data-dir", help="TFDS data directory for a TFDS --data.")
+@click.option("--mode", "modes", type=click.Choice(["train", "infer"]), multiple=True,
+              help="Measure only this (repeatable; default both).")
+@click.option("--steps", type=int, default=10, show_default=True, help="Timed steps per measurement.")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed steps first (tracing, XLA compile).")
+@click.option("--pipeline-batches", type=int, default=50, show_default=True,
+              help="Batches read when timing the input pipeline alone (real data only).")
+@click.option("--compare", is_flag=True,
+              help="Also time keras.applications' ResNet (ImageNet family) or a plain Keras CIFAR ResNet, alternating.")
+@click.option("--memory", is_flag=True, help="Peak resident memory of a training process (ours, TF alone, anchor).")
+@click.option("--profile", "profile_dir", type=click.Path(file_okay=False),
+              help="Write a TensorFlow profiler trace of 3 training steps here and print the top ops.")
+@click.option("--intra-op-threads", type=int, default=0, show_default=True,
+              help="tf.config.threading intra-op threads (0: TensorFlow's default, one per core).")
+@click.option("--inter-op-threads", type=int, default=0, show_default=True,
+              help="tf.config.threading inter-op threads (0: TensorFlow's default).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per measurement, then a summary object.")
+def benchmark(depth, preset, family, variant, width, image_size, num_classes, batch_size, precision, xla, data,
+              data_dir, modes, steps, warmup, pipeline_batches, compare, memory, profile_dir, intra_op_threads,
+              inter_op_threads, seed, as_json):
+    """Training and inference images/s, input-pipeline speed and memory, next to Keras anchors."""
+    from resnet_keras.config import ModelConfig
+
+    if preset and depth is not None:
+        raise click.UsageError("give --depth or --preset, not both.")
+    for name, value in (("--intra-op-threads", intra_op_threads), ("--inter-op-threads", inter_op_threads)):
+        if value < 0:
+            raise click.BadParameter(f"{value} is negative; expected 0 (default) or a thread count", param_hint=name)
+    overrides = {key: value for key, value in dict(family=family, variant=variant, width=width,
+                                                   image_size=image_size, num_classes=num_classes).items()
+                 if value is not None}
+    model_config = ModelConfig.preset(preset, **overrides) if preset else ModelConfig(depth=depth or 20, **overrides)
+    from resnet_keras.benchmark import BenchmarkConfig
+
+    bench = BenchmarkConfig(batch_size=batch_size, precision=precision, xla=xla, data=data, data_dir=data_dir,
+                            steps=steps, warmup=warmup, modes=modes or ("train", "infer"), compare=compare,
+                            memory=memory, pipeline_batches=pipeline_batches, seed=seed)
+    import tensorflow as tf  # only once the options are valid
+
+    try:  # before the first op; TensorFlow refuses once its runtime has started
+        if intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        if inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    except RuntimeError as error:
+        raise click.UsageError(f"cannot set thread counts: {error}")
+    from resnet_keras.benchmark import format_report, run
+
+    emit = (lambda row: click.echo(json.dumps(row))) if as_json else (lambda row: None)
+    summary = run(model_config, bench, emit=emit, profile_dir=profile_dir)
+    click.echo(json.dumps(summary) if as_json else format_report(summary))
+
 
 def main():  # console-script entry point
     cli()

@@ -299,6 +299,43 @@ def _per_example_loss(tf, labels, logits, num_classes: int, label_smoothing: flo
     return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
 
 
+def make_train_step(model, optimizer, strategy, *, num_classes: int, global_batch: int, label_smoothing: float,
+                    loss_scaling: bool, xla: bool):
+    """The training step of `train()`: `train_step(iterator)` -> summed [loss, correct, count] over the batch.
+
+    One step reads the next (distributed) batch, runs the replica step under `strategy.run` and
+    sums the three float32 scalars over replicas. Shared with `resnet_keras.benchmark`, so the
+    benchmark times exactly the step that training runs.
+    """
+    import tensorflow as tf
+
+    def step_fn(images, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            per_example = _per_example_loss(tf, labels, logits, num_classes, label_smoothing)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in model.losses]))
+            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)  # sums gradients over replicas; unscales
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.reduce_sum(per_example), correct, count
+
+    # No tensor-dependent Python control flow in the steps: AutoGraph is not needed (and it
+    # trips over the closure of these nested functions). XLA compiles the replica step only:
+    # reading the input iterator (IteratorGetNext) has no XLA kernel.
+    replica_step = tf.function(step_fn, jit_compile=True, autograph=False) if xla else step_fn
+
+    @tf.function(autograph=False)
+    def train_step(iterator):
+        results = strategy.run(replica_step, args=next(iterator))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in results]
+
+    return train_step
+
+
 def train(model_config: ModelConfig, data_config: DataConfig, train_config: TrainConfig,
           model_dir: str | os.PathLike, *, overwrite: bool = False,
           log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -380,31 +417,9 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
                                           batch_size=global_batch, training=True, input_context=ctx, repeat=True))
     val_ds = data_lib.make_dataset(data_config, "val", image_size=model_config.image_size,
                                    batch_size=global_batch, training=False, drop_remainder=False)
-    scaling = train_config.mixed_precision == "float16"
-
-    def step_fn(images, labels):
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = _per_example_loss(tf, labels, logits, num_classes, train_config.label_smoothing)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in model.losses]))
-            scaled = optimizer.scale_loss(loss) if scaling else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)  # sums gradients over replicas; unscales
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
-        count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return tf.reduce_sum(per_example), correct, count
-
-    # No tensor-dependent Python control flow in the steps: AutoGraph is not needed (and it
-    # trips over the closure of these nested functions). XLA compiles the replica step only:
-    # reading the input iterator (IteratorGetNext) has no XLA kernel.
-    replica_step = tf.function(step_fn, jit_compile=True, autograph=False) if train_config.xla else step_fn
-
-    @tf.function(autograph=False)
-    def train_step(iterator):
-        results = strategy.run(replica_step, args=next(iterator))
-        return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in results]
+    train_step = make_train_step(model, optimizer, strategy, num_classes=num_classes, global_batch=global_batch,
+                                 label_smoothing=train_config.label_smoothing,
+                                 loss_scaling=train_config.mixed_precision == "float16", xla=train_config.xla)
 
     @tf.function(autograph=False)
     def val_step(images, labels):

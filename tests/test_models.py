@@ -224,3 +224,49 @@ def test_unknown_preset_and_config_keys():
         ModelConfig.preset("resnet21")
     with pytest.raises(ConfigError, match="unknown model config keys"):
         ModelConfig.from_dict({"depth": 20, "colour": "red"})
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_fused_batch_norm_matches_keras_batch_norm_in_training(policy):
+    """blocks.FusedBatchNormalization (TensorFlow's fused kernel) = Keras BN: outputs, gradients, moving stats."""
+    import tensorflow as tf
+
+    from resnet_keras.blocks import FusedBatchNormalization
+
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        ours, theirs = FusedBatchNormalization(momentum=0.9, epsilon=1e-5), keras.layers.BatchNormalization(
+            momentum=0.9, epsilon=1e-5)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    x = tf.cast(tf.random.stateless_normal([8, 5, 5, 6], [1, 2]) * 3 + 1, ours.compute_dtype)
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 1.5, 6))
+        layer.beta.assign(np.linspace(-1, 1, 6))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        outputs = [layer(x, training=True) for layer in (ours, theirs)]
+        losses = [tf.reduce_sum(tf.cast(y, tf.float32) ** 2) for y in outputs]
+    grads = [tape.gradient(loss, [x, layer.gamma, layer.beta]) for loss, layer in zip(losses, (ours, theirs))]
+    tol = 1e-4 if policy == "float32" else 1e-2
+    assert outputs[0].dtype == outputs[1].dtype
+    np.testing.assert_allclose(np.float32(outputs[0]), np.float32(outputs[1]), atol=tol)
+    for mine, keras_grad in zip(*grads):
+        np.testing.assert_allclose(np.float32(mine), np.float32(keras_grad), rtol=tol, atol=tol)
+    np.testing.assert_allclose(ours.moving_mean.numpy(), theirs.moving_mean.numpy(), atol=1e-6)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), theirs.moving_variance.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(np.float32(ours(x, training=False)), np.float32(theirs(x, training=False)), atol=tol)
+
+
+def test_models_use_the_fused_batch_norm_and_reload_with_safe_mode(tmp_path):
+    from resnet_keras.blocks import FusedBatchNormalization
+
+    model = build_model(ModelConfig.preset("resnet20", width=0.25))
+    assert isinstance(model.get_layer("conv1_bn"), FusedBatchNormalization)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert isinstance(loaded.get_layer("conv1_bn"), FusedBatchNormalization)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-5)
