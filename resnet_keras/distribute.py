@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
+import threading
 
 import tensorflow as tf
 
@@ -179,6 +181,11 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
     # Agents poll the service for errors (a peer's missed heartbeats) and abort their collectives.
     service.poll_for_error_from_service_at_startup = True
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+    # Backstop: the start-up calls block in C++ and cannot be interrupted from Python. Should
+    # TensorFlow's own registration timeout not fire, end the process with the same one line.
+    watchdog = threading.Timer(timeout + _WATCHDOG_MARGIN_S, _give_up_waiting, args=(info, timeout))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
                                                              communication_options=options)
@@ -187,12 +194,26 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
                          "create the strategy before any other TensorFlow op") from error
     except tf.errors.OpError as error:  # registration barrier timed out, or a peer refused us
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        raise TrainingFailure(
-            f"worker {info.task_type}:{info.task_id} could not reach all {info.num_workers} workers of TF_CONFIG "
-            f"within {timeout:g} s ({type(error).__name__}: {first}); start every worker with the same "
-            f"cluster, check that each host:port is reachable, or raise {WORKER_TIMEOUT_ENV}") from None
+        raise TrainingFailure(_unreachable_message(info, timeout, f"{type(error).__name__}: {first}")) from None
+    finally:
+        watchdog.cancel()
     _MULTI_WORKER.append(strategy)
     return strategy
+
+
+_WATCHDOG_MARGIN_S = 30.0
+
+
+def _unreachable_message(info: WorkerInfo, timeout: float, detail: str) -> str:
+    return (f"worker {info.task_type}:{info.task_id} could not reach all {info.num_workers} workers of TF_CONFIG "
+            f"within {timeout:g} s ({detail}); start every worker with the same cluster, check that each "
+            f"host:port is reachable, or raise {WORKER_TIMEOUT_ENV}")
+
+
+def _give_up_waiting(info: WorkerInfo, timeout: float) -> None:
+    """Watchdog: prints the CLI's one error line and exits 1 (the blocked call cannot be unwound)."""
+    print(f"Error: {_unreachable_message(info, timeout, 'no answer at start-up')}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
