@@ -178,8 +178,8 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
     # Connect() waits for every task to register, at most cluster_register_timeout; without the
     # barrier a missing peer leaves the others waiting for device propagation (an hour).
     service.cluster_register_with_barrier = True
-    # Agents poll the service for errors (a peer's missed heartbeats) and abort their collectives.
-    service.poll_for_error_from_service_at_startup = True
+    # Not `poll_for_error_from_service_at_startup`: with the service-to-client connection MWMS uses,
+    # TF 2.21 aborts every collective with "Should not use error polling from service" (measured).
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
     # Backstop: the start-up calls block in C++ and cannot be interrupted from Python. Should
     # TensorFlow's own registration timeout not fire, end the process with the same one line.
