@@ -161,8 +161,8 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True, help="L2 weight decay.")
 @click.option("--label-smoothing", type=float, help="Label smoothing (default 0 paper, 0.1 short).")
 @click.option("--warmup-epochs", type=float, help="Linear warm-up epochs (default 0 paper, <=5 short).")
-@click.option("--strategy", type=click.Choice(["auto", "one-device", "mirrored"]), default="auto",
-              show_default=True, help="tf.distribute strategy.")
+@click.option("--strategy", type=click.Choice(["auto", "one-device", "mirrored", "multi-worker"]), default="auto",
+              show_default=True, help="tf.distribute strategy; multi-worker reads the cluster from TF_CONFIG.")
 @click.option("--mixed-precision", type=click.Choice(["none", "float16", "bfloat16"]), default="none",
               show_default=True, help="Mixed-precision compute dtype.")
 @click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the train step with XLA.")
@@ -196,6 +196,11 @@ def train(ctx, **params):
     probe = ModelConfig.preset(p["preset"], **probe) if p["preset"] else ModelConfig(depth=p["depth"] or 20, **probe)
     from resnet_keras.data import describe
     from resnet_keras.train import TrainConfig, train as run_training
+
+    if p["strategy"] == "multi-worker":  # collectives must be configured before any TensorFlow op
+        from resnet_keras.distribute import make_strategy
+
+        make_strategy("multi-worker")
 
     train_config = TrainConfig(recipe=p["recipe"], family=probe.family, low_lr_start=p["low_lr_start"],
                                epochs=p["epochs"], batch_size=p["batch_size"],

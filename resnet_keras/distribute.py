@@ -9,15 +9,33 @@ under MultiWorkerMirroredStrategy upstream (keras-team/keras#20585); see `train.
 * ``"one-device"``: OneDeviceStrategy on ``GPU:0`` when present, else ``CPU:0``.
 * ``"mirrored"``: MirroredStrategy over the local GPUs, or over every logical CPU on a
   CPU-only machine (see `split_cpu`).
+* ``"multi-worker"``: MultiWorkerMirroredStrategy (collective all-reduce) over the cluster that
+  ``TF_CONFIG`` describes, as Kubeflow's TFJob and Vertex AI set it (see `worker_info`).
+
+Input sharding is the same on every strategy: replica ``r`` of ``R`` reads shard ``r`` of the
+examples (`input_options`), so R replicas in one process compute what R one-replica workers do.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import sys
+import threading
+
 import tensorflow as tf
 
-from resnet_keras.errors import ConfigError, UsageError
+from resnet_keras.errors import ConfigError, TrainingFailure, UsageError
 
-STRATEGIES = ("auto", "one-device", "mirrored")
+STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
+# Seconds a worker waits for its peers (cluster start-up, each collective, heartbeats) before it
+# fails instead of hanging; `RESNET_KERAS_WORKER_TIMEOUT` overrides it. Generous by default,
+# because the first collective also waits for the slowest worker to build its input pipeline.
+WORKER_TIMEOUT_ENV = "RESNET_KERAS_WORKER_TIMEOUT"
+DEFAULT_WORKER_TIMEOUT = 600.0
+# MultiWorkerMirroredStrategy configures collectives once per process: one instance per process.
+_MULTI_WORKER: list = []
 
 
 def split_cpu(n: int) -> list[str]:
@@ -45,6 +63,8 @@ def make_strategy(name: str = "auto", *, devices: list[str] | None = None) -> tf
     for "mirrored" (e.g. ``["/cpu:0", "/cpu:1"]``) or picks the device for "one-device"."""
     if name not in STRATEGIES:
         raise ConfigError(f"Received: strategy={name!r}; expected one of {', '.join(STRATEGIES)}.")
+    if name == "multi-worker":
+        return _multi_worker_strategy()
     gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
     cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
     if name == "one-device" or (name == "auto" and len(gpus) < 2):
@@ -65,3 +85,151 @@ def check_global_batch(batch_size: int, strategy: tf.distribute.Strategy) -> int
         raise UsageError(f"Received: batch_size={batch_size}; the global batch must be divisible by the "
                          f"{replicas} replicas of the strategy (e.g. {replicas * max(1, batch_size // replicas)}).")
     return batch_size // replicas
+
+
+# ----------------------------------------------------------------------------- multi-worker
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """This process's place in the cluster: ``task_type`` ("chief" or "worker"), ``task_id``,
+    ``num_workers`` (chief included) and ``is_chief`` (the "chief" task, else worker 0), the one
+    process that writes the run directory."""
+
+    task_type: str
+    task_id: int
+    num_workers: int
+    is_chief: bool
+
+
+def worker_info() -> WorkerInfo:
+    """Reads and checks ``TF_CONFIG`` (``{"cluster": {"chief": [...], "worker": ["host:port", ...]},
+    "task": {"type": "worker", "index": 0}}``); UsageError with one clear line when it is missing
+    or malformed. Chief election follows TensorFlow's `multi_worker_util.is_chief`."""
+    raw = os.environ.get("TF_CONFIG")
+    example = ('e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
+               '"task": {"type": "worker", "index": 0}}\'')
+    if not raw:
+        raise UsageError(f"--strategy multi-worker needs TF_CONFIG describing the cluster ({example}); "
+                         "scripts/launch_workers.py sets it for local workers")
+    try:
+        config = json.loads(raw)
+    except ValueError as error:
+        raise UsageError(f"TF_CONFIG is not valid JSON ({error}); {example}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    if not (isinstance(cluster, dict) and isinstance(task, dict)):
+        raise UsageError(f"TF_CONFIG needs a 'cluster' and a 'task' mapping; {example}")
+    workers = {job: cluster.get(job) or [] for job in ("chief", "worker")}
+    if not all(isinstance(v, list) and all(isinstance(a, str) and ":" in a for a in v) for v in workers.values()):
+        raise UsageError(f"TF_CONFIG cluster jobs must be lists of 'host:port' strings; received {cluster!r}")
+    if len(workers["chief"]) > 1 or not workers["chief"] + workers["worker"]:
+        raise UsageError(f"TF_CONFIG needs at most one chief and at least one chief or worker; received {cluster!r}")
+    task_type, task_id = task.get("type"), task.get("index", 0)
+    if task_type not in ("chief", "worker") or not isinstance(task_id, int) or not 0 <= task_id < len(
+            workers.get(task_type, [])):
+        raise UsageError(f"TF_CONFIG task {task!r} is not a chief or worker of the cluster {cluster!r}")
+    is_chief = task_type == "chief" or (not workers["chief"] and task_id == 0)
+    return WorkerInfo(task_type, task_id, len(workers["chief"]) + len(workers["worker"]), is_chief)
+
+
+def worker_timeout() -> float:
+    """Seconds to wait for peers (`WORKER_TIMEOUT_ENV`, default `DEFAULT_WORKER_TIMEOUT`)."""
+    raw = os.environ.get(WORKER_TIMEOUT_ENV, str(DEFAULT_WORKER_TIMEOUT))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UsageError(f"Received: {WORKER_TIMEOUT_ENV}={raw!r}; expected a number of seconds > 0")
+    return value
+
+
+def _multi_worker_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy from TF_CONFIG with bounded waits on peers.
+
+    Three waits are bounded by `worker_timeout()`: cluster start-up (the coordination service's
+    registration of every task), each collective (`CommunicationOptions.timeout_seconds`), and
+    peer liveness (coordination-service heartbeats; in TF 2.21 MWMS turns its own Python
+    "check health" thread off when the coordination service runs). Built once per process.
+    """
+    if _MULTI_WORKER:
+        return _MULTI_WORKER[0]
+    info = worker_info()
+    timeout = worker_timeout()
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    cluster_spec = resolver.cluster_spec()
+    # What MWMS configures itself (collective_all_reduce_strategy.py), plus the timeouts: its own
+    # call leaves them at 0, which means "wait for ever" for registration.
+    ms = int(timeout * 1000)
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        cluster_register_timeout_in_ms=ms,
+        heartbeat_timeout_in_ms=min(ms, 30_000),
+        shutdown_barrier_timeout_in_ms=ms,
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
+                          for job in ("chief", "worker") if job in cluster_spec.jobs])
+    service = context.context().coordination_service
+    # Connect() waits for every task to register, at most cluster_register_timeout; without the
+    # barrier a missing peer leaves the others waiting for device propagation (an hour).
+    service.cluster_register_with_barrier = True
+    # Not `poll_for_error_from_service_at_startup`: with the service-to-client connection MWMS uses,
+    # TF 2.21 aborts every collective with "Should not use error polling from service" (measured).
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+    # Backstop: the start-up calls block in C++ and cannot be interrupted from Python. Should
+    # TensorFlow's own registration timeout not fire, end the process with the same one line.
+    watchdog = threading.Timer(timeout + _WATCHDOG_MARGIN_S, _give_up_waiting, args=(info, timeout))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                             communication_options=options)
+    except RuntimeError as error:  # the context was initialised before the strategy
+        raise UsageError(f"cannot start multi-worker training: {str(error).splitlines()[0]}; "
+                         "create the strategy before any other TensorFlow op") from error
+    except tf.errors.OpError as error:  # registration barrier timed out, or a peer refused us
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise TrainingFailure(_unreachable_message(info, timeout, f"{type(error).__name__}: {first}")) from None
+    finally:
+        watchdog.cancel()
+    _MULTI_WORKER.append(strategy)
+    return strategy
+
+
+_WATCHDOG_MARGIN_S = 30.0
+
+
+def _unreachable_message(info: WorkerInfo, timeout: float, detail: str) -> str:
+    return (f"worker {info.task_type}:{info.task_id} could not reach all {info.num_workers} workers of TF_CONFIG "
+            f"within {timeout:g} s ({detail}); start every worker with the same cluster, check that each "
+            f"host:port is reachable, or raise {WORKER_TIMEOUT_ENV}")
+
+
+def _give_up_waiting(info: WorkerInfo, timeout: float) -> None:
+    """Watchdog: prints the CLI's one error line and exits 1 (the blocked call cannot be unwound)."""
+    print(f"Error: {_unreachable_message(info, timeout, 'no answer at start-up')}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True unless `strategy` is multi-worker and this process is not its chief."""
+    extended = strategy.extended
+    return bool(getattr(extended, "should_checkpoint", True)) if _is_multi_worker(strategy) else True
+
+
+def _is_multi_worker(strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def input_options(strategy: tf.distribute.Strategy) -> tf.distribute.InputOptions | None:
+    """One input pipeline per replica for single-process MirroredStrategy (PER_REPLICA), so replica
+    r reads shard r of R exactly as worker r of R one-device workers does; None otherwise."""
+    if isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
+        return tf.distribute.InputOptions(
+            experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+    return None

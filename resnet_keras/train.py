@@ -336,6 +336,99 @@ def make_train_step(model, optimizer, strategy, *, num_classes: int, global_batc
     return train_step
 
 
+# ----------------------------------------------------------------------------- multi-worker (issue 6)
+# Every worker runs the same loop and so calls the same collectives in the same order; only the
+# chief writes the run directory, the others write the same files to scratch that is deleted.
+
+# What a lost, killed or unreachable peer raises out of a collective or the coordination service.
+_PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "AbortedError", "CancelledError", "InternalError")
+
+
+# Set to a folder to keep each non-chief worker's copies there (worker-<task id>/) for inspection.
+KEEP_SCRATCH_ENV = "RESNET_KERAS_WORKER_SCRATCH"
+
+
+def _worker_scratch(model_dir: Path, task_id: int) -> Path:
+    """A fresh local folder for a non-chief worker's copies of the run files; removed at exit
+    unless `KEEP_SCRATCH_ENV` names a folder to keep them in."""
+    import atexit
+    import shutil
+    import tempfile
+
+    keep = os.environ.get(KEEP_SCRATCH_ENV)
+    if keep:
+        scratch = Path(keep) / f"worker-{task_id}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        return scratch
+    scratch = Path(tempfile.mkdtemp(prefix=f"resnet-keras-worker-{model_dir.name}-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return scratch
+
+
+def _agreed_checkpoint(tf, strategy, manager, run_dir: Path, resuming: bool) -> str | None:
+    """The checkpoint every worker restores: the chief's latest, its epoch all-reduced from replica 0
+    (the chief), so workers never read a run directory the chief is still preparing."""
+    from resnet_keras.distribute import is_chief
+
+    latest = manager.latest_checkpoint if resuming else None
+    if strategy.num_replicas_in_sync == 1 or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return latest
+    epoch = int(latest.rsplit("-", 1)[1]) if latest and is_chief(strategy) else 0
+
+    def chief_value():
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return tf.where(tf.equal(replica, 0), tf.constant(epoch, tf.int64), tf.constant(0, tf.int64))
+
+    broadcast = tf.function(lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(chief_value), axis=None),
+                            autograph=False)
+    epoch = int(broadcast())
+    return str(run_dir / "checkpoints" / f"ckpt-{epoch}") if epoch else None
+
+
+def _replica_statistics_sync(tf, strategy, model) -> Callable[[], None]:
+    """A function that sets every replica's copy of the BatchNorm moving statistics to their mean.
+
+    Keras 3 BN moving statistics are MirroredVariables with aggregation NONE: each replica updates
+    its own copy from its own batches and a save keeps one copy, so workers would end an epoch
+    with different weights. Averaging before validation and checkpoints keeps all workers (and a
+    single process with the same replicas) identical, as Keras 2's ON_READ/MEAN variables did.
+    """
+    variables = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+    if strategy.num_replicas_in_sync == 1 or not variables:
+        return lambda: None
+
+    def replica_fn():
+        context = tf.distribute.get_replica_context()
+        means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in variables])
+        for variable, mean in zip(variables, means):
+            variable.assign(mean)
+
+    sync = tf.function(lambda: strategy.run(replica_fn), autograph=False)
+    return _peer_guard(sync, strategy)
+
+
+def _peer_guard(function: Callable, strategy) -> Callable:
+    """`function` with the errors of a lost peer turned into one TrainingFailure line (exit 1)."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return function
+
+    def guarded(*args):
+        try:
+            return function(*args)
+        except tf.errors.OpError as error:
+            if type(error).__name__ not in _PEER_ERRORS:
+                raise
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise TrainingFailure(
+                f"lost contact with another worker ({type(error).__name__}: {reason}); restart every worker "
+                "with the same command to resume from the last saved epoch") from None
+
+    return guarded
+
+
 def train(model_config: ModelConfig, data_config: DataConfig, train_config: TrainConfig,
           model_dir: str | os.PathLike, *, overwrite: bool = False,
           log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -352,7 +445,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     import tensorflow as tf
 
     from resnet_keras import data as data_lib
-    from resnet_keras.distribute import check_global_batch, make_strategy
+    from resnet_keras.distribute import check_global_batch, input_options, is_chief, make_strategy
     from resnet_keras.models import build_model
 
     model_config = dataclasses.replace(model_config, weight_decay=float(train_config.weight_decay))
@@ -367,6 +460,9 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     low_lr_start = train_config.uses_low_lr_start(model_config)
     strategy = make_strategy(train_config.strategy)
     replicas = strategy.num_replicas_in_sync
+    run_dir = model_dir  # multi-worker: what every worker resumes from; only the chief writes it
+    if not is_chief(strategy):
+        model_dir = _worker_scratch(run_dir, strategy.cluster_resolver.task_id)
     check_global_batch(train_config.batch_size, strategy)
     if train_config.xla and replicas > 1 and not tf.config.list_logical_devices("GPU"):
         raise UsageError("Received: xla=True with MirroredStrategy over logical CPUs; XLA cannot compile a step "
@@ -405,21 +501,25 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     manager = tf.train.CheckpointManager(checkpoint, str(model_dir / "checkpoints"), max_to_keep=2)
     history_path = model_dir / "history.csv"
     history: list[dict] = []
-    if resuming and manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    latest = _peer_guard(_agreed_checkpoint, strategy)(tf, strategy, manager, run_dir, resuming)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
         # The history may hold an epoch written just before a crash that the checkpoint missed.
-        history = [row for row in _read_history(history_path) if row["epoch"] <= int(epoch_var.numpy())]
-        log(f"Resuming {model_dir} after epoch {int(epoch_var.numpy())}.")
+        history = [row for row in _read_history(run_dir / "history.csv") if row["epoch"] <= int(epoch_var.numpy())]
+        log(f"Resuming {run_dir} after epoch {int(epoch_var.numpy())}.")
     start_epoch = int(epoch_var.numpy())
 
     train_ds = strategy.distribute_datasets_from_function(
         lambda ctx: data_lib.make_dataset(data_config, "train", image_size=model_config.image_size,
-                                          batch_size=global_batch, training=True, input_context=ctx, repeat=True))
+                                          batch_size=global_batch, training=True, input_context=ctx, repeat=True),
+        options=input_options(strategy))
     val_ds = data_lib.make_dataset(data_config, "val", image_size=model_config.image_size,
                                    batch_size=global_batch, training=False, drop_remainder=False)
     train_step = make_train_step(model, optimizer, strategy, num_classes=num_classes, global_batch=global_batch,
                                  label_smoothing=train_config.label_smoothing,
                                  loss_scaling=train_config.mixed_precision == "float16", xla=train_config.xla)
+    train_step = _peer_guard(train_step, strategy)
+    sync_statistics = _replica_statistics_sync(tf, strategy, model)
 
     @tf.function(autograph=False)
     def val_step(images, labels):
@@ -474,6 +574,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         seconds = time.perf_counter() - epoch_start
         train_seconds += seconds
         images_seen += int(totals[2])
+        sync_statistics()
         val_loss, val_accuracy = validate()
         row = dict(epoch=epoch, loss=float(totals[0] / totals[2]), accuracy=float(totals[1] / totals[2]),
                    val_loss=float(val_loss), val_accuracy=float(val_accuracy), lr=lr, seconds=round(seconds, 3),
@@ -515,7 +616,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     _write_atomic(model_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     log(f"Done: {metrics['epochs']} epochs, val accuracy {metrics['final_val_accuracy']:.4f} "
         f"(best {metrics['best_val_accuracy']:.4f} at epoch {metrics['best_epoch']}), "
-        f"{metrics['wall_seconds']:.1f} s, {metrics['images_per_second']} images/s; saved {model_dir / 'model.keras'}")
+        f"{metrics['wall_seconds']:.1f} s, {metrics['images_per_second']} images/s; saved {run_dir / 'model.keras'}")
     return metrics
 
 
