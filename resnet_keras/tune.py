@@ -12,8 +12,8 @@ MultiWorkerMirroredStrategy, keras-team/keras#20585).
   and returns the best epoch's val accuracy / val loss plus the model's size and cost.
 * A cost limit (`max_params`, `max_flops` in multiply-adds, counted on built models) never trains
   an oversized candidate: when the limit excludes some (depth, width, shortcut) combinations, the
-  three hyperparameters become one ``architecture`` choice over the feasible ones, ordered by size
-  (so Bayesian optimisation sees an ordinal size axis).
+  three hyperparameters become one ``architecture`` choice over the feasible ones, listed by size
+  (Bayesian optimisation encodes a choice by its index, so it sees a size axis).
 * The results directory survives interruption: KerasTuner reloads its oracle (``overwrite=False``),
   finished trials are not rerun, and an interrupted trial is retried in the same run directory,
   which resumes after its last finished epoch. Hyperband's successive-halving trials start from a
@@ -312,7 +312,7 @@ def _hypermodel_class():
 
         def build(self, hp) -> TrialPlan:
             if self.by_label:
-                arch = self.by_label[hp.Choice("architecture", list(self.by_label), ordered=True)]
+                arch = self.by_label[hp.Choice("architecture", list(self.by_label))]
             else:
                 arch = Architecture(hp.Choice("depth", list(self.space.depths)),
                                     hp.Choice("width", list(self.space.widths)),
