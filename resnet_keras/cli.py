@@ -345,6 +345,7 @@ def tune(ctx, **params):
                          ("seconds", "{:.0f}")):
             row[key] = "-" if row[key] is None else fmt.format(row[key])
         row["rank"] = row["rank"] or "-"
+        row["epochs"] = "-" if row["epochs"] is None else row["epochs"]
     click.echo("")
     click.echo(_format_table(rows, [
         ("rank", "rank"), ("trial", "trial"), ("depth", "depth"), ("width", "width"), ("shortcut", "shortcut"),

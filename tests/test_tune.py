@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+import resnet_keras.errors
 from click.testing import CliRunner
 
 from resnet_keras.cli import cli
@@ -164,58 +166,71 @@ def test_a_folder_that_is_not_a_search_is_refused(tmp_path, shared_data):
     assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
 
 
+def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_search(tmp_path, shared_data,
+                                                                                      monkeypatch):
+    # The training loop raises TrainingFailure when the loss becomes NaN; stand in for it so that
+    # real KerasTuner bookkeeping is tested without training.
+    import resnet_keras.train
+
+    def diverge(*args, **kwargs):
+        raise resnet_keras.errors.TrainingFailure("loss became NaN at epoch 1 step 1")
+
+    monkeypatch.setattr(resnet_keras.train, "train", diverge)
+    args = [*data_args(shared_data), *TINY, "--lrs", "0.1,0.2,0.4"]
+    result = tune_cli(*args, "--max-trials", "2", "--results-dir", str(tmp_path / "two"))
+    assert result.exit_code == 0, result.output
+    rows = read_trials(tmp_path / "two")
+    assert [r["status"] for r in rows] == ["FAILED", "FAILED"] and [r["rank"] for r in rows] == ["", ""]
+    assert "No trial completed" in result.output and not (tmp_path / "two" / "best.yaml").exists()
+
+    result = tune_cli(*args, "--max-trials", "5", "--results-dir", str(tmp_path / "five"))
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(
+        "Error: the search stopped after consecutive failed trials (last: ")
+    assert "loss became NaN" in result.output.strip().splitlines()[-1]
+
+
 # ----------------------------------------------------------------------------- real searches
 
 
-@pytest.fixture(scope="module")
-def random_search(tmp_path_factory, shared_data):
-    results = tmp_path_factory.mktemp("tune") / "random"
+@pytest.mark.slow
+def test_random_search_ranks_trials_resumes_refuses_another_search_and_its_best_config_trains(tmp_path, shared_data):
+    # One test, so pytest-xdist never runs this search twice on two workers.
+    results = tmp_path / "random"
     args = [*data_args(shared_data), *TINY, "--max-trials", "2", "--results-dir", str(results)]
     result = tune_cli(*args)
     assert result.exit_code == 0, result.output
-    return results, args, result.output
+    assert "rank" in result.output and f"Wrote {results / 'best.yaml'}" in result.output
 
-
-@pytest.mark.slow
-def test_random_search_writes_ranked_table_best_config_and_plot(random_search):
-    results, _, output = random_search
+    # The ranked table, sizes counted on the built models, one epoch per trial.
     rows = read_trials(results)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"COMPLETED"}
     assert [r["rank"] for r in rows] == ["1", "2"]
     assert float(rows[0]["objective"]) >= float(rows[1]["objective"])
-    assert {r["width"] for r in rows} <= {"0.125", "0.25"} and {r["depth"] for r in rows} == {"8"}
-    params = {r["width"]: int(r["params"]) for r in rows}
-    assert params.get("0.25", 5006) == 5006 and params.get("0.125", 1356) == 1356  # counted on the built models
+    assert {r["depth"] for r in rows} == {"8"} and {r["width"] for r in rows} <= {"0.125", "0.25"}
     for row in rows:
-        run = results / "kerastuner" / f"trial_{row['trial']}" / "run"
-        assert history_epochs(run) == [1]
+        assert int(row["params"]) == {"0.125": 1356, "0.25": 5006}[row["width"]]
         assert int(row["multiply_adds"]) > int(row["params"]) and float(row["seconds"]) > 0
         assert row["worker"] == "tuner0"
+        assert history_epochs(results / "kerastuner" / f"trial_{row['trial']}" / "run") == [1]
     assert (results / "objective_vs_size.png").read_bytes()[:4] == b"\x89PNG"
     best = yaml.safe_load((results / "best.yaml").read_text())
     top = rows[0]
     assert (best["depth"], best["width"], best["shortcut"]) == (8, float(top["width"]), "A")
     assert best["lr"] == pytest.approx(float(top["learning_rate"]))
     assert best["weight_decay"] == pytest.approx(float(top["weight_decay"]))
-    assert "rank" in output and "Wrote " in output
 
-
-@pytest.mark.slow
-def test_rerun_resumes_without_rerunning_finished_trials(random_search):
-    results, args, _ = random_search
+    # Rerunning the same command trains nothing and keeps every finished run as it was.
     histories = {p: (p.read_text(), p.stat().st_mtime_ns) for p in results.glob("kerastuner/trial_*/run/history.csv")}
     assert len(histories) == 2
     result = tune_cli(*args)
     assert result.exit_code == 0, result.output
     assert "Resuming the search" in result.output and "2 finished trials are kept" in result.output
-    assert "[trial " not in result.output  # no trial trained
+    assert "[trial " not in result.output
     assert {p: (p.read_text(), p.stat().st_mtime_ns) for p in histories} == histories
     assert len(read_trials(results)) == 2
 
-
-@pytest.mark.slow
-def test_a_different_search_in_the_same_results_dir_is_refused(random_search):
-    results, args, _ = random_search
+    # Another search in the same directory is refused, and changes nothing.
     before = (results / "search.json").read_text()
     result = tune_cli(*args, "--tuner", "bayesian")
     assert result.exit_code == 2
@@ -224,15 +239,11 @@ def test_a_different_search_in_the_same_results_dir_is_refused(random_search):
     assert result.exit_code == 2 and "space.widths: [0.125, 0.25] -> [0.25]" in result.output
     assert (results / "search.json").read_text() == before
 
-
-@pytest.mark.slow
-def test_best_config_trains_with_train_config(random_search, tmp_path):
-    results, _, _ = random_search
+    # `train --config best.yaml` trains the best trial's network with its learning rate and decay.
     model_dir = tmp_path / "best"
     result = CliRunner().invoke(cli, ["train", "--config", str(results / "best.yaml"), "--batch-size", "64",
                                       "--model-dir", str(model_dir)])
     assert result.exit_code == 0, result.output
-    best = yaml.safe_load((results / "best.yaml").read_text())
     run = json.loads((model_dir / "config.json").read_text())
     assert (run["model"]["depth"], run["model"]["width"], run["model"]["shortcut"]) == (
         best["depth"], best["width"], best["shortcut"])
