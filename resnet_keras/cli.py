@@ -392,6 +392,127 @@ def benchmark(depth, preset, family, variant, width, image_size, num_classes, ba
     summary = run(model_config, bench, emit=emit, profile_dir=profile_dir)
     click.echo(json.dumps(summary) if as_json else format_report(summary))
 
+# ----------------------------------------------------------------------------- tune
+
+_TUNE_KEYS = ("name", "results_dir", "tuner", "max_trials", "epochs_per_trial", "steps_per_epoch", "objective",
+              "max_params", "max_flops", "family", "variant", "depths", "widths", "shortcuts", "lrs",
+              "weight_decays", "image_size", "hyperband_factor", "hyperband_iterations", "initial_points",
+              "dataset", "data_dir", "val_split", "validation_fraction", "deterministic", "skip_corrupt",
+              "recipe", "batch_size", "label_smoothing", "warmup_epochs", "strategy", "mixed_precision", "xla",
+              "seed", "overwrite")
+
+
+@cli.command()
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False),
+              help="YAML or JSON file of option values (lists allowed); options on the command line override it.")
+@click.option("--name", help="Search name; results go to runs/tune-<name> (default <dataset>-<tuner>).")
+@click.option("--results-dir", type=click.Path(file_okay=False),
+              help="Results directory (default runs/tune-<name>); rerunning resumes the search.")
+@click.option("--tuner", type=click.Choice(["random", "hyperband", "bayesian"]), default="random", show_default=True,
+              help="KerasTuner oracle.")
+@click.option("--max-trials", type=int,
+              help="Trials to run (default 10; Hyperband: its bracket schedule, a number caps it).")
+@click.option("--epochs-per-trial", type=int, default=10, show_default=True,
+              help="Epochs per trial (Hyperband: the most any trial trains).")
+@click.option("--steps-per-epoch", type=int, help="Train steps per epoch (default: the whole train split).")
+@click.option("--objective", type=click.Choice(["val_accuracy", "val_loss"]), default="val_accuracy",
+              show_default=True, help="What the search optimises (the best epoch's value).")
+@click.option("--max-params", help="Only candidates with at most this many trainable parameters (e.g. 300k, 2M).")
+@click.option("--max-flops", help="Only candidates with at most this many multiply-adds per image (e.g. 50M, 2G).")
+@click.option("--family", type=click.Choice(specs.FAMILIES), help="Network family (default from --depths, else cifar).")
+@click.option("--variant", type=click.Choice(specs.VARIANTS), default="v1", show_default=True,
+              help="v1 (paper), v1.5 or v2 (pre-activation).")
+@click.option("--depths", help="Depths to try, e.g. 20,32,44 (CIFAR: any 6n+2; default the family's presets).")
+@click.option("--widths", help="Width multipliers to try (default 0.5,1,2).")
+@click.option("--shortcuts", help="Shortcut options to try: A, B or A,B (default A,B).")
+@click.option("--lrs", help="Learning rates: a list (0.05,0.1,0.2) or a log range low:high (default 0.01:0.4).")
+@click.option("--weight-decays", help="Weight decays: a list or a log range low:high (default 1e-5:1e-3).")
+@click.option("--image-size", type=int, help="Input size (default: the family's, 32 for CIFAR).")
+@click.option("--hyperband-factor", type=int, default=3, show_default=True, help="Hyperband's reduction factor.")
+@click.option("--hyperband-iterations", type=int, default=1, show_default=True, help="Hyperband iterations.")
+@click.option("--initial-points", type=int, help="Bayesian: random trials before the Gaussian process.")
+@click.option("--dataset", default="cifar10", show_default=True, help="A TFDS name, 'digits', 'synthetic' or 'folder'.")
+@click.option("--data-dir", help="Dataset root: the image folder, or the TFDS data directory.")
+@click.option("--val-split", help="Validation split (default: the dataset's, else held out of train).")
+@click.option("--validation-fraction", type=float, default=0.1, show_default=True,
+              help="Fraction of train held out when the dataset has no validation split.")
+@click.option("--recipe", type=click.Choice(["paper", "short"]), default="paper", show_default=True,
+              help="Training recipe of every trial.")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch size.")
+@click.option("--label-smoothing", type=float, help="Label smoothing (default 0 paper, 0.1 short).")
+@click.option("--warmup-epochs", type=float, help="Linear warm-up epochs (default 0 paper, <=5 short).")
+@click.option("--strategy", type=click.Choice(["auto", "one-device", "mirrored"]), default="auto",
+              show_default=True, help="tf.distribute strategy of each trial.")
+@click.option("--mixed-precision", type=click.Choice(["none", "float16", "bfloat16"]), default="none",
+              show_default=True, help="Mixed-precision compute dtype.")
+@click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the train step with XLA.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the oracle, weights and data order.")
+@click.option("--deterministic", is_flag=True, help="Deterministic data order.")
+@click.option("--skip-corrupt", is_flag=True, help="Skip image files that cannot be decoded.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing search in --results-dir and start fresh.")
+@click.pass_context
+def tune(ctx, **params):
+    """Search depth, width, shortcut, learning rate and weight decay with KerasTuner.
+
+    Every trial trains with the pipeline, recipe and strategy of `train`. Writes trials.csv (ranked),
+    best.yaml (for `train --config`) and objective_vs_size.png to the results directory. For a
+    distributed search, run scripts/tune_distributed.py (KerasTuner chief and workers).
+    """
+    p = _merge_config_file(ctx, params, _TUNE_KEYS)
+    from resnet_keras import tune as tune_lib
+    from resnet_keras.data import DataConfig
+
+    space = tune_lib.SearchSpace(
+        depths=tune_lib.parse_ints(p["depths"], "depths") if p["depths"] is not None else None,
+        widths=tune_lib.parse_floats(p["widths"], "widths") if p["widths"] is not None else tune_lib.DEFAULT_WIDTHS,
+        shortcuts=tuple(str(s).upper() for s in tune_lib._split(p["shortcuts"])) if p["shortcuts"] is not None
+        else ("A", "B"),
+        **{key: tune_lib.parse_floats(p[flag], flag, allow_range=True)
+           for key, flag in (("learning_rates", "lrs"), ("weight_decays", "weight_decays")) if p[flag] is not None},
+        family=p["family"], variant=p["variant"], image_size=p["image_size"])
+    tune_config = tune_lib.TuneConfig(
+        tuner=p["tuner"], max_trials=p["max_trials"], epochs_per_trial=p["epochs_per_trial"],
+        objective=p["objective"], max_params=tune_lib.parse_count(p["max_params"], "max_params"),
+        max_flops=tune_lib.parse_count(p["max_flops"], "max_flops"), hyperband_factor=p["hyperband_factor"],
+        hyperband_iterations=p["hyperband_iterations"], initial_points=p["initial_points"], seed=p["seed"])
+    data_config = DataConfig(dataset=p["dataset"], data_dir=p["data_dir"], val_split=p["val_split"],
+                             validation_fraction=p["validation_fraction"], seed=p["seed"],
+                             deterministic=bool(p["deterministic"]), skip_corrupt=bool(p["skip_corrupt"]))
+    from resnet_keras.train import TrainConfig
+
+    train_config = TrainConfig(recipe=p["recipe"], epochs=p["epochs_per_trial"], batch_size=p["batch_size"],
+                               label_smoothing=p["label_smoothing"], warmup_epochs=p["warmup_epochs"],
+                               strategy=p["strategy"], mixed_precision=p["mixed_precision"], xla=bool(p["xla"]),
+                               seed=p["seed"], steps_per_epoch=p["steps_per_epoch"])
+    name = p["name"] or "{}-{}".format(
+        os.path.basename(os.path.normpath(p["data_dir"])) if p["dataset"] == "folder" and p["data_dir"]
+        else p["dataset"].replace("/", "_"), p["tuner"])
+    results_dir = p["results_dir"] or os.path.join("runs", f"tune-{name}")
+    result = tune_lib.search(space, tune_config, data_config, train_config, results_dir,
+                             overwrite=bool(p["overwrite"]), log=click.echo)
+    if result is None:  # a distributed worker: the chief writes the reports
+        click.echo("Worker finished: the chief has every trial.")
+        return
+    rows = [dict(row) for row in result.rows]
+    for row in rows:
+        for key, fmt in (("params", "{:,}"), ("multiply_adds", "{:,}"), ("objective", "{:.4f}"),
+                         ("learning_rate", "{:.3g}"), ("weight_decay", "{:.2g}"), ("width", "{:g}"),
+                         ("seconds", "{:.0f}")):
+            row[key] = "-" if row[key] is None else fmt.format(row[key])
+        row["rank"] = row["rank"] or "-"
+        row["epochs"] = "-" if row["epochs"] is None else row["epochs"]
+    click.echo("")
+    click.echo(_format_table(rows, [
+        ("rank", "rank"), ("trial", "trial"), ("depth", "depth"), ("width", "width"), ("shortcut", "shortcut"),
+        ("learning_rate", "lr"), ("weight_decay", "wd"), ("epochs", "epochs"), ("params", "params"),
+        ("multiply_adds", "mult-adds"), ("objective", p["objective"]), ("seconds", "seconds"), ("status", "status"),
+    ]))
+    for label, path in result.files.items():
+        click.echo(f"Wrote {path}")
+    if result.best:
+        click.echo(f"Train the best: resnet-keras train --config {result.files['best']} --epochs N "
+                   f"--model-dir runs/best")
+
 
 def main():  # console-script entry point
     cli()
