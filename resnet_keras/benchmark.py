@@ -218,7 +218,7 @@ class _Ours:
 
         # The defaults of `resnet-keras train` (paper recipe: weight decay 1e-4, SGD momentum 0.9).
         train_config = TrainConfig(batch_size=batch, mixed_precision=bench.precision, xla=bench.xla,
-                                   seed=bench.seed)
+                                   seed=bench.seed, family=model_config.family)
         model_config = dataclasses.replace(model_config, weight_decay=float(train_config.weight_decay))
         self.name, self.batch, self.model_config = model_config.name, batch, model_config
         self.strategy = make_strategy(train_config.strategy)

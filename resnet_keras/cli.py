@@ -399,7 +399,7 @@ _TUNE_KEYS = ("name", "results_dir", "tuner", "max_trials", "epochs_per_trial", 
               "weight_decays", "image_size", "hyperband_factor", "hyperband_iterations", "initial_points",
               "dataset", "data_dir", "val_split", "validation_fraction", "deterministic", "skip_corrupt",
               "recipe", "batch_size", "label_smoothing", "warmup_epochs", "strategy", "mixed_precision", "xla",
-              "seed", "overwrite")
+              "seed", "overwrite", "export")
 
 
 @cli.command()
@@ -450,6 +450,8 @@ _TUNE_KEYS = ("name", "results_dir", "tuner", "max_trials", "epochs_per_trial", 
 @click.option("--deterministic", is_flag=True, help="Deterministic data order.")
 @click.option("--skip-corrupt", is_flag=True, help="Skip image files that cannot be decoded.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing search in --results-dir and start fresh.")
+@click.option("--export", "export", is_flag=True,
+              help="Export the best trial's model as a SavedModel to saved_models/<model>/<next version>/.")
 @click.pass_context
 def tune(ctx, **params):
     """Search depth, width, shortcut, learning rate and weight decay with KerasTuner.
@@ -512,6 +514,13 @@ def tune(ctx, **params):
     if result.best:
         click.echo(f"Train the best: resnet-keras train --config {result.files['best']} --epochs N "
                    f"--model-dir runs/best")
+    if p["export"]:
+        if not result.best_run:
+            raise click.ClickException("--export: no trial completed, nothing to export.")
+        from resnet_keras.export import export_saved_model
+
+        report = export_saved_model(result.best_run, log=click.echo)
+        click.echo(f"Exported the best trial ({result.best_run}) to {report['path']}")
 
 
 def main():  # console-script entry point

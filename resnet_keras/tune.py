@@ -370,7 +370,7 @@ def _tuner_class():
             plan = self.hypermodel.build(trial.hyperparameters)
             epochs = int(values.get("tuner/epochs", self.train_config.epochs))
             train_config = dataclasses.replace(self.train_config, epochs=epochs, learning_rate=plan.learning_rate,
-                                               weight_decay=plan.weight_decay)
+                                               weight_decay=plan.weight_decay, family=plan.model_config.family)
             trial_dir = Path(self.get_trial_dir(trial.trial_id))
             run_dir = trial_dir / "run"
             _write_json(trial_dir / "ran_by.json", dict(tuner_id=self.tuner_id, host=socket.gethostname(),
@@ -548,6 +548,7 @@ class SearchResult:
     rows: list[dict]  # ranked, see TABLE_FIELDS
     best: dict | None
     files: dict[str, Path]
+    best_run: Path | None = None  # the best trial's run directory (resnet-keras export takes it)
 
 
 TABLE_FIELDS = ("rank", "trial", "status", "depth", "width", "shortcut", "learning_rate", "weight_decay",
@@ -756,4 +757,5 @@ def write_reports(tuner, space: SearchSpace, tune: TuneConfig, data_config, trai
         _plot(files["plot"], rows, tune)
     else:
         log("No trial completed; no best.yaml or plot written.")
-    return SearchResult(results_dir, rows, best, files)
+    best_run = Path(tuner.get_trial_dir(best["trial"])) / "run" if best else None
+    return SearchResult(results_dir, rows, best, files, best_run)

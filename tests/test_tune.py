@@ -194,7 +194,8 @@ def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_sea
 
 
 @pytest.mark.slow
-def test_random_search_ranks_trials_resumes_refuses_another_search_and_its_best_config_trains(tmp_path, shared_data):
+def test_random_search_ranks_trials_resumes_refuses_another_search_and_its_best_config_trains(
+        tmp_path, shared_data, monkeypatch):
     # One test, so pytest-xdist never runs this search twice on two workers.
     results = tmp_path / "random"
     args = [*data_args(shared_data), *TINY, "--max-trials", "2", "--results-dir", str(results)]
@@ -223,9 +224,13 @@ def test_random_search_ranks_trials_resumes_refuses_another_search_and_its_best_
     # Rerunning the same command trains nothing and keeps every finished run as it was.
     histories = {p: (p.read_text(), p.stat().st_mtime_ns) for p in results.glob("kerastuner/trial_*/run/history.csv")}
     assert len(histories) == 2
-    result = tune_cli(*args)
+    monkeypatch.chdir(tmp_path)  # --export writes saved_models/ under the working directory
+    result = tune_cli(*args, "--export")
     assert result.exit_code == 0, result.output
     assert "Resuming the search" in result.output and "2 finished trials are kept" in result.output
+    best_trial = results / "kerastuner" / f"trial_{rows[0]['trial']}" / "run"
+    assert f"Exported the best trial ({best_trial})" in result.output
+    assert len(list((tmp_path / "saved_models").glob("resnet8_*/1/saved_model.pb"))) == 1
     assert "[trial " not in result.output
     assert {p: (p.read_text(), p.stat().st_mtime_ns) for p in histories} == histories
     assert len(read_trials(results)) == 2
