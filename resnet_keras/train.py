@@ -75,6 +75,12 @@ class TrainConfig:
     xla: bool = False
     seed: int = 0
     steps_per_epoch: int | None = None
+    # Fine-tuning (resnet_keras.finetune, issue 8): pretrained source, what trains, BN mode.
+    init_from: str | None = None
+    freeze: str = "none"
+    bn_policy: str = "train"
+    backbone_lr_multiplier: float = 1.0
+    head_epochs: int = 0
 
     def __post_init__(self) -> None:
         expect(self.recipe in RECIPES, "recipe", self.recipe, " or ".join(map(repr, RECIPES)))
@@ -108,6 +114,9 @@ class TrainConfig:
         expect(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
         expect(self.steps_per_epoch is None or (is_int(self.steps_per_epoch) and self.steps_per_epoch >= 1),
                 "steps_per_epoch", self.steps_per_epoch, "None or an integer >= 1")
+        from resnet_keras import finetune
+
+        finetune.validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -294,6 +303,13 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         raise UsageError("Received: xla=True with MirroredStrategy over logical CPUs; XLA cannot compile a step "
                          "whose variables live on other devices. Use --no-xla or one device.")
     configs = {"model": model_config.to_dict(), "data": data_config.to_dict(), "train": train_config.to_dict()}
+    # -- fine-tuning (issue 8): read and check the pretrained weights before the run directory is touched
+    from resnet_keras import finetune
+
+    init_weights = None
+    if train_config.init_from and (overwrite or not tf.train.latest_checkpoint(str(model_dir / "checkpoints"))):
+        init_weights = finetune.read_init_weights(train_config.init_from, model_config, log=log)
+    # --
     resuming = _check_run_dir(model_dir, configs, overwrite)
     model_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(model_dir / "config.json", json.dumps(configs, indent=2, sort_keys=True) + "\n")
@@ -308,6 +324,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     try:
         with strategy.scope():
             model = build_model(model_config)
+            finetune_plan = finetune.plan(model, train_config)  # issue 8: trainable flags before the optimizer
             optimizer = keras.optimizers.SGD(learning_rate=make_schedule(train_config, steps_per_epoch),
                                              momentum=train_config.momentum, nesterov=train_config.nesterov)
             if train_config.mixed_precision == "float16":
@@ -327,6 +344,10 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         # The history may hold an epoch written just before a crash that the checkpoint missed.
         history = [row for row in _read_history(history_path) if row["epoch"] <= int(epoch_var.numpy())]
         log(f"Resuming {model_dir} after epoch {int(epoch_var.numpy())}.")
+    elif init_weights is not None:  # issue 8: a fresh fine-tuning run starts from the source
+        from resnet_keras.weights import assign
+
+        log(f"Initialised {assign(model, init_weights)} layers from {train_config.init_from} (new head).")
     start_epoch = int(epoch_var.numpy())
 
     train_ds = strategy.distribute_datasets_from_function(
@@ -345,6 +366,8 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
                 loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in model.losses]))
             scaled = optimizer.scale_loss(loss) if scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
+        if finetune_plan:  # issue 8: lower learning rate for the backbone
+            grads = finetune_plan.scale_gradients(grads, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)  # sums gradients over replicas; unscales
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
         count = tf.cast(tf.shape(labels)[0], tf.float32)
@@ -384,6 +407,11 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     if start_epoch >= train_config.epochs:
         log(f"{model_dir} already trained for {start_epoch} epochs.")
     for epoch in range(start_epoch + 1, train_config.epochs + 1):
+        if finetune_plan and finetune_plan.set_phase(finetune_plan.phase_for(epoch)):  # issue 8: head, then all
+            log(finetune_plan.describe())
+            if train_config.xla:
+                replica_step = tf.function(step_fn, jit_compile=True, autograph=False)
+            train_step = tf.function(train_step.python_function, autograph=False)  # retrace: new variables
         epoch_start = time.perf_counter()
         lr = float(optimizer.learning_rate)  # the rate of the epoch's first step
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"]) if interactive else None

@@ -160,17 +160,14 @@ def imagenet_weights_file(app: str, *, include_top: bool = True, log: Callable[[
 
     A file already in `<keras home>/models` is used as it is (no network). Otherwise a 3 s
     probe decides: offline -> UsageError at once (instead of a download that fails or hangs).
+    Neither step imports TensorFlow, so the answer comes in well under a second.
     """
-    import keras
-
     app = check_app(app)
     fname = f"{app}_weights_tf_dim_ordering_tf_kernels{'' if include_top else '_notop'}.h5"
     cached = Path(_keras_home()) / "models" / fname
     if cached.is_file():
         return str(cached)
-    from resnet_keras.data import _network_available
-
-    if not _network_available(WEIGHTS_URL + fname, timeout=3.0):
+    if not _network_available(WEIGHTS_URL + fname):
         raise UsageError(f"ImageNet weights for {app} are not in the Keras cache ({cached}) and there is no "
                          f"network to download them; copy {fname} there (from {WEIGHTS_URL}) or pass the file's path")
     try:
@@ -179,6 +176,8 @@ def imagenet_weights_file(app: str, *, include_top: bool = True, log: Callable[[
     except (ImportError, KeyError):
         file_hash = None
     log(f"Downloading {fname} into {cached.parent}")
+    import keras
+
     try:
         return keras.utils.get_file(fname, WEIGHTS_URL + fname, cache_subdir="models", file_hash=file_hash)
     except Exception as error:  # noqa: BLE001 - network and hash failures become one line
@@ -186,12 +185,37 @@ def imagenet_weights_file(app: str, *, include_top: bool = True, log: Callable[[
 
 
 def _keras_home() -> str:
-    try:
-        from keras.src.backend.config import keras_home
+    """Keras' cache root, as keras.src.backend.config computes it (without importing Keras)."""
+    home = os.environ.get("KERAS_HOME")
+    if home:
+        return home
+    base = os.path.expanduser("~")
+    return os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
 
-        return keras_home()
-    except ImportError:
-        return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+
+def _network_available(url: str, timeout: float = 3.0) -> bool:
+    """True when an HTTPS HEAD request to url gets any answer within timeout seconds.
+
+    A thread bounds the whole probe, DNS included (urllib's timeout does not cover DNS)."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    reached = []
+
+    def probe():
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+            reached.append(True)
+        except urllib.error.HTTPError:  # the server answered (e.g. 403/404): the network works
+            reached.append(True)
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(reached)
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -328,9 +352,9 @@ def load_keras_weights(source: KerasSource, *, include_top: bool | None = None,
 
 def import_keras_model(source: KerasSource, *, image_size: int = 224, log: Callable[[str], None] = print):
     """Our classifier (or, from a notop file, backbone) holding `source`'s weights exactly."""
+    weights, config = load_keras_weights(source, log=log)  # before any TensorFlow import: offline fails fast
     from resnet_keras.models import build_model
 
-    weights, config = load_keras_weights(source, log=log)
     config = dataclasses.replace(config, image_size=image_size)
     model = build_model(config)
     assign(model, weights)
