@@ -315,6 +315,9 @@ def resolve_keras_source(source: str, *, app: str | None = None) -> KerasSource:
         if app is not None and check_app(app) != key:
             raise UsageError(f"Received: {source}; expected weights for {describe_app(check_app(app))}")
         return KerasSource(key, "imagenet", True)
+    if not os.path.exists(source) and not source.endswith((".h5", ".hdf5")):
+        raise UsageError(f"Received: {source!r}; expected a keras.applications ResNet: {', '.join(KERAS_APPS)}, "
+                         "or a weights .h5 file of one")
     found, top = inspect_weights_file(source)
     if app is not None and check_app(app) != found:
         raise UsageError(f"{source} holds {describe_app(found)} weights; expected {describe_app(check_app(app))}")

@@ -144,7 +144,8 @@ def test_two_phase_run_resumes_in_the_right_phase(pretrained, tmp_path):
     def conv_weights(number):
         reader = tf.train.load_checkpoint(str(run / "checkpoints" / f"ckpt-{number}"))
         shapes = reader.get_variable_to_shape_map()
-        keys = sorted(k for k in shapes if "OPTIMIZER" not in k and "model/" in k and len(shapes[k]) == 4)
+        # the model's variables are saved under the optimizer's list of the variables it trains
+        keys = sorted(k for k in shapes if "_trainable_variables/" in k and "OPTIMIZER" not in k and len(shapes[k]) == 4)
         assert keys
         return [reader.get_tensor(k) for k in keys]
 
