@@ -62,8 +62,9 @@ def _regularizer(weight_decay: float):
 
 
 def conv(x, filters: int, kernel_size: int, *, stride: int = 1, weight_decay: float = 0.0,
-         zero_init: bool = False, name: str):
-    """Bias-free convolution named `{name}_conv` (a BN follows, so a bias would be redundant).
+         zero_init: bool = False, use_bias: bool = False, name: str):
+    """Convolution named `{name}_conv`, bias-free unless `use_bias` (a BN follows, so a bias would
+    be redundant; only the keras.applications ResNetV2 layout has convs with no BN after them).
 
     A strided 3x3 pads one pixel on every side first (`{name}_pad`), as the paper's Caffe
     model does; TensorFlow's "same" would pad only the bottom and right.
@@ -77,7 +78,7 @@ def conv(x, filters: int, kernel_size: int, *, stride: int = 1, weight_decay: fl
         kernel_size,
         strides=stride,
         padding=padding,
-        use_bias=False,
+        use_bias=use_bias,
         kernel_initializer="zeros" if zero_init else KERNEL_INITIALIZER,
         kernel_regularizer=_regularizer(weight_decay),
         name=f"{name}_conv",
@@ -138,7 +139,7 @@ def bn_relu(x, *, name: str):
 
 
 def shortcut(x, filters: int, *, stride: int, option: str, preact: bool,
-             weight_decay: float = 0.0, name: str):
+             weight_decay: float = 0.0, use_bias: bool = False, name: str):
     """The shortcut path: identity when shapes match, else option A (zero-pad) or B (1x1 projection).
 
     The projection of a post-activation block is followed by BN (as in keras.applications and
@@ -155,13 +156,13 @@ def shortcut(x, filters: int, *, stride: int, option: str, preact: bool,
         return ZeroPadShortcut(filters, stride, name=f"{name}_0_pad")(x)
     if option != "B":
         raise ConfigError(f"Received: shortcut={option!r}; expected one of {', '.join(SHORTCUT_OPTIONS)}.")
-    x = conv(x, filters, 1, stride=stride, weight_decay=weight_decay, name=f"{name}_0")
+    x = conv(x, filters, 1, stride=stride, weight_decay=weight_decay, use_bias=use_bias, name=f"{name}_0")
     return x if preact else batch_norm(x, name=f"{name}_0_bn")
 
 
 def basic_block(x, filters: int, *, stride: int = 1, shortcut_option: str = "B", preact: bool = False,
                 zero_init: bool = False, weight_decay: float = 0.0, stride_in_3x3: bool = True,
-                name: str):
+                layout: str = "paper", name: str):
     """Two 3x3 convolutions plus a shortcut (paper Figure 5, left).
 
     [batch, H, W, C] -> [batch, H/stride, W/stride, filters]. `stride_in_3x3` is accepted for
@@ -169,12 +170,12 @@ def basic_block(x, filters: int, *, stride: int = 1, shortcut_option: str = "B",
     """
     del stride_in_3x3
     return _residual(x, filters, ((3, stride), (3, 1)), shortcut_option=shortcut_option,
-                     preact=preact, zero_init=zero_init, weight_decay=weight_decay, name=name)
+                     preact=preact, zero_init=zero_init, weight_decay=weight_decay, layout=layout, name=name)
 
 
 def bottleneck_block(x, filters: int, *, stride: int = 1, shortcut_option: str = "B",
                      preact: bool = False, zero_init: bool = False, weight_decay: float = 0.0,
-                     stride_in_3x3: bool = False, name: str):
+                     stride_in_3x3: bool = False, layout: str = "paper", name: str):
     """1x1 reduce, 3x3, 1x1 expand to `4 * filters`, plus a shortcut (paper Figure 5, right).
 
     [batch, H, W, C] -> [batch, H/stride, W/stride, 4 * filters]. The paper (v1) strides the
@@ -190,27 +191,40 @@ def bottleneck_block(x, filters: int, *, stride: int = 1, shortcut_option: str =
         preact=preact,
         zero_init=zero_init,
         weight_decay=weight_decay,
+        layout=layout,
         name=name,
     )
 
 
-def _residual(x, out_filters, branch, *, shortcut_option, preact, zero_init, weight_decay, name):
-    """Builds y = F(x) + shortcut(x) with F given as (kernel, stride[, filters]) per conv."""
+def _residual(x, out_filters, branch, *, shortcut_option, preact, zero_init, weight_decay, name,
+              layout="paper"):
+    """Builds y = F(x) + shortcut(x) with F given as (kernel, stride[, filters]) per conv.
+
+    layout="keras" (pre-activation only) reproduces keras.applications' ResNetV2 blocks: the
+    convs that add into the residual stream (last conv, projection) have biases, and a strided
+    block whose channels do not change subsamples its shortcut (`MaxPooling2D(1, stride)`).
+    """
     stride = max(layer[1] for layer in branch)
     needs_projection = stride != 1 or x.shape[-1] != out_filters
     if preact:
+        keras_layout = layout == "keras"
         activated = bn_relu(x, name=f"{name}_preact")
-        # The projection sees the normalised input; the identity path stays untouched.
-        source = activated if needs_projection and shortcut_option == "B" else x
-        residual = shortcut(source, out_filters, stride=stride, option=shortcut_option, preact=True,
-                            weight_decay=weight_decay, name=name)
+        if keras_layout and x.shape[-1] == out_filters:
+            # keras.applications ResNetV2: identity (subsampled by a 1x1 max pool) on the raw input.
+            residual = x if stride == 1 else layers.MaxPooling2D(1, strides=stride, name=f"{name}_0_pool")(x)
+        else:
+            # The projection sees the normalised input; the identity path stays untouched.
+            source = activated if needs_projection and shortcut_option == "B" else x
+            residual = shortcut(source, out_filters, stride=stride, option=shortcut_option, preact=True,
+                                weight_decay=weight_decay, use_bias=keras_layout, name=name)
         y = activated
         for index, (kernel, conv_stride, *width) in enumerate(branch, start=1):
             if index > 1:
                 y = bn_relu(y, name=f"{name}_{index - 1}")
             last = index == len(branch)
             y = conv(y, width[0] if width else out_filters, kernel, stride=conv_stride,
-                     weight_decay=weight_decay, zero_init=zero_init and last, name=f"{name}_{index}")
+                     weight_decay=weight_decay, zero_init=zero_init and last, use_bias=keras_layout and last,
+                     name=f"{name}_{index}")
         return layers.Add(name=f"{name}_out")([residual, y])
 
     residual = shortcut(x, out_filters, stride=stride, option=shortcut_option, preact=False,
@@ -228,23 +242,34 @@ BLOCKS = {"basic": basic_block, "bottleneck": bottleneck_block}
 BLOCK_EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
-def residual_stage(x, block: str, filters: int, blocks: int, *, stride: int, name: str, **block_options):
+def residual_stage(x, block: str, filters: int, blocks: int, *, stride: int, name: str,
+                   last_stride: int = 1, **block_options):
     """`blocks` residual blocks of one kind; the first one carries the stage's stride.
 
-    Names the blocks `{name}_block1`, `{name}_block2`, ...
+    `last_stride` strides the stage's last block instead (keras.applications ResNetV2 downsamples
+    at the end of a stage for the next one; with it, pass stride=1). Names the blocks
+    `{name}_block1`, `{name}_block2`, ...
     """
     if block not in BLOCKS:
         raise ConfigError(f"Received: block={block!r}; expected one of {', '.join(BLOCKS)}.")
     for index in range(blocks):
-        x = BLOCKS[block](x, filters, stride=stride if index == 0 else 1,
+        block_stride = stride if index == 0 else 1
+        if index == blocks - 1 and last_stride != 1:
+            block_stride *= last_stride
+        x = BLOCKS[block](x, filters, stride=block_stride,
                           name=f"{name}_block{index + 1}", **block_options)
     return x
 
 
-def imagenet_stem(x, filters: int = 64, *, preact: bool = False, weight_decay: float = 0.0):
-    """7x7/2 conv and 3x3/2 max pool (Table 1, conv1 and the start of conv2_x): H -> H/4."""
+def imagenet_stem(x, filters: int = 64, *, preact: bool = False, weight_decay: float = 0.0,
+                  use_bias: bool = False):
+    """7x7/2 conv and 3x3/2 max pool (Table 1, conv1 and the start of conv2_x): H -> H/4.
+
+    `use_bias` for keras.applications' ResNetV2, whose conv1 bias cannot be folded anywhere:
+    no BN follows it, and the max pool's zero padding does not commute with a constant shift.
+    """
     x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
-    x = layers.Conv2D(filters, 7, strides=2, use_bias=False, kernel_initializer=KERNEL_INITIALIZER,
+    x = layers.Conv2D(filters, 7, strides=2, use_bias=use_bias, kernel_initializer=KERNEL_INITIALIZER,
                       kernel_regularizer=_regularizer(weight_decay), name="conv1_conv")(x)
     if not preact:  # a pre-activation network normalises at the first block instead
         x = bn_relu(x, name="conv1")
@@ -252,10 +277,11 @@ def imagenet_stem(x, filters: int = 64, *, preact: bool = False, weight_decay: f
     return layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
 
 
-def small_stem(x, filters: int = 16, *, preact: bool = False, weight_decay: float = 0.0):
+def small_stem(x, filters: int = 16, *, preact: bool = False, weight_decay: float = 0.0,
+               use_bias: bool = False):
     """3x3/1 conv, no pooling (section 4.2, the CIFAR nets' first layer): keeps H x W."""
     if preact:
-        return conv(x, filters, 3, weight_decay=weight_decay, name="conv1")
+        return conv(x, filters, 3, weight_decay=weight_decay, use_bias=use_bias, name="conv1")
     return conv_bn(x, filters, 3, weight_decay=weight_decay, name="conv1")
 
 

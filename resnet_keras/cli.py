@@ -100,7 +100,8 @@ def info(depth, family, variant, width, num_classes, image_size, as_json):
 _MODEL_KEYS = ("depth", "preset", "family", "variant", "width", "shortcut", "image_size")
 _DATA_KEYS = ("dataset", "data_dir", "val_split", "validation_fraction", "deterministic", "skip_corrupt")
 _TRAIN_KEYS = ("recipe", "low_lr_start", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
-               "warmup_epochs", "strategy", "mixed_precision", "xla", "seed")
+               "warmup_epochs", "strategy", "mixed_precision", "xla", "seed",
+               "init_from", "freeze", "bn_policy", "backbone_lr_multiplier", "head_epochs")
 
 
 def _read_config_file(path: str) -> dict:
@@ -174,6 +175,16 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in --model-dir and start fresh.")
 @click.option("--export", "export", is_flag=True,
               help="After training, export a SavedModel to saved_models/<model>/<next version>/.")
+@click.option("--init-from", help="Pretrained start: 'imagenet' (for --depth/--variant), a keras.applications "
+              "name (resnet50, resnet50v2, ...), a weights .h5 file, one of our .keras files or run directories.")
+@click.option("--freeze", type=click.Choice(["none", "stem", "stages-2-3", "backbone"]), default="none",
+              show_default=True, help="Layers that stay fixed while fine-tuning (--init-from).")
+@click.option("--bn-policy", type=click.Choice(["train", "frozen"]), default="train", show_default=True,
+              help="frozen: every BatchNorm in inference mode with the pretrained statistics.")
+@click.option("--backbone-lr-multiplier", type=float, default=1.0, show_default=True,
+              help="The backbone learns at this fraction of --lr; the new head at --lr.")
+@click.option("--head-epochs", type=int, default=0, show_default=True,
+              help="Train only the new head for this many epochs, then unfreeze per --freeze.")
 @click.pass_context
 def train(ctx, **params):
     """Train a ResNet with checkpoints, resume, TensorBoard logs, history and curves."""
@@ -202,16 +213,24 @@ def train(ctx, **params):
 
         make_strategy("multi-worker")
 
-    train_config = TrainConfig(recipe=p["recipe"], family=probe.family, low_lr_start=p["low_lr_start"],
-                               epochs=p["epochs"], batch_size=p["batch_size"],
-                               learning_rate=p["lr"], weight_decay=p["weight_decay"],
-                               label_smoothing=p["label_smoothing"], warmup_epochs=p["warmup_epochs"],
-                               strategy=p["strategy"], mixed_precision=p["mixed_precision"], xla=bool(p["xla"]),
-                               seed=p["seed"])
+    def make_train_config(family):  # the paper recipe's defaults depend on the model's family
+        return TrainConfig(recipe=p["recipe"], family=family, low_lr_start=p["low_lr_start"],
+                           epochs=p["epochs"], batch_size=p["batch_size"],
+                           learning_rate=p["lr"], weight_decay=p["weight_decay"],
+                           label_smoothing=p["label_smoothing"], warmup_epochs=p["warmup_epochs"],
+                           strategy=p["strategy"], mixed_precision=p["mixed_precision"], xla=bool(p["xla"]),
+                           seed=p["seed"], **_finetune_options(p))
+
+    train_config = make_train_config(probe.family)
     info = describe(data_config)  # the classifier's outputs come from the dataset
     overrides = dict(model_overrides, num_classes=info.num_classes)
-    model_config = (ModelConfig.preset(p["preset"], **overrides) if p["preset"]
-                    else ModelConfig(depth=p["depth"] or 20, **overrides))
+    if train_config.init_from:  # issue 8: the architecture is the pretrained source's
+        model_config = _finetune_model_config(p, train_config.init_from, info.num_classes)
+    else:
+        model_config = (ModelConfig.preset(p["preset"], **overrides) if p["preset"]
+                        else ModelConfig(depth=p["depth"] or 20, **overrides))
+    if model_config.family != train_config.family:  # e.g. --init-from imagenet without --depth
+        train_config = make_train_config(model_config.family)
     model_dir = p["model_dir"] or os.path.join("runs", f"{model_config.name}-{p['dataset'].replace('/', '_')}")
     run_training(model_config, data_config, train_config, model_dir, overwrite=bool(p["overwrite"]),
                  log=click.echo)
@@ -521,6 +540,75 @@ def tune(ctx, **params):
 
         report = export_saved_model(result.best_run, log=click.echo)
         click.echo(f"Exported the best trial ({result.best_run}) to {report['path']}")
+
+
+# ----------------------------------------------------------------------------- pretrained weights (issue 8)
+
+
+def _finetune_options(p: dict) -> dict:
+    options = {key: p[key] for key in ("freeze", "bn_policy", "backbone_lr_multiplier", "head_epochs")}
+    if p.get("init_from"):
+        from resnet_keras.finetune import normalize_source
+
+        options["init_from"] = normalize_source(str(p["init_from"]))
+    return options
+
+
+def _finetune_model_config(p: dict, init_from: str, num_classes: int):
+    """The source's architecture with the dataset's classes; architecture flags must agree with it."""
+    from resnet_keras import finetune
+
+    wanted = dict(specs.PRESETS[p["preset"]]) if p["preset"] else {}
+    wanted.update({key: p[key] for key in ("depth", "family", "variant", "width", "shortcut") if p[key] is not None})
+    config = finetune.model_config_for(init_from, num_classes=num_classes, image_size=p["image_size"],
+                                       depth=wanted.get("depth"), variant=wanted.get("variant"))
+    differing = [f"--{key.replace('_', '-')} {value} (source: {getattr(config, key)})"
+                 for key, value in wanted.items() if getattr(config, key) != value]
+    if differing:
+        raise click.UsageError(f"--init-from {p['init_from']} is {config.name}; it differs in {', '.join(differing)}. "
+                               "Leave the architecture options out to use the source's.")
+    return config
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="The .keras file to write.")
+@click.option("--weights", "weights_file", help="A keras.applications weights file for SOURCE's architecture "
+              "(default: the official ImageNet weights, from Keras' cache or downloaded).")
+@click.option("--image-size", type=int, default=224, show_default=True, help="Input height and width.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
+def convert(source, output, weights_file, image_size, overwrite):
+    """Write keras.applications ResNet weights as our model (raw RGB 0-255 in, logits out).
+
+    SOURCE is a keras.applications name (resnet50, resnet101, resnet152, resnet50v2, resnet101v2,
+    resnet152v2) or a weights .h5 file of one (its architecture is read from the file).
+    """
+    from resnet_keras import weights
+
+    if weights_file:
+        weights.convert(weights_file, output, app=weights.check_app(source), image_size=image_size,
+                        overwrite=overwrite, log=click.echo)
+    else:
+        weights.convert(source, output, image_size=image_size, overwrite=overwrite, log=click.echo)
+
+
+@cli.command("export-features")
+@click.argument("source")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="The SavedModel folder to write.")
+@click.option("--image-size", type=int, help="Input size (default: the source's; 224 for keras.applications).")
+@click.option("--depth", type=int, help="With SOURCE 'imagenet': the depth (50, 101, 152).")
+@click.option("--variant", type=click.Choice(["v1", "v2"]), help="With SOURCE 'imagenet': v1 or v2.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output folder.")
+def export_features(source, output, image_size, depth, variant, overwrite):
+    """Export a feature extractor: SavedModel with `embedding` and per-stage `stage_features` signatures.
+
+    SOURCE is one of our run directories or .keras files, a keras.applications name or weights
+    file, or 'imagenet' with --depth/--variant.
+    """
+    from resnet_keras.features import export_features as run_export
+
+    run_export(source, output, image_size=image_size, depth=depth, variant=variant, overwrite=overwrite,
+               log=click.echo)
 
 
 def main():  # console-script entry point

@@ -16,6 +16,10 @@ from resnet_keras.errors import ConfigError, expect, is_int
 
 SHORTCUTS = ("A", "B")
 STEMS = ("imagenet", "small")
+# "paper": stride on each stage's first block, bias-free convs. "keras": keras.applications'
+# ResNetV2 (pre-activation only): stride on the last block of the stage before, biases on
+# conv1 and on the convs that add into the residual stream. For exact weight import (issue 8).
+LAYOUTS = ("paper", "keras")
 
 # ImageNet channel statistics in 0-255 pixel units (the inputs of every model are raw pixels).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -44,6 +48,8 @@ class ModelConfig:
     zero_init_residual: start each residual branch at zero (Goyal et al. 2017), so each
         block begins as the identity.
     input_mean, input_std: per-channel statistics in raw pixel units, applied inside the model.
+    layout: "paper" (default) or "keras", the block layout of keras.applications' ResNetV2
+        (v2 only), used for weights imported from it (`resnet_keras.weights`).
     """
 
     depth: int = 50
@@ -61,6 +67,7 @@ class ModelConfig:
     zero_init_residual: bool = False
     input_mean: tuple[float, ...] = IMAGENET_MEAN
     input_std: tuple[float, ...] = IMAGENET_STD
+    layout: str = "paper"
 
     def __post_init__(self) -> None:
         expect(is_int(self.depth), "depth", self.depth, "an integer")
@@ -93,6 +100,9 @@ class ModelConfig:
             value = getattr(self, field)
             expect(len(value) == self.channels, field, value, f"{self.channels} values (one per channel)")
         expect(all(s > 0 for s in self.input_std), "input_std", self.input_std, "positive values")
+        expect(self.layout in LAYOUTS, "layout", self.layout, " or ".join(map(repr, LAYOUTS)))
+        expect(self.layout == "paper" or (self.variant == "v2" and self.shortcut == "B"), "layout", self.layout,
+               "'paper' unless variant='v2' with shortcut 'B' (the keras layout is keras.applications' ResNetV2)")
         minimum = self.output_stride
         expect(
             isinstance(self.image_size, int) and self.image_size >= minimum,

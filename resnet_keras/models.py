@@ -37,15 +37,21 @@ def _inputs(config: ModelConfig):
 
 def backbone_features(x, config: ModelConfig) -> dict[str, Any]:
     """Runs the stem and every stage on `x`; returns each stage's output by name (`conv2`, ...)."""
+    keras_layout = config.layout == "keras"
     x = blocks.STEMS[config.stem](
         x, scaled(stem_filters(config.family), config.width),
-        preact=config.preact, weight_decay=config.weight_decay,
+        preact=config.preact, weight_decay=config.weight_decay, use_bias=keras_layout,
     )
     features = {}
-    for index, stage in enumerate(config.stages, start=2):
+    stages = config.stages
+    for index, stage in enumerate(stages, start=2):
+        # The keras layout moves each stage's downsampling to the last block of the stage before.
+        following = stages[index - 1].stride if index - 1 < len(stages) else 1
         x = blocks.residual_stage(
             x, stage.block, stage.filters, stage.blocks,
-            stride=stage.stride,
+            stride=1 if keras_layout else stage.stride,
+            last_stride=following if keras_layout else 1,
+            layout=config.layout,
             name=f"conv{index}",
             shortcut_option=config.shortcut,
             preact=config.preact,

@@ -94,6 +94,12 @@ class TrainConfig:
     seed: int = 0
     steps_per_epoch: int | None = None
     low_lr_start: bool | None = None
+    # Fine-tuning (resnet_keras.finetune, issue 8): pretrained source, what trains, BN mode.
+    init_from: str | None = None
+    freeze: str = "none"
+    bn_policy: str = "train"
+    backbone_lr_multiplier: float = 1.0
+    head_epochs: int = 0
 
     def __post_init__(self) -> None:
         expect(self.recipe in RECIPES, "recipe", self.recipe, " or ".join(map(repr, RECIPES)))
@@ -130,6 +136,9 @@ class TrainConfig:
         expect(self.steps_per_epoch is None or (is_int(self.steps_per_epoch) and self.steps_per_epoch >= 1),
                 "steps_per_epoch", self.steps_per_epoch, "None or an integer >= 1")
         expect(self.low_lr_start in (None, True, False), "low_lr_start", self.low_lr_start, "None, True or False")
+        from resnet_keras import finetune
+
+        finetune.validate(self)
 
     def uses_low_lr_start(self, model_config: ModelConfig) -> bool:
         """Whether training starts at a tenth of the rate (paper, CIFAR ResNet-110 and deeper)."""
@@ -300,12 +309,13 @@ def _per_example_loss(tf, labels, logits, num_classes: int, label_smoothing: flo
 
 
 def make_train_step(model, optimizer, strategy, *, num_classes: int, global_batch: int, label_smoothing: float,
-                    loss_scaling: bool, xla: bool):
+                    loss_scaling: bool, xla: bool, transform_gradients: Callable | None = None):
     """The training step of `train()`: `train_step(iterator)` -> summed [loss, correct, count] over the batch.
 
     One step reads the next (distributed) batch, runs the replica step under `strategy.run` and
     sums the three float32 scalars over replicas. Shared with `resnet_keras.benchmark`, so the
-    benchmark times exactly the step that training runs.
+    benchmark times exactly the step that training runs. `transform_gradients(grads, variables)`
+    (fine-tuning: a lower rate for the backbone) runs before the update.
     """
     import tensorflow as tf
 
@@ -318,6 +328,8 @@ def make_train_step(model, optimizer, strategy, *, num_classes: int, global_batc
                 loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in model.losses]))
             scaled = optimizer.scale_loss(loss) if loss_scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
+        if transform_gradients is not None:
+            grads = transform_gradients(grads, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)  # sums gradients over replicas; unscales
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
         count = tf.cast(tf.shape(labels)[0], tf.float32)
@@ -468,6 +480,13 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         raise UsageError("Received: xla=True with MirroredStrategy over logical CPUs; XLA cannot compile a step "
                          "whose variables live on other devices. Use --no-xla or one device.")
     configs = {"model": model_config.to_dict(), "data": data_config.to_dict(), "train": train_config.to_dict()}
+    # -- fine-tuning (issue 8): read and check the pretrained weights before the run directory is touched
+    from resnet_keras import finetune
+
+    init_weights = None
+    if train_config.init_from and (overwrite or not tf.train.latest_checkpoint(str(model_dir / "checkpoints"))):
+        init_weights = finetune.read_init_weights(train_config.init_from, model_config, log=log)
+    # --
     resuming = _check_run_dir(model_dir, configs, overwrite)
     model_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(model_dir / "config.json", json.dumps(configs, indent=2, sort_keys=True) + "\n")
@@ -484,6 +503,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     try:
         with strategy.scope():
             model = build_model(model_config)
+            finetune_plan = finetune.plan(model, train_config)  # issue 8: trainable flags before the optimizer
             lr_factor = tf.Variable(WARMUP_FACTOR if low_lr_start else 1.0, dtype=tf.float32, trainable=False,
                                     name="lr_factor")
             schedule = make_schedule(train_config, steps_per_epoch, lr_factor if low_lr_start else None)
@@ -507,6 +527,10 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         # The history may hold an epoch written just before a crash that the checkpoint missed.
         history = [row for row in _read_history(run_dir / "history.csv") if row["epoch"] <= int(epoch_var.numpy())]
         log(f"Resuming {run_dir} after epoch {int(epoch_var.numpy())}.")
+    elif init_weights is not None:  # issue 8: a fresh fine-tuning run starts from the source
+        from resnet_keras.weights import assign
+
+        log(f"Initialised {assign(model, init_weights)} layers from {train_config.init_from} (new head).")
     start_epoch = int(epoch_var.numpy())
 
     train_ds = strategy.distribute_datasets_from_function(
@@ -515,10 +539,15 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         options=input_options(strategy))
     val_ds = data_lib.make_dataset(data_config, "val", image_size=model_config.image_size,
                                    batch_size=global_batch, training=False, drop_remainder=False)
-    train_step = make_train_step(model, optimizer, strategy, num_classes=num_classes, global_batch=global_batch,
-                                 label_smoothing=train_config.label_smoothing,
-                                 loss_scaling=train_config.mixed_precision == "float16", xla=train_config.xla)
-    train_step = _peer_guard(train_step, strategy)
+
+    def build_train_step():  # rebuilt when a fine-tuning phase changes the trainable variables
+        step = make_train_step(model, optimizer, strategy, num_classes=num_classes, global_batch=global_batch,
+                               label_smoothing=train_config.label_smoothing,
+                               loss_scaling=train_config.mixed_precision == "float16", xla=train_config.xla,
+                               transform_gradients=finetune_plan.scale_gradients if finetune_plan else None)
+        return _peer_guard(step, strategy)
+
+    train_step = build_train_step()
     sync_statistics = _replica_statistics_sync(tf, strategy, model)
 
     @tf.function(autograph=False)
@@ -549,6 +578,9 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     if start_epoch >= train_config.epochs:
         log(f"{model_dir} already trained for {start_epoch} epochs.")
     for epoch in range(start_epoch + 1, train_config.epochs + 1):
+        if finetune_plan and finetune_plan.set_phase(finetune_plan.phase_for(epoch)):  # issue 8: head, then all
+            log(finetune_plan.describe())
+            train_step = build_train_step()  # retrace: another set of trainable variables
         epoch_start = time.perf_counter()
         lr = float(optimizer.learning_rate)  # the rate of the epoch's first step
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"]) if interactive else None
