@@ -244,6 +244,11 @@ def _check_run_dir(model_dir: Path, configs: dict, overwrite: bool) -> bool:
     except (ValueError, AttributeError) as error:
         raise UsageError(f"{config_file} is not a valid run config ({error}); use --overwrite or another --model-dir")
     new = _flatten(json.loads(json.dumps(configs)))
+    # A run written before a config field existed resumes when the new field keeps its default.
+    defaults = {f"{section}.{field.name}": field.default
+                for section, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig))
+                for field in dataclasses.fields(cls) if field.default is not dataclasses.MISSING}
+    old.update({key: new[key] for key in set(new) - set(old) if key in defaults and new[key] == defaults[key]})
     differing = sorted(key for key in set(old) | set(new)
                        if key != "train.epochs" and old.get(key, "<missing>") != new.get(key, "<missing>"))
     if differing:

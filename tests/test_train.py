@@ -198,6 +198,15 @@ def test_resume_continues_after_the_last_epoch_and_refuses_other_configs(tmp_pat
         train(ModelConfig(depth=14, width=0.25, image_size=16, num_classes=10), DIGITS,
               TrainConfig(epochs=2, **FAST), model_dir, log=quiet)
 
+    # A run directory written before newer config fields existed still resumes when they keep defaults.
+    configs = json.loads((model_dir / "config.json").read_text())
+    for section, key in (("train", "init_from"), ("train", "low_lr_start"), ("model", "layout")):
+        del configs[section][key]
+    (model_dir / "config.json").write_text(json.dumps(configs))
+    messages = []
+    train(TINY, DIGITS, TrainConfig(epochs=2, **FAST), model_dir, log=messages.append)
+    assert any("already trained for 2 epochs" in m for m in messages), messages
+
     train(TINY, DIGITS, TrainConfig(epochs=1, batch_size=64, learning_rate=0.05), model_dir, overwrite=True, log=quiet)
     assert len(history(model_dir)) == 1
     assert json.loads((model_dir / "config.json").read_text())["train"]["learning_rate"] == 0.05
