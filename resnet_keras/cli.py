@@ -104,6 +104,34 @@ _TRAIN_KEYS = ("recipe", "low_lr_start", "epochs", "batch_size", "lr", "weight_d
                "init_from", "freeze", "bn_policy", "backbone_lr_multiplier", "head_epochs")
 
 
+def _options(*options):
+    """One decorator applying click options in the order given (shared by train and tune)."""
+    def apply(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return apply
+
+
+_schedule_options = _options(
+    click.option("--label-smoothing", type=float, help="Label smoothing (default 0 paper, 0.1 short)."),
+    click.option("--warmup-epochs", type=float, help="Linear warm-up epochs (default 0 paper, <=5 short)."))
+_runtime_options = _options(
+    click.option("--mixed-precision", type=click.Choice(["none", "float16", "bfloat16"]), default="none",
+                 show_default=True, help="Mixed-precision compute dtype."),
+    click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the train step with XLA."))
+_source_options = _options(
+    click.option("--dataset", default="cifar10", show_default=True,
+                 help="A TFDS name, 'digits', 'synthetic' or 'folder'."),
+    click.option("--data-dir", help="Dataset root: the image folder, or the TFDS data directory."),
+    click.option("--val-split", help="Validation split (default: the dataset's, else held out of train)."),
+    click.option("--validation-fraction", type=float, default=0.1, show_default=True,
+                 help="Fraction of train held out when the dataset has no validation split."))
+_data_options = _options(
+    click.option("--deterministic", is_flag=True, help="Deterministic data order."),
+    click.option("--skip-corrupt", is_flag=True, help="Skip image files that cannot be decoded."))
+
+
 def _read_config_file(path: str) -> dict:
     """A YAML or JSON mapping of option names (dashes or underscores) to values."""
     import yaml  # YAML is a superset of JSON
@@ -146,12 +174,7 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.option("--width", type=float, help="Width multiplier on every stage's channels.")
 @click.option("--shortcut", type=click.Choice(["A", "B"]), help="A: zero-padded identity; B: projection.")
 @click.option("--image-size", type=int, help="Input size (default: the family's, 32 for digits).")
-@click.option("--dataset", default="cifar10", show_default=True,
-              help="A TFDS name, 'digits', 'synthetic' or 'folder'.")
-@click.option("--data-dir", help="Dataset root: the image folder, or the TFDS data directory.")
-@click.option("--val-split", help="Validation split (default: the dataset's, else held out of train).")
-@click.option("--validation-fraction", type=float, default=0.1, show_default=True,
-              help="Fraction of train held out when the dataset has no validation split.")
+@_source_options
 @click.option("--recipe", type=click.Choice(["paper", "short"]), default="paper", show_default=True,
               help="paper: step schedule (sec. 4.2); short: warm-up + cosine, Nesterov, label smoothing.")
 @click.option("--epochs", type=int, help="Epochs (paper: 182 CIFAR, 90 ImageNet; short: 30).")
@@ -160,16 +183,12 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.option("--low-lr-start/--no-low-lr-start", default=None,
               help="Start at lr/10 until train error < 80% (default: paper recipe, CIFAR depth >= 110).")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True, help="L2 weight decay.")
-@click.option("--label-smoothing", type=float, help="Label smoothing (default 0 paper, 0.1 short).")
-@click.option("--warmup-epochs", type=float, help="Linear warm-up epochs (default 0 paper, <=5 short).")
+@_schedule_options
 @click.option("--strategy", type=click.Choice(["auto", "one-device", "mirrored", "multi-worker"]), default="auto",
               show_default=True, help="tf.distribute strategy; multi-worker reads the cluster from TF_CONFIG.")
-@click.option("--mixed-precision", type=click.Choice(["none", "float16", "bfloat16"]), default="none",
-              show_default=True, help="Mixed-precision compute dtype.")
-@click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the train step with XLA.")
+@_runtime_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (weights and data order).")
-@click.option("--deterministic", is_flag=True, help="Deterministic data order.")
-@click.option("--skip-corrupt", is_flag=True, help="Skip image files that cannot be decoded.")
+@_data_options
 @click.option("--model-dir", type=click.Path(file_okay=False),
               help="Run directory (default runs/<model>-<dataset>); rerunning resumes it.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in --model-dir and start fresh.")
@@ -450,24 +469,16 @@ _TUNE_KEYS = ("name", "results_dir", "tuner", "max_trials", "epochs_per_trial", 
 @click.option("--hyperband-factor", type=int, default=3, show_default=True, help="Hyperband's reduction factor.")
 @click.option("--hyperband-iterations", type=int, default=1, show_default=True, help="Hyperband iterations.")
 @click.option("--initial-points", type=int, help="Bayesian: random trials before the Gaussian process.")
-@click.option("--dataset", default="cifar10", show_default=True, help="A TFDS name, 'digits', 'synthetic' or 'folder'.")
-@click.option("--data-dir", help="Dataset root: the image folder, or the TFDS data directory.")
-@click.option("--val-split", help="Validation split (default: the dataset's, else held out of train).")
-@click.option("--validation-fraction", type=float, default=0.1, show_default=True,
-              help="Fraction of train held out when the dataset has no validation split.")
+@_source_options
 @click.option("--recipe", type=click.Choice(["paper", "short"]), default="paper", show_default=True,
               help="Training recipe of every trial.")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch size.")
-@click.option("--label-smoothing", type=float, help="Label smoothing (default 0 paper, 0.1 short).")
-@click.option("--warmup-epochs", type=float, help="Linear warm-up epochs (default 0 paper, <=5 short).")
+@_schedule_options
 @click.option("--strategy", type=click.Choice(["auto", "one-device", "mirrored"]), default="auto",
               show_default=True, help="tf.distribute strategy of each trial.")
-@click.option("--mixed-precision", type=click.Choice(["none", "float16", "bfloat16"]), default="none",
-              show_default=True, help="Mixed-precision compute dtype.")
-@click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the train step with XLA.")
+@_runtime_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the oracle, weights and data order.")
-@click.option("--deterministic", is_flag=True, help="Deterministic data order.")
-@click.option("--skip-corrupt", is_flag=True, help="Skip image files that cannot be decoded.")
+@_data_options
 @click.option("--overwrite", is_flag=True, help="Delete an existing search in --results-dir and start fresh.")
 @click.option("--export", "export", is_flag=True,
               help="Export the best trial's model as a SavedModel to saved_models/<model>/<next version>/.")
