@@ -19,7 +19,7 @@ ResNet of the same depth (the `keras-team/keras` CIFAR-10 ResNet v1 example: con
 BN, ReLU, 1x1 projection shortcuts) for the CIFAR family; both train with
 ``compile(jit_compile=xla)`` + ``train_on_batch``, the way a Keras user trains them.
 
-Memory (``memory=True``): the peak resident set size (``ru_maxrss``) of a child process that
+Memory (``memory=True``): the peak resident set size (``VmHWM``) of a child process that
 builds the model and runs a few training steps, for ours, the anchor and a child that only
 starts TensorFlow, each in its own process so they cannot pollute each other.
 """
@@ -333,8 +333,6 @@ def _time_pipeline(dataset, batches: int, warmup: int) -> list[float]:
 
 def _memory_child(spec_json: str) -> None:
     """Runs in a fresh process: builds one model, trains a few steps, prints its peak RSS as JSON."""
-    import resource
-
     spec = json.loads(spec_json)
     if spec["kind"] != "baseline":
         model_config = ModelConfig.from_dict(spec["model"])
@@ -352,8 +350,25 @@ def _memory_child(spec_json: str) -> None:
         import tensorflow as tf
 
         tf.constant(1.0).numpy()  # starts the runtime and its thread pools
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    print(json.dumps({"peak_rss_mb": round(peak_kb / 1024, 1)}), flush=True)
+    print(json.dumps({"peak_rss_mb": round(_peak_rss_kb() / 1024, 1)}), flush=True)
+
+
+def _peak_rss_kb() -> float:
+    """This process's peak resident set size in kB.
+
+    Linux's ``ru_maxrss`` survives ``execve``: a child forked from a larger parent (the benchmark,
+    holding a ResNet-50) reports the parent's peak. ``VmHWM`` belongs to the process's own
+    address space, so it starts afresh at ``exec``.
+    """
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
 
 
 def measure_peak_memory(kind: str, model_config: ModelConfig, bench: BenchmarkConfig) -> float:

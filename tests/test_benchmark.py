@@ -146,3 +146,15 @@ def test_benchmark_config_validates_modes():
     with pytest.raises(ValueError, match="modes"):
         BenchmarkConfig(modes=("train", "fit"))
     assert BenchmarkConfig().resolved_batch(__import__("resnet_keras").ModelConfig(depth=50)) == 16
+
+
+def test_memory_child_reports_its_own_peak_not_its_parents():
+    # Linux's ru_maxrss survives exec, so a child of a 1.5 GB parent used to report 1.5 GB.
+    import numpy as np
+
+    from resnet_keras.benchmark import measure_peak_memory
+    from resnet_keras.config import ModelConfig
+
+    ballast = np.ones(int(1.5e9 // 8))
+    baseline = measure_peak_memory("baseline", ModelConfig.preset("resnet20"), BenchmarkConfig())
+    assert 100 < baseline < 1200 and ballast[-1] == 1.0  # TensorFlow alone: ~0.6 GB here
