@@ -462,6 +462,8 @@ def run(model_config: ModelConfig, bench: BenchmarkConfig, *, emit: Callable[[di
     import numpy as np
     import tensorflow as tf
 
+    from resnet_keras.distribute import onednn_enabled
+
     began, load_before = time.perf_counter(), os.getloadavg()
     batch = bench.resolved_batch(model_config)
     real_data, synthetic_data = data_config_for(bench, model_config.num_classes, batch)
@@ -560,7 +562,7 @@ def run(model_config: ModelConfig, bench: BenchmarkConfig, *, emit: Callable[[di
         tensorflow=tf.__version__, keras=keras.__version__,
         threads=dict(intra_op=tf.config.threading.get_intra_op_parallelism_threads(),
                      inter_op=tf.config.threading.get_inter_op_parallelism_threads()),
-        results=results,
+        onednn=onednn_enabled(), results=results,
     )
 
 
@@ -598,6 +600,7 @@ def format_report(summary: dict) -> str:
                      f"{here['batch_size']}; published for {g['model']} ({g['source']}):")
         lines += [f"  {f['gpu']}, {f['precision']}, batch {f['batch_size']}: {f['images_per_sec']} images/s "
                   f"({f['images_per_sec'] / here['images_per_sec']:.0f}x this run)" for f in g["figures"]]
+    onednn = {True: "on", False: "off", None: "unknown"}[summary["onednn"]]
     lines.append(f"load average before/after: {summary['load_avg_before']} / {summary['load_avg_after']} on "
-                 f"{summary['cpus']} CPUs; {summary['wall_s']} s")
+                 f"{summary['cpus']} CPUs; oneDNN kernels {onednn}; {summary['wall_s']} s")
     return "\n".join(lines)

@@ -462,7 +462,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     import tensorflow as tf
 
     from resnet_keras import data as data_lib
-    from resnet_keras.distribute import check_global_batch, input_options, is_chief, make_strategy
+    from resnet_keras.distribute import check_global_batch, input_options, is_chief, make_strategy, onednn_hint
     from resnet_keras.models import build_model
 
     model_config = dataclasses.replace(model_config, weight_decay=float(train_config.weight_decay))
@@ -475,6 +475,8 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         raise UsageError(f"Received: train family={train_config.family!r} for a {model_config.family}-family model; "
                          f"the paper's recipes differ by family: use TrainConfig(family={model_config.family!r})")
     low_lr_start = train_config.uses_low_lr_start(model_config)
+    if hint := onednn_hint():
+        log(hint)
     strategy = make_strategy(train_config.strategy)
     replicas = strategy.num_replicas_in_sync
     run_dir = model_dir  # multi-worker: what every worker resumes from; only the chief writes it

@@ -37,9 +37,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from resnet_keras import export as export_lib  # noqa: E402
+from resnet_keras import export as export_lib  # noqa: E402  (first: it turns on TensorFlow's oneDNN kernels)
+import tensorflow as tf  # noqa: E402
 from resnet_keras.config import ModelConfig  # noqa: E402
 from resnet_keras.data import DataConfig, describe, make_dataset  # noqa: E402
 from resnet_keras.models import build_model  # noqa: E402

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-epochs", type=float, default=0.5)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--label-smoothing", type=float, default=None)
-    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "resnet-keras-cifar10"),
                         help="where the archive is unpacked (once)")

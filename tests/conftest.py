@@ -5,6 +5,11 @@ import pathlib
 
 import pytest
 
+import resnet_keras
+
+# Imported before any test module imports TensorFlow, so TF_ENABLE_ONEDNN_OPTS is set as in real use.
+assert resnet_keras.__version__
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,7 +78,8 @@ def test_json_compare_and_profile_on_a_tiny_cifar_net(tmp_path):
     assert set(ratios) == {"train", "train_paired", "infer", "infer_paired"} and all(v > 0 for v in ratios.values())
     profile = summary["profile"]
     assert Path(profile["trace"]).is_file() and profile["step_ms"] > 0
-    assert {"Conv2D", "Conv2DBackpropFilter", "Conv2DBackpropInput"} <= {row["op"] for row in profile["top_ops"]}
+    ops = {row["op"].removeprefix("_MklNative") for row in profile["top_ops"]}  # oneDNN kernels' names
+    assert {"Conv2D", "Conv2DBackpropFilter", "Conv2DBackpropInput"} <= ops
     assert summary["gpu_reference"] is None and summary["data"] is None and summary["memory"] is None
 
 
@@ -146,6 +150,24 @@ def test_benchmark_config_validates_modes():
     with pytest.raises(ValueError, match="modes"):
         BenchmarkConfig(modes=("train", "fit"))
     assert BenchmarkConfig().resolved_batch(__import__("resnet_keras").ModelConfig(depth=50)) == 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting, first_import, expected_on, expect_hint", [
+    (None, "resnet_keras", True, False),        # our import turns TensorFlow's oneDNN kernels on
+    ("0", "resnet_keras", False, False),        # an explicit 0 is respected, and needs no hint
+    (None, "tensorflow", False, True),          # TensorFlow imported first: off, and train() says so
+])
+def test_import_turns_on_onednn_kernels_unless_told_otherwise(setting, first_import, expected_on, expect_hint):
+    env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    code = (f"import {first_import}\n"
+            "from resnet_keras.distribute import onednn_enabled, onednn_hint\n"
+            "print(onednn_enabled(), onednn_hint() is not None)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [str(expected_on), str(expect_hint)]
 
 
 def test_memory_child_reports_its_own_peak_not_its_parents():
