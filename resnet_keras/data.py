@@ -40,6 +40,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 CACHE_LIMIT_BYTES = 2 * 1024**3
 CIFAR_PAD = 4
 CENTRE_CROP_FRACTION = 0.875
+# A repeated training stream seeds epoch e with seed * stride + e: distinct for any run shorter
+# than the stride, and the same whether the epoch is reached directly or after a resume.
+_EPOCH_SEED_STRIDE = 1_000_003
+_FOREVER = 2**62
 # Held-out splits (digits test, carved validation) use a fixed seed, not DataConfig.seed, so runs
 # with different seeds validate on the same images, as TFDS slicing does.
 SPLIT_SEED = 0
@@ -156,7 +160,8 @@ def describe(config: DataConfig) -> DatasetInfo:
 
 def make_dataset(config: DataConfig, split: str, *, image_size: int, batch_size: int,
                  training: bool, input_context: tf.distribute.InputContext | None = None,
-                 repeat: bool = False, drop_remainder: bool | None = None) -> tf.data.Dataset:
+                 repeat: bool = False, drop_remainder: bool | None = None,
+                 skip_batches: int = 0) -> tf.data.Dataset:
     """Batches ``(float32 [b, image_size, image_size, 3] in [0, 255], int32 [b])``.
 
     ``split`` is "train", "val" or a named split ("test", a TFDS split expression, a folder
@@ -164,9 +169,15 @@ def make_dataset(config: DataConfig, split: str, *, image_size: int, batch_size:
     ``input_context`` the examples are sharded by input pipeline and each batch has
     ``input_context.get_per_replica_batch_size(batch_size)`` examples. ``drop_remainder``
     defaults to ``training``. The result carries ``skipped_files`` (int): corrupt files dropped.
+
+    With ``repeat`` and ``training``, epoch ``e`` of the stream is shuffled and augmented from
+    ``(seed, e)`` alone, and ``skip_batches`` starts the stream where a reader that already took
+    that many batches would be: a resumed run sees the data an uninterrupted one would have seen
+    (exactly so with ``deterministic``), without reading the earlier epochs again.
     """
     _require("image_size", image_size, _is_int(image_size) and image_size >= 8, "an integer >= 8")
     _require("batch_size", batch_size, _is_int(batch_size) and batch_size >= 1, "an integer >= 1")
+    _require("skip_batches", skip_batches, _is_int(skip_batches) and skip_batches >= 0, "an integer >= 0")
     family = _augment_family(config, image_size)
     drop_remainder = training if drop_remainder is None else drop_remainder
     part = _open_source(config).split(split, image_size)
@@ -201,12 +212,29 @@ def make_dataset(config: DataConfig, split: str, *, image_size: int, batch_size:
         if part.files:  # fill the cache now, so undecodable files are named before training
             bad = _fill_cache_and_check(ds.with_options(options), part, input_context, config)
             # ignore_errors hid the size; Keras needs it for progress bars and epoch ends.
-            ds = ds.apply(tf.data.experimental.assert_cardinality(count - bad))
+            count -= bad
+            ds = ds.apply(tf.data.experimental.assert_cardinality(count))
             skipped += bad
 
     if config.dataset == "synthetic":  # generated once, cached as batches: ~free per step
         ds = ds.batch(batch_size, drop_remainder=drop_remainder).cache()
         ds = (ds.repeat() if repeat else ds).map(_to_float)
+    elif training and repeat:
+        buffer = min(config.shuffle_buffer, max(count, 1))
+
+        @tf.autograph.experimental.do_not_convert  # plain Python branching on configs, no tensors
+        def epoch(index):  # one pass, shuffled and augmented from (seed, index) alone
+            # Inside this function's graph, a global seed of 0 (keras.utils.set_random_seed(0)) would
+            # meet the tensor seed in TensorFlow's `seeds == (0, 0)` check and fail; and the stream
+            # should not depend on it anyway. This clears the graph-level seed of this graph only.
+            tf.compat.v1.set_random_seed(None)
+            seed = tf.constant(config.seed, tf.int64) * _EPOCH_SEED_STRIDE + index
+            return _augment_and_batch(ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=False), family,
+                                      training, image_size, batch_size, drop_remainder, seed, reshuffle=False)
+
+        per_epoch = max(count // batch_size if drop_remainder else -(-count // batch_size), 1)
+        first_epoch, offset = divmod(skip_batches, per_epoch)
+        ds = tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(epoch).skip(offset)
     else:
         if training:
             ds = ds.shuffle(min(config.shuffle_buffer, max(count, 1)), seed=config.seed,
@@ -233,11 +261,11 @@ def _augment_family(config: DataConfig, image_size: int) -> str:
     return "cifar" if image_size <= 64 else "imagenet"
 
 
-def _augment_and_batch(ds, family, training, size, batch_size, drop_remainder, seed):
+def _augment_and_batch(ds, family, training, size, batch_size, drop_remainder, seed, reshuffle=True):
     """(index, uint8 image, label) elements -> float32 batches, augmented when training."""
     # Dataset.random gives each element (or batch) its own stateless seed: reproducible under
-    # parallel map, and a fresh stream on every iteration (epoch) of the same dataset.
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    # parallel map, and (with `reshuffle`) a fresh stream on every iteration of the same dataset.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle)
     if family == "imagenet":
         if training:
             ds = tf.data.Dataset.zip((ds, seeds)).map(

@@ -540,10 +540,14 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         log(f"Initialised {assign(model, init_weights)} layers from {train_config.init_from} (new head).")
     start_epoch = int(epoch_var.numpy())
 
-    train_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: data_lib.make_dataset(data_config, "train", image_size=model_config.image_size,
-                                          batch_size=global_batch, training=True, input_context=ctx, repeat=True),
-        options=input_options(strategy))
+    def train_input(ctx):
+        # Each step reads one batch per local replica; a resumed run skips what the epochs done read.
+        per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        return data_lib.make_dataset(data_config, "train", image_size=model_config.image_size,
+                                     batch_size=global_batch, training=True, input_context=ctx, repeat=True,
+                                     skip_batches=start_epoch * steps_per_epoch * per_step)
+
+    train_ds = strategy.distribute_datasets_from_function(train_input, options=input_options(strategy))
     val_ds = data_lib.make_dataset(data_config, "val", image_size=model_config.image_size,
                                    batch_size=global_batch, training=False, drop_remainder=False)
 

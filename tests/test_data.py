@@ -423,6 +423,25 @@ def test_seeded_pipeline_is_reproducible(mini, augment):
         assert ds.options().deterministic is expected  # evaluation always keeps its order
 
 
+@pytest.mark.parametrize("augment", ["cifar", "imagenet"])
+def test_repeated_stream_resumes_where_a_reader_stopped(mini, augment):
+    # 200 images in batches of 50: 4 batches an epoch, so skipping 6 lands mid-way through epoch 1.
+    config = DataConfig(dataset="folder", data_dir=str(mini), seed=5, deterministic=True, augment=augment)
+
+    def stream(skip, take):
+        ds = make_dataset(config, "val", image_size=32, batch_size=50, training=True, repeat=True,
+                          skip_batches=skip)
+        return [(x.numpy(), y.numpy()) for x, y in ds.take(take)]
+
+    straight = stream(0, 11)
+    resumed = stream(6, 5)
+    for (x, y), (x_resumed, y_resumed) in zip(straight[6:], resumed):
+        assert np.array_equal(x, x_resumed) and np.array_equal(y, y_resumed)
+    epochs = [np.concatenate([y for _, y in straight[i:i + 4]]) for i in (0, 4)]
+    assert sorted(epochs[0]) == sorted(epochs[1])  # each epoch is one pass over the split
+    assert not np.array_equal(epochs[0], epochs[1])  # in a new order
+
+
 def test_sharding_with_input_context(mini):
     config = DataConfig(dataset="folder", data_dir=str(mini))
     everything, _, _ = collect(make_dataset(config, "val", image_size=32, batch_size=40,

@@ -212,6 +212,26 @@ def test_resume_continues_after_the_last_epoch_and_refuses_other_configs(tmp_pat
     assert json.loads((model_dir / "config.json").read_text())["train"]["learning_rate"] == 0.05
 
 
+def test_a_resumed_run_trains_on_the_data_an_uninterrupted_run_sees(tmp_path):
+    class Crash(Exception):
+        pass
+
+    def crash_after_epoch_1(message):
+        if message.startswith("epoch 1/"):  # logged once the epoch's checkpoint is saved
+            raise Crash
+
+    data = DataConfig(dataset="digits", deterministic=True, augment="cifar")
+    config = TrainConfig(epochs=2, **FAST)
+    train(TINY, data, config, tmp_path / "straight", log=quiet)
+    with pytest.raises(Crash):
+        train(TINY, data, config, tmp_path / "resumed", log=crash_after_epoch_1)
+    train(TINY, data, config, tmp_path / "resumed", log=quiet)
+    straight, resumed = history(tmp_path / "straight"), history(tmp_path / "resumed")
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        # Epoch 2 reads epoch 2's order and crops, not epoch 1's again.
+        assert float(resumed[1][key]) == pytest.approx(float(straight[1][key]), rel=1e-4, abs=1e-4), key
+
+
 def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "notes.txt").write_text("precious")
     with pytest.raises(UsageError, match="not a run directory"):
