@@ -115,7 +115,8 @@ def _options(*options):
 
 _schedule_options = _options(
     click.option("--label-smoothing", type=float, help="Label smoothing (default 0 paper, 0.1 short)."),
-    click.option("--warmup-epochs", type=float, help="Linear warm-up epochs (default 0 paper, <=5 short)."))
+    click.option("--warmup-epochs", type=float, help="Linear warm-up epochs (default 0 paper; short: 0.5 under 10 "
+                 "epochs, else epochs/10 up to 5)."))
 _runtime_options = _options(
     click.option("--mixed-precision", type=click.Choice(["none", "float16", "bfloat16"]), default="none",
                  show_default=True, help="Mixed-precision compute dtype."),
@@ -179,10 +180,11 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
               help="paper: step schedule (sec. 4.2); short: warm-up + cosine, Nesterov, label smoothing.")
 @click.option("--epochs", type=int, help="Epochs (paper: 182 CIFAR, 90 ImageNet; short: 30).")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch size.")
-@click.option("--lr", type=float, help="Peak learning rate (default 0.1 x batch / 128, ImageNet / 256).")
+@click.option("--lr", type=float, help="Peak learning rate (default 0.1 x batch / 128, ImageNet / 256; 0.2 x batch / 128 "
+              "for the short recipe on CIFAR nets).")
 @click.option("--low-lr-start/--no-low-lr-start", default=None,
               help="Start at lr/10 until train error < 80% (default: paper recipe, CIFAR depth >= 110).")
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True, help="L2 weight decay.")
+@click.option("--weight-decay", type=float, help="L2 weight decay (default 1e-4; 5e-4 for the short recipe on CIFAR nets).")
 @_schedule_options
 @click.option("--strategy", type=click.Choice(["auto", "one-device", "mirrored", "multi-worker"]), default="auto",
               show_default=True, help="tf.distribute strategy; multi-worker reads the cluster from TF_CONFIG.")

@@ -71,7 +71,10 @@ class TrainConfig:
     family ("cifar" or "imagenet", the model's) picks the paper's schedule and reference batch;
     `train` refuses a model of the other family. batch_size is global (split over the
     replicas). learning_rate defaults to 0.1 * batch_size / 128 (CIFAR) or / 256 (ImageNet).
-    weight_decay is the paper's L2 (1e-4), applied inside the model (`ModelConfig.weight_decay`).
+    weight_decay is L2 applied inside the model (`ModelConfig.weight_decay`): the paper's 1e-4.
+    The short recipe on CIFAR nets doubles the rate and uses 5e-4, with a half-epoch warm-up
+    under 10 epochs: ResNet-20 reached 80.7 % in 6 epochs with these against 77.9 % with the
+    paper's values (scripts/cifar10_benchmark.py).
     steps_per_epoch defaults to num_train // batch_size. xla compiles the step (`jit_compile`);
     off by default because it fails under MirroredStrategy across logical CPUs. low_lr_start
     (None: on for the paper recipe on CIFAR nets of 110+ layers) trains at a tenth of the rate
@@ -85,7 +88,7 @@ class TrainConfig:
     learning_rate: float | None = None
     momentum: float = 0.9
     nesterov: bool | None = None
-    weight_decay: float = 1e-4
+    weight_decay: float | None = None
     warmup_epochs: float | None = None
     label_smoothing: float | None = None
     strategy: str = "auto"
@@ -108,12 +111,15 @@ class TrainConfig:
         expect(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         epochs = self.epochs if self.epochs is not None else (SHORT_EPOCHS if short else PAPER_EPOCHS[self.family])
         expect(is_int(epochs) and epochs >= 1, "epochs", epochs, "an integer >= 1")
+        budget = short and self.family == "cifar"  # measured on CIFAR-10 only; ImageNet keeps the paper's values
+        warmup = (0.5 if epochs < 10 else min(5, epochs // 10)) if short else 0
         defaults = dict(
             epochs=epochs,
             learning_rate=(self.learning_rate if self.learning_rate is not None
-                           else 0.1 * self.batch_size / PAPER_BATCH[self.family]),
+                           else (0.2 if budget else 0.1) * self.batch_size / PAPER_BATCH[self.family]),
+            weight_decay=self.weight_decay if self.weight_decay is not None else (5e-4 if budget else 1e-4),
             nesterov=self.nesterov if self.nesterov is not None else short,
-            warmup_epochs=self.warmup_epochs if self.warmup_epochs is not None else (min(5, epochs // 10) if short else 0),
+            warmup_epochs=self.warmup_epochs if self.warmup_epochs is not None else warmup,
             label_smoothing=self.label_smoothing if self.label_smoothing is not None else (0.1 if short else 0.0),
         )
         for key, value in defaults.items():
