@@ -43,7 +43,6 @@ CENTRE_CROP_FRACTION = 0.875
 # A repeated training stream seeds epoch e with seed * stride + e: distinct for any run shorter
 # than the stride, and the same whether the epoch is reached directly or after a resume.
 _EPOCH_SEED_STRIDE = 1_000_003
-_FOREVER = 2**62
 # Held-out splits (digits test, carved validation) use a fixed seed, not DataConfig.seed, so runs
 # with different seeds validate on the same images, as TFDS slicing does.
 SPLIT_SEED = 0
@@ -216,11 +215,11 @@ def make_dataset(config: DataConfig, split: str, *, image_size: int, batch_size:
             ds = ds.apply(tf.data.experimental.assert_cardinality(count))
             skipped += bad
 
+    buffer = min(config.shuffle_buffer, max(count, 1))
     if config.dataset == "synthetic":  # generated once, cached as batches: ~free per step
         ds = ds.batch(batch_size, drop_remainder=drop_remainder).cache()
         ds = (ds.repeat() if repeat else ds).map(_to_float)
     elif training and repeat:
-        buffer = min(config.shuffle_buffer, max(count, 1))
 
         @tf.autograph.experimental.do_not_convert  # plain Python branching on configs, no tensors
         def epoch(index):  # one pass, shuffled and augmented from (seed, index) alone
@@ -234,11 +233,10 @@ def make_dataset(config: DataConfig, split: str, *, image_size: int, batch_size:
 
         per_epoch = max(count // batch_size if drop_remainder else -(-count // batch_size), 1)
         first_epoch, offset = divmod(skip_batches, per_epoch)
-        ds = tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(epoch).skip(offset)
+        ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch).skip(offset)
     else:
         if training:
-            ds = ds.shuffle(min(config.shuffle_buffer, max(count, 1)), seed=config.seed,
-                            reshuffle_each_iteration=True)
+            ds = ds.shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
         ds = _augment_and_batch(ds, family, training, image_size, batch_size, drop_remainder,

@@ -68,6 +68,8 @@ def export_features(source: str, output: str | os.PathLike, *, image_size: int |
     import keras
     import tensorflow as tf
 
+    from resnet_keras.export import _publish
+
     output = Path(output)
     if output.exists() and not overwrite:
         raise UsageError(f"{output} exists; pass --overwrite to replace it")
@@ -89,9 +91,7 @@ def export_features(source: str, output: str | os.PathLike, *, image_size: int |
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         archive.write_out(str(tmp), verbose=False)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
+        _publish(tmp, output, overwrite)  # the old export is moved aside only once the new one is complete
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     dims = model.output["embedding"].shape[-1]

@@ -497,7 +497,7 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     from resnet_keras import finetune
 
     init_weights = None
-    if train_config.init_from and (overwrite or not tf.train.latest_checkpoint(str(model_dir / "checkpoints"))):
+    if train_config.init_from and (overwrite or not tf.train.latest_checkpoint(str(run_dir / "checkpoints"))):
         init_weights = finetune.read_init_weights(train_config.init_from, model_config, log=log)
     # --
     resuming = _check_run_dir(model_dir, configs, overwrite)

@@ -394,7 +394,9 @@ def _tuner_class():
 
                 keras.backend.clear_session()  # the next trial builds a fresh model and graph
             history = train_lib._read_history(run_dir / "history.csv")
-            cost = self.costs.get(plan.architecture.label) or measure(plan.model_config)
+            if plan.architecture.label not in self.costs:  # counted once per architecture, not per trial
+                self.costs[plan.architecture.label] = measure(plan.model_config)
+            cost = self.costs[plan.architecture.label]
             return {
                 "val_accuracy": max(row["val_accuracy"] for row in history),
                 "val_loss": min(row["val_loss"] for row in history),
@@ -640,7 +642,7 @@ def search(space: SearchSpace, tune: TuneConfig, data_config, train_config, resu
 # ----------------------------------------------------------------------------- reports
 
 
-def _trial_rows(tuner, space: SearchSpace, tune: TuneConfig, results_dir: Path, costs: dict) -> list[dict]:
+def _trial_rows(tuner, space: SearchSpace, tune: TuneConfig, costs: dict) -> list[dict]:
     rows = []
     by_label = {arch.label: arch for arch in space.architectures()}
     for trial in tuner.oracle.trials.values():
@@ -742,7 +744,7 @@ def write_reports(tuner, space: SearchSpace, tune: TuneConfig, data_config, trai
     """trials.csv (ranked), best.yaml and objective_vs_size.png from the oracle's trials."""
     from resnet_keras.train import _write_atomic
 
-    rows = _trial_rows(tuner, space, tune, results_dir, costs)
+    rows = _trial_rows(tuner, space, tune, costs)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=TABLE_FIELDS, lineterminator="\n")
     writer.writeheader()

@@ -121,7 +121,7 @@ def inspect_weights_file(path: str | os.PathLike) -> tuple[str, bool]:
             group = handle["model_weights"] if "model_weights" in handle else handle
             if "layer_names" in group.attrs:  # legacy Keras 2 format: the official files
                 names = {n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["layer_names"]}
-                weighted = {n for n in names if len(group[n].attrs.get("weight_names", [])) if n in group}
+                weighted = {n for n in names if n in group and len(group[n].attrs.get("weight_names", []))}
                 return _app_from_names(path, weighted), "predictions" in weighted
             if "layers" in handle:  # Keras 3 `.weights.h5`: class-based names, identified by counts
                 kinds = [re.sub(r"(_\d+)?$", "", key) for key in handle["layers"].keys()]

@@ -191,7 +191,7 @@ def test_imagenet_offline_says_so_at_once(tmp_path, monkeypatch):
 
 def test_network_probe_is_bounded_and_false_offline():
     start = time.perf_counter()
-    weights._network_available("https://nonexistent.invalid/x", timeout=1.0)
+    assert weights._network_available("https://nonexistent.invalid/x", timeout=1.0) is False
     assert time.perf_counter() - start < 2.5
 
 
