@@ -39,7 +39,7 @@ setup(
         "cpu": [f"tensorflow-cpu{TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]{TENSORFLOW}"],
         "tf": [f"tensorflow{TENSORFLOW}"],
-        "test": ["pytest>=7", "pytest-xdist"],
+        "test": ["pytest>=7", "pytest-xdist", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["resnet-keras=resnet_keras.cli:main"]},
     classifiers=[

@@ -33,8 +33,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from resnet_keras.config import ModelConfig
 from resnet_keras.errors import UsageError, expect, is_int
@@ -83,19 +84,35 @@ class BenchmarkConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        expect(self.batch_size is None or (is_int(self.batch_size) and self.batch_size >= 1), "batch_size",
-               self.batch_size, "None or an integer >= 1")
+        expect(
+            self.batch_size is None or (is_int(self.batch_size) and self.batch_size >= 1),
+            "batch_size",
+            self.batch_size,
+            "None or an integer >= 1",
+        )
         expect(self.precision in PRECISIONS, "precision", self.precision, "one of " + ", ".join(PRECISIONS))
         expect(isinstance(self.xla, bool), "xla", self.xla, "True or False")
-        expect(isinstance(self.data, str) and bool(self.data), "data", self.data,
-               "'synthetic', a folder path or a TFDS name")
+        expect(
+            isinstance(self.data, str) and bool(self.data),
+            "data",
+            self.data,
+            "'synthetic', a folder path or a TFDS name",
+        )
         expect(is_int(self.steps) and self.steps >= 1, "steps", self.steps, "an integer >= 1")
         expect(is_int(self.warmup) and self.warmup >= 0, "warmup", self.warmup, "an integer >= 0")
         object.__setattr__(self, "modes", tuple(self.modes))
-        expect(bool(self.modes) and set(self.modes) <= set(MODES), "modes", self.modes,
-               "a non-empty subset of " + ", ".join(MODES))
-        expect(is_int(self.pipeline_batches) and self.pipeline_batches >= 1, "pipeline_batches",
-               self.pipeline_batches, "an integer >= 1")
+        expect(
+            bool(self.modes) and set(self.modes) <= set(MODES),
+            "modes",
+            self.modes,
+            "a non-empty subset of " + ", ".join(MODES),
+        )
+        expect(
+            is_int(self.pipeline_batches) and self.pipeline_batches >= 1,
+            "pipeline_batches",
+            self.pipeline_batches,
+            "an integer >= 1",
+        )
 
     def resolved_batch(self, model_config: ModelConfig) -> int:
         return self.batch_size or (128 if model_config.image_size <= 64 else 16)
@@ -107,10 +124,18 @@ def step_stats(times_s: list[float], batch: int) -> dict[str, Any]:
 
     ms = np.asarray(times_s, dtype=float) * 1e3
     p10, q1, med, q3, p90 = np.percentile(ms, [10, 25, 50, 75, 90])
-    return dict(batch_size=batch, steps=len(ms), images_per_sec=round(batch / med * 1e3, 2),
-                step_ms_median=round(med, 2), step_ms_p10=round(p10, 2), step_ms_p90=round(p90, 2),
-                step_ms_iqr=round(q3 - q1, 2), step_ms_min=round(ms.min(), 2), step_ms_max=round(ms.max(), 2),
-                step_ms=[round(t, 2) for t in ms])
+    return dict(
+        batch_size=batch,
+        steps=len(ms),
+        images_per_sec=round(batch / med * 1e3, 2),
+        step_ms_median=round(med, 2),
+        step_ms_p10=round(p10, 2),
+        step_ms_p90=round(p90, 2),
+        step_ms_iqr=round(q3 - q1, 2),
+        step_ms_min=round(ms.min(), 2),
+        step_ms_max=round(ms.max(), 2),
+        step_ms=[round(t, 2) for t in ms],
+    )
 
 
 def _policy(precision: str) -> str:
@@ -129,16 +154,22 @@ def data_config_for(bench: BenchmarkConfig, num_classes: int, batch: int):
 
     def synthetic(classes):
         # Enough images for a few distinct batches; the synthetic pipeline caches them as batches.
-        return DataConfig(dataset="synthetic", synthetic_examples=max(4 * batch, 8),
-                          synthetic_classes=max(classes, 2), seed=bench.seed)
+        return DataConfig(
+            dataset="synthetic",
+            synthetic_examples=max(4 * batch, 8),
+            synthetic_classes=max(classes, 2),
+            seed=bench.seed,
+        )
 
     if bench.data == "synthetic":
         return None, synthetic(num_classes)
     if os.path.isdir(bench.data):
         real = DataConfig(dataset="folder", data_dir=str(bench.data), seed=bench.seed)
     elif os.sep in bench.data or bench.data.startswith("."):
-        raise UsageError(f"Received: data={bench.data!r}, which is not a folder; expected 'synthetic', "
-                         "an image folder or a TFDS name.")
+        raise UsageError(
+            f"Received: data={bench.data!r}, which is not a folder; expected 'synthetic', "
+            "an image folder or a TFDS name."
+        )
     else:
         real = DataConfig(dataset=bench.data, data_dir=bench.data_dir, seed=bench.seed)
     from resnet_keras.data import describe
@@ -149,8 +180,9 @@ def data_config_for(bench: BenchmarkConfig, num_classes: int, batch: int):
 # ----------------------------------------------------------------------------- anchors
 
 
-def plain_keras_cifar_resnet(depth: int, *, filters: int = 16, num_classes: int = 10, image_size: int = 32,
-                             weight_decay: float = 1e-4):
+def plain_keras_cifar_resnet(
+    depth: int, *, filters: int = 16, num_classes: int = 10, image_size: int = 32, weight_decay: float = 1e-4
+):
     """A hand-written Keras CIFAR ResNet (the keras-team CIFAR-10 `resnet_v1` example): 6n+2 layers,
     conv (with bias, L2) -> BN -> ReLU units, 1x1 projection shortcuts (conv only) where shapes change.
 
@@ -160,8 +192,14 @@ def plain_keras_cifar_resnet(depth: int, *, filters: int = 16, num_classes: int 
     from keras import layers
 
     def unit(x, channels, kernel=3, stride=1, relu=True, bn=True):
-        x = layers.Conv2D(channels, kernel, strides=stride, padding="same", kernel_initializer="he_normal",
-                          kernel_regularizer=keras.regularizers.L2(weight_decay))(x)
+        x = layers.Conv2D(
+            channels,
+            kernel,
+            strides=stride,
+            padding="same",
+            kernel_initializer="he_normal",
+            kernel_regularizer=keras.regularizers.L2(weight_decay),
+        )(x)
         x = layers.BatchNormalization()(x) if bn else x
         return layers.Activation("relu")(x) if relu else x
 
@@ -190,15 +228,18 @@ def anchor_for(model_config: ModelConfig) -> tuple[str, Callable[[], Any]]:
     size, classes = model_config.image_size, model_config.num_classes
     if model_config.family == "cifar":
         filters = model_config.stages[0].filters
-        return (f"keras_plain_resnet{model_config.depth}",
-                lambda: plain_keras_cifar_resnet(model_config.depth, filters=filters, num_classes=classes,
-                                                 image_size=size))
+        return (
+            f"keras_plain_resnet{model_config.depth}",
+            lambda: plain_keras_cifar_resnet(model_config.depth, filters=filters, num_classes=classes, image_size=size),
+        )
     suffix = "V2" if model_config.variant == "v2" else ""
     depth = model_config.depth if model_config.depth in (50, 101, 152) else 50
     name = f"ResNet{depth}{suffix}"
     builder = getattr(keras.applications, name)
-    return (f"keras_applications_{name.lower()}",
-            lambda: builder(weights=None, input_shape=(size, size, 3), classes=classes, classifier_activation=None))
+    return (
+        f"keras_applications_{name.lower()}",
+        lambda: builder(weights=None, input_shape=(size, size, 3), classes=classes, classifier_activation=None),
+    )
 
 
 # ----------------------------------------------------------------------------- runners
@@ -217,8 +258,13 @@ class _Ours:
         from resnet_keras.train import TrainConfig, make_schedule, make_train_step
 
         # The defaults of `resnet-keras train` (paper recipe: weight decay 1e-4, SGD momentum 0.9).
-        train_config = TrainConfig(batch_size=batch, mixed_precision=bench.precision, xla=bench.xla,
-                                   seed=bench.seed, family=model_config.family)
+        train_config = TrainConfig(
+            batch_size=batch,
+            mixed_precision=bench.precision,
+            xla=bench.xla,
+            seed=bench.seed,
+            family=model_config.family,
+        )
         model_config = dataclasses.replace(model_config, weight_decay=float(train_config.weight_decay))
         self.name, self.batch, self.model_config = model_config.name, batch, model_config
         self.strategy = make_strategy(train_config.strategy)
@@ -230,29 +276,48 @@ class _Ours:
         try:
             with self.strategy.scope():
                 self.model = build_model(model_config)
-                optimizer = keras.optimizers.SGD(learning_rate=make_schedule(train_config, 1000),
-                                                 momentum=train_config.momentum, nesterov=train_config.nesterov)
+                optimizer = keras.optimizers.SGD(
+                    learning_rate=make_schedule(train_config, 1000),
+                    momentum=train_config.momentum,
+                    nesterov=train_config.nesterov,
+                )
                 if bench.precision == "float16":
                     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
                 optimizer.build(self.model.trainable_variables)
         finally:
             keras.mixed_precision.set_dtype_policy(previous)
-        self.step_fn = make_train_step(self.model, optimizer, self.strategy, num_classes=model_config.num_classes,
-                                       global_batch=batch, label_smoothing=train_config.label_smoothing,
-                                       loss_scaling=bench.precision == "float16", xla=bench.xla)
+        self.step_fn = make_train_step(
+            self.model,
+            optimizer,
+            self.strategy,
+            num_classes=model_config.num_classes,
+            global_batch=batch,
+            label_smoothing=train_config.label_smoothing,
+            loss_scaling=bench.precision == "float16",
+            xla=bench.xla,
+        )
 
         def iterator(config):
             ds = self.strategy.distribute_datasets_from_function(
-                lambda ctx: data_lib.make_dataset(config, "train", image_size=model_config.image_size,
-                                                  batch_size=batch, training=True, input_context=ctx, repeat=True))
+                lambda ctx: data_lib.make_dataset(
+                    config,
+                    "train",
+                    image_size=model_config.image_size,
+                    batch_size=batch,
+                    training=True,
+                    input_context=ctx,
+                    repeat=True,
+                )
+            )
             return iter(ds)
 
         self.make_iterator = iterator
         self.iterator = iterator(data_config)
         model = self.model
         self.forward = tf.function(lambda x: model(x, training=False), jit_compile=bench.xla, autograph=False)
-        self.x = tf.random.stateless_uniform([batch, model_config.image_size, model_config.image_size, 3],
-                                             [bench.seed, 1], 0, 255)
+        self.x = tf.random.stateless_uniform(
+            [batch, model_config.image_size, model_config.image_size, 3], [bench.seed, 1], 0, 255
+        )
         self.loss = float("nan")
 
     def train(self, iterator=None):
@@ -278,9 +343,11 @@ class _KerasAnchor:
         try:
             self.model = build()
             # Under mixed_float16, compile wraps SGD in a LossScaleOptimizer by itself.
-            self.model.compile(optimizer=keras.optimizers.SGD(0.1 * batch / 128, momentum=0.9),
-                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                               jit_compile=bench.xla)
+            self.model.compile(
+                optimizer=keras.optimizers.SGD(0.1 * batch / 128, momentum=0.9),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=bench.xla,
+            )
         finally:
             keras.mixed_precision.set_dtype_policy(previous)
         size = model_config.image_size
@@ -339,8 +406,9 @@ def _memory_child(spec_json: str) -> None:
         bench = BenchmarkConfig(**spec["bench"])
         batch = bench.resolved_batch(model_config)
         if spec["kind"] == "ours":
-            _, synthetic = data_config_for(dataclasses.replace(bench, data="synthetic"), model_config.num_classes,
-                                           batch)
+            _, synthetic = data_config_for(
+                dataclasses.replace(bench, data="synthetic"), model_config.num_classes, batch
+            )
             runner = _Ours(model_config, bench, batch, synthetic)
         else:
             runner = _KerasAnchor(*anchor_for(model_config), model_config, bench, batch)
@@ -373,14 +441,18 @@ def _peak_rss_kb() -> float:
 
 def measure_peak_memory(kind: str, model_config: ModelConfig, bench: BenchmarkConfig) -> float:
     """Peak RSS in MB of a child process: kind "ours", "anchor" or "baseline" (TensorFlow alone)."""
-    spec = json.dumps(dict(kind=kind, model=model_config.to_dict(),
-                           bench={**dataclasses.asdict(bench), "modes": list(bench.modes)}))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                     os.environ.get("PYTHONPATH")])),
-               TF_CPP_MIN_LOG_LEVEL="2")
+    spec = json.dumps(
+        dict(kind=kind, model=model_config.to_dict(), bench={**dataclasses.asdict(bench), "modes": list(bench.modes)})
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
+        ),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
     code = "import sys; from resnet_keras.benchmark import _memory_child; _memory_child(sys.argv[1])"
-    result = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env,
-                            check=False)
+    result = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -442,16 +514,23 @@ def op_time_by_type(xplane_path: str | os.PathLike, steps: int = 1) -> tuple[flo
                 entry[0] += event.duration_ps / 1e9  # ms
                 entry[1] += 1
     total = sum(ms for ms, _ in totals.values()) or 1.0
-    rows = [dict(op=op, ms_per_step=round(ms / steps, 2), share=round(ms / total, 3), count=count // steps)
-            for op, (ms, count) in totals.items()]
+    rows = [
+        dict(op=op, ms_per_step=round(ms / steps, 2), share=round(ms / total, 3), count=count // steps)
+        for op, (ms, count) in totals.items()
+    ]
     return round(step_ps / 1e9 / steps, 2), sorted(rows, key=lambda row: -row["ms_per_step"])
 
 
 # ----------------------------------------------------------------------------- the benchmark
 
 
-def run(model_config: ModelConfig, bench: BenchmarkConfig, *, emit: Callable[[dict], None] = lambda r: None,
-        profile_dir: str | None = None) -> dict[str, Any]:
+def run(
+    model_config: ModelConfig,
+    bench: BenchmarkConfig,
+    *,
+    emit: Callable[[dict], None] = lambda r: None,
+    profile_dir: str | None = None,
+) -> dict[str, Any]:
     """Runs the benchmark; calls `emit` with each measurement and returns the summary.
 
     Records have `model`, `mode` ("train", "infer", "pipeline", "train_synthetic_data",
@@ -469,8 +548,7 @@ def run(model_config: ModelConfig, bench: BenchmarkConfig, *, emit: Callable[[di
     real_data, synthetic_data = data_config_for(bench, model_config.num_classes, batch)
     if real_data is not None:  # the classifier's outputs come from the dataset, as in `train`
         model_config = dataclasses.replace(model_config, num_classes=synthetic_data.synthetic_classes)
-    common = dict(image_size=model_config.image_size, precision=bench.precision, xla=bench.xla,
-                  warmup=bench.warmup)
+    common = dict(image_size=model_config.image_size, precision=bench.precision, xla=bench.xla, warmup=bench.warmup)
     results: list[dict] = []
 
     def record(name, mode, times, **extra):
@@ -497,12 +575,16 @@ def run(model_config: ModelConfig, bench: BenchmarkConfig, *, emit: Callable[[di
         from resnet_keras import data as data_lib
 
         start = time.perf_counter()
-        dataset = data_lib.make_dataset(real_data, "train", image_size=model_config.image_size, batch_size=batch,
-                                        training=True, repeat=True)
+        dataset = data_lib.make_dataset(
+            real_data, "train", image_size=model_config.image_size, batch_size=batch, training=True, repeat=True
+        )
         build_s = time.perf_counter() - start  # folders: decoding every image into the in-memory cache
-        pipeline = record(f"folder:{Path(bench.data).name}" if real_data.dataset == "folder" else real_data.dataset, "pipeline",
-                          _time_pipeline(dataset, bench.pipeline_batches, bench.warmup),
-                          build_seconds=round(build_s, 2))
+        pipeline = record(
+            f"folder:{Path(bench.data).name}" if real_data.dataset == "folder" else real_data.dataset,
+            "pipeline",
+            _time_pipeline(dataset, bench.pipeline_batches, bench.warmup),
+            build_seconds=round(build_s, 2),
+        )
         del dataset
         # Blocks of consecutive steps, real then synthetic: a pipeline slower than the step shows
         # once its prefetch buffer is drained, which alternating single steps would hide.
@@ -529,14 +611,17 @@ def run(model_config: ModelConfig, bench: BenchmarkConfig, *, emit: Callable[[di
             mine = next(r for r in results if r["model"] == ours.name and r["mode"] == mode)
             theirs = next(r for r in results if r["model"] == anchor and r["mode"] == mode)
             ratios[mode] = round(mine["images_per_sec"] / theirs["images_per_sec"], 3)
-            ratios[f"{mode}_paired"] = _paired_ratio([t / 1e3 for t in mine["step_ms"]],
-                                                     [t / 1e3 for t in theirs["step_ms"]])
+            ratios[f"{mode}_paired"] = _paired_ratio(
+                [t / 1e3 for t in mine["step_ms"]], [t / 1e3 for t in theirs["step_ms"]]
+            )
         ratios = {f"{ours.name}/{anchor}": ratios}
 
     memory = None
     if bench.memory:
-        memory = {"ours": measure_peak_memory("ours", model_config, bench),
-                  "tensorflow_alone": measure_peak_memory("baseline", model_config, bench)}
+        memory = {
+            "ours": measure_peak_memory("ours", model_config, bench),
+            "tensorflow_alone": measure_peak_memory("baseline", model_config, bench),
+        }
         if bench.compare:
             memory["anchor"] = measure_peak_memory("anchor", model_config, bench)
             memory["ours_over_anchor"] = round(memory["ours"] / memory["anchor"], 3)
@@ -549,58 +634,95 @@ def run(model_config: ModelConfig, bench: BenchmarkConfig, *, emit: Callable[[di
     gpu = None
     if model_config.family == "imagenet" and model_config.depth == 50 and "train" in bench.modes:
         measured = next(r for r in results if r["model"] == ours.name and r["mode"] == "train")
-        gpu = dict(GPU_REFERENCE, measured_here=dict(images_per_sec=measured["images_per_sec"], batch_size=batch,
-                                                     device="CPU" if not tf.config.list_logical_devices("GPU")
-                                                     else "GPU"))
+        gpu = dict(
+            GPU_REFERENCE,
+            measured_here=dict(
+                images_per_sec=measured["images_per_sec"],
+                batch_size=batch,
+                device="CPU" if not tf.config.list_logical_devices("GPU") else "GPU",
+            ),
+        )
     return dict(
-        summary=True, model=ours.name, model_config=model_config.to_dict(),
+        summary=True,
+        model=ours.name,
+        model_config=model_config.to_dict(),
         benchmark={**dataclasses.asdict(bench), "modes": list(bench.modes), "batch_size": batch},
-        ratios=ratios, data=data_summary, memory=memory, profile=profile, gpu_reference=gpu,
-        wall_s=round(time.perf_counter() - began, 1), load_avg_before=[round(v, 2) for v in load_before],
-        load_avg_after=[round(v, 2) for v in os.getloadavg()], cpus=os.cpu_count(),
-        devices=[d.name for d in tf.config.list_logical_devices()], python=platform.python_version(),
-        tensorflow=tf.__version__, keras=keras.__version__,
-        threads=dict(intra_op=tf.config.threading.get_intra_op_parallelism_threads(),
-                     inter_op=tf.config.threading.get_inter_op_parallelism_threads()),
-        onednn=onednn_enabled(), results=results,
+        ratios=ratios,
+        data=data_summary,
+        memory=memory,
+        profile=profile,
+        gpu_reference=gpu,
+        wall_s=round(time.perf_counter() - began, 1),
+        load_avg_before=[round(v, 2) for v in load_before],
+        load_avg_after=[round(v, 2) for v in os.getloadavg()],
+        cpus=os.cpu_count(),
+        devices=[d.name for d in tf.config.list_logical_devices()],
+        python=platform.python_version(),
+        tensorflow=tf.__version__,
+        keras=keras.__version__,
+        threads=dict(
+            intra_op=tf.config.threading.get_intra_op_parallelism_threads(),
+            inter_op=tf.config.threading.get_inter_op_parallelism_threads(),
+        ),
+        onednn=onednn_enabled(),
+        results=results,
     )
 
 
 def format_report(summary: dict) -> str:
     """The human-readable report of `run()`'s summary: a table, the ratios and reference figures."""
-    lines = [f"{'model':<30} {'mode':<21} {'batch':>5} {'images/s':>9} {'median ms':>10} {'p10 ms':>9} "
-             f"{'p90 ms':>9} {'IQR ms':>8}"]
+    lines = [
+        f"{'model':<30} {'mode':<21} {'batch':>5} {'images/s':>9} {'median ms':>10} {'p10 ms':>9} "
+        f"{'p90 ms':>9} {'IQR ms':>8}"
+    ]
     for r in summary["results"]:
-        lines.append(f"{r['model']:<30} {r['mode']:<21} {r['batch_size']:>5} {r['images_per_sec']:>9.2f} "
-                     f"{r['step_ms_median']:>10.1f} {r['step_ms_p10']:>9.1f} {r['step_ms_p90']:>9.1f} "
-                     f"{r['step_ms_iqr']:>8.1f}")
+        lines.append(
+            f"{r['model']:<30} {r['mode']:<21} {r['batch_size']:>5} {r['images_per_sec']:>9.2f} "
+            f"{r['step_ms_median']:>10.1f} {r['step_ms_p10']:>9.1f} {r['step_ms_p90']:>9.1f} "
+            f"{r['step_ms_iqr']:>8.1f}"
+        )
     for pair, values in summary["ratios"].items():
         parts = ", ".join(f"{mode} {value:.3f}x" for mode, value in values.items())
         lines.append(f"ratio {pair} (images/s, > 1 = ours faster): {parts}")
     if summary["data"]:
         d = summary["data"]
-        lines.append(f"input pipeline alone: {d['pipeline_images_per_sec']:.0f} images/s "
-                     f"({d['pipeline_over_train_speed']:.1f}x the training speed); step time real/synthetic data: "
-                     f"{d['real_over_synthetic_step_time']:.3f} (median), {d['real_over_synthetic_mean_step_time']:.3f} (mean)")
+        lines.append(
+            f"input pipeline alone: {d['pipeline_images_per_sec']:.0f} images/s "
+            f"({d['pipeline_over_train_speed']:.1f}x the training speed); step time real/synthetic data: "
+            f"{d['real_over_synthetic_step_time']:.3f} (median), {d['real_over_synthetic_mean_step_time']:.3f} (mean)"
+        )
     if summary["memory"]:
         m = summary["memory"]["peak_rss_mb"]
-        text = ", ".join(f"{key} {value:.0f} MB" if key != "ours_over_anchor" else f"ours/anchor {value:.2f}"
-                         for key, value in m.items())
+        text = ", ".join(
+            f"{key} {value:.0f} MB" if key != "ours_over_anchor" else f"ours/anchor {value:.2f}"
+            for key, value in m.items()
+        )
         lines.append(f"peak resident memory of a training process (batch {summary['memory']['batch_size']}): {text}")
     if summary["profile"]:
         p = summary["profile"]
-        lines.append(f"where a {p['step_ms']:.1f} ms training step's time goes (host op time by type, ms per step, "
-                     f"share of all op time; trace: {p['trace']}):")
-        lines += [f"  {row['op']:<34} {row['ms_per_step']:>9.1f}  {100 * row['share']:5.1f} %  x{row['count']}"
-                  for row in p["top_ops"]]
+        lines.append(
+            f"where a {p['step_ms']:.1f} ms training step's time goes (host op time by type, ms per step, "
+            f"share of all op time; trace: {p['trace']}):"
+        )
+        lines += [
+            f"  {row['op']:<34} {row['ms_per_step']:>9.1f}  {100 * row['share']:5.1f} %  x{row['count']}"
+            for row in p["top_ops"]
+        ]
     if summary["gpu_reference"]:
         g = summary["gpu_reference"]
         here = g["measured_here"]
-        lines.append(f"measured here: {here['images_per_sec']:.2f} images/s training on {here['device']} at batch "
-                     f"{here['batch_size']}; published for {g['model']} ({g['source']}):")
-        lines += [f"  {f['gpu']}, {f['precision']}, batch {f['batch_size']}: {f['images_per_sec']} images/s "
-                  f"({f['images_per_sec'] / here['images_per_sec']:.0f}x this run)" for f in g["figures"]]
+        lines.append(
+            f"measured here: {here['images_per_sec']:.2f} images/s training on {here['device']} at batch "
+            f"{here['batch_size']}; published for {g['model']} ({g['source']}):"
+        )
+        lines += [
+            f"  {f['gpu']}, {f['precision']}, batch {f['batch_size']}: {f['images_per_sec']} images/s "
+            f"({f['images_per_sec'] / here['images_per_sec']:.0f}x this run)"
+            for f in g["figures"]
+        ]
     onednn = {True: "on", False: "off", None: "unknown"}[summary["onednn"]]
-    lines.append(f"load average before/after: {summary['load_avg_before']} / {summary['load_avg_after']} on "
-                 f"{summary['cpus']} CPUs; oneDNN kernels {onednn}; {summary['wall_s']} s")
+    lines.append(
+        f"load average before/after: {summary['load_avg_before']} / {summary['load_avg_after']} on "
+        f"{summary['cpus']} CPUs; oneDNN kernels {onednn}; {summary['wall_s']} s"
+    )
     return "\n".join(lines)

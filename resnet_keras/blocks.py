@@ -61,8 +61,17 @@ def _regularizer(weight_decay: float):
     return keras.regularizers.L2(weight_decay / 2) if weight_decay else None
 
 
-def conv(x, filters: int, kernel_size: int, *, stride: int = 1, weight_decay: float = 0.0,
-         zero_init: bool = False, use_bias: bool = False, name: str):
+def conv(
+    x,
+    filters: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    weight_decay: float = 0.0,
+    zero_init: bool = False,
+    use_bias: bool = False,
+    name: str,
+):
     """Convolution named `{name}_conv`, bias-free unless `use_bias` (a BN follows, so a bias would
     be redundant; only the keras.applications ResNetV2 layout has convs with no BN after them).
 
@@ -98,16 +107,30 @@ class FusedBatchNormalization(layers.BatchNormalization):
     """
 
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable and mask is None and not self.renorm and not self.synchronized
-                and self.scale and self.center and self.axis in (3, -1) and len(inputs.shape) == 4
-                and keras.backend.backend() == "tensorflow"):
+        if not (
+            training
+            and self.trainable
+            and mask is None
+            and not self.renorm
+            and not self.synchronized
+            and self.scale
+            and self.center
+            and self.axis in (3, -1)
+            and len(inputs.shape) == 4
+            and keras.backend.backend() == "tensorflow"
+        ):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
         x = tf.cast(inputs, "float32")  # as Keras does: statistics in float32 under mixed precision
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x, tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"), epsilon=self.epsilon,
-            data_format="NHWC", is_training=True)
+            x,
+            tf.cast(self.gamma, "float32"),
+            tf.cast(self.beta, "float32"),
+            epsilon=self.epsilon,
+            data_format="NHWC",
+            is_training=True,
+        )
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), "float32")
         variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
@@ -124,8 +147,17 @@ def batch_norm(x, *, zero_gamma: bool = False, name: str):
     )(x)
 
 
-def conv_bn(x, filters: int, kernel_size: int, *, stride: int = 1, relu: bool = True,
-            weight_decay: float = 0.0, zero_gamma: bool = False, name: str):
+def conv_bn(
+    x,
+    filters: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    relu: bool = True,
+    weight_decay: float = 0.0,
+    zero_gamma: bool = False,
+    name: str,
+):
     """conv -> BN [-> ReLU], the post-activation unit of the original ResNet."""
     x = conv(x, filters, kernel_size, stride=stride, weight_decay=weight_decay, name=name)
     x = batch_norm(x, zero_gamma=zero_gamma, name=f"{name}_bn")
@@ -138,8 +170,17 @@ def bn_relu(x, *, name: str):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def shortcut(x, filters: int, *, stride: int, option: str, preact: bool,
-             weight_decay: float = 0.0, use_bias: bool = False, name: str):
+def shortcut(
+    x,
+    filters: int,
+    *,
+    stride: int,
+    option: str,
+    preact: bool,
+    weight_decay: float = 0.0,
+    use_bias: bool = False,
+    name: str,
+):
     """The shortcut path: identity when shapes match, else option A (zero-pad) or B (1x1 projection).
 
     The projection of a post-activation block is followed by BN (as in keras.applications and
@@ -160,22 +201,51 @@ def shortcut(x, filters: int, *, stride: int, option: str, preact: bool,
     return x if preact else batch_norm(x, name=f"{name}_0_bn")
 
 
-def basic_block(x, filters: int, *, stride: int = 1, shortcut_option: str = "B", preact: bool = False,
-                zero_init: bool = False, weight_decay: float = 0.0, stride_in_3x3: bool = True,
-                layout: str = "paper", name: str):
+def basic_block(
+    x,
+    filters: int,
+    *,
+    stride: int = 1,
+    shortcut_option: str = "B",
+    preact: bool = False,
+    zero_init: bool = False,
+    weight_decay: float = 0.0,
+    stride_in_3x3: bool = True,
+    layout: str = "paper",
+    name: str,
+):
     """Two 3x3 convolutions plus a shortcut (paper Figure 5, left).
 
     [batch, H, W, C] -> [batch, H/stride, W/stride, filters]. `stride_in_3x3` is accepted for
     a uniform signature with the bottleneck; a basic block has only 3x3 convolutions.
     """
     del stride_in_3x3
-    return _residual(x, filters, ((3, stride), (3, 1)), shortcut_option=shortcut_option,
-                     preact=preact, zero_init=zero_init, weight_decay=weight_decay, layout=layout, name=name)
+    return _residual(
+        x,
+        filters,
+        ((3, stride), (3, 1)),
+        shortcut_option=shortcut_option,
+        preact=preact,
+        zero_init=zero_init,
+        weight_decay=weight_decay,
+        layout=layout,
+        name=name,
+    )
 
 
-def bottleneck_block(x, filters: int, *, stride: int = 1, shortcut_option: str = "B",
-                     preact: bool = False, zero_init: bool = False, weight_decay: float = 0.0,
-                     stride_in_3x3: bool = False, layout: str = "paper", name: str):
+def bottleneck_block(
+    x,
+    filters: int,
+    *,
+    stride: int = 1,
+    shortcut_option: str = "B",
+    preact: bool = False,
+    zero_init: bool = False,
+    weight_decay: float = 0.0,
+    stride_in_3x3: bool = False,
+    layout: str = "paper",
+    name: str,
+):
     """1x1 reduce, 3x3, 1x1 expand to `4 * filters`, plus a shortcut (paper Figure 5, right).
 
     [batch, H, W, C] -> [batch, H/stride, W/stride, 4 * filters]. The paper (v1) strides the
@@ -196,8 +266,7 @@ def bottleneck_block(x, filters: int, *, stride: int = 1, shortcut_option: str =
     )
 
 
-def _residual(x, out_filters, branch, *, shortcut_option, preact, zero_init, weight_decay, name,
-              layout="paper"):
+def _residual(x, out_filters, branch, *, shortcut_option, preact, zero_init, weight_decay, name, layout="paper"):
     """Builds y = F(x) + shortcut(x) with F given as (kernel, stride[, filters]) per conv.
 
     layout="keras" (pre-activation only) reproduces keras.applications' ResNetV2 blocks: the
@@ -215,25 +284,49 @@ def _residual(x, out_filters, branch, *, shortcut_option, preact, zero_init, wei
         else:
             # The projection sees the normalised input; the identity path stays untouched.
             source = activated if needs_projection and shortcut_option == "B" else x
-            residual = shortcut(source, out_filters, stride=stride, option=shortcut_option, preact=True,
-                                weight_decay=weight_decay, use_bias=keras_layout, name=name)
+            residual = shortcut(
+                source,
+                out_filters,
+                stride=stride,
+                option=shortcut_option,
+                preact=True,
+                weight_decay=weight_decay,
+                use_bias=keras_layout,
+                name=name,
+            )
         y = activated
         for index, (kernel, conv_stride, *width) in enumerate(branch, start=1):
             if index > 1:
                 y = bn_relu(y, name=f"{name}_{index - 1}")
             last = index == len(branch)
-            y = conv(y, width[0] if width else out_filters, kernel, stride=conv_stride,
-                     weight_decay=weight_decay, zero_init=zero_init and last, use_bias=keras_layout and last,
-                     name=f"{name}_{index}")
+            y = conv(
+                y,
+                width[0] if width else out_filters,
+                kernel,
+                stride=conv_stride,
+                weight_decay=weight_decay,
+                zero_init=zero_init and last,
+                use_bias=keras_layout and last,
+                name=f"{name}_{index}",
+            )
         return layers.Add(name=f"{name}_out")([residual, y])
 
-    residual = shortcut(x, out_filters, stride=stride, option=shortcut_option, preact=False,
-                        weight_decay=weight_decay, name=name)
+    residual = shortcut(
+        x, out_filters, stride=stride, option=shortcut_option, preact=False, weight_decay=weight_decay, name=name
+    )
     y = x
     for index, (kernel, conv_stride, *width) in enumerate(branch, start=1):
         last = index == len(branch)
-        y = conv_bn(y, width[0] if width else out_filters, kernel, stride=conv_stride, relu=not last,
-                    weight_decay=weight_decay, zero_gamma=zero_init and last, name=f"{name}_{index}")
+        y = conv_bn(
+            y,
+            width[0] if width else out_filters,
+            kernel,
+            stride=conv_stride,
+            relu=not last,
+            weight_decay=weight_decay,
+            zero_gamma=zero_init and last,
+            name=f"{name}_{index}",
+        )
     y = layers.Add(name=f"{name}_add")([residual, y])
     return layers.ReLU(name=f"{name}_out")(y)
 
@@ -242,8 +335,9 @@ BLOCKS = {"basic": basic_block, "bottleneck": bottleneck_block}
 BLOCK_EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
-def residual_stage(x, block: str, filters: int, blocks: int, *, stride: int, name: str,
-                   last_stride: int = 1, **block_options):
+def residual_stage(
+    x, block: str, filters: int, blocks: int, *, stride: int, name: str, last_stride: int = 1, **block_options
+):
     """`blocks` residual blocks of one kind; the first one carries the stage's stride.
 
     `last_stride` strides the stage's last block instead (keras.applications ResNetV2 downsamples
@@ -256,29 +350,33 @@ def residual_stage(x, block: str, filters: int, blocks: int, *, stride: int, nam
         block_stride = stride if index == 0 else 1
         if index == blocks - 1 and last_stride != 1:
             block_stride *= last_stride
-        x = BLOCKS[block](x, filters, stride=block_stride,
-                          name=f"{name}_block{index + 1}", **block_options)
+        x = BLOCKS[block](x, filters, stride=block_stride, name=f"{name}_block{index + 1}", **block_options)
     return x
 
 
-def imagenet_stem(x, filters: int = 64, *, preact: bool = False, weight_decay: float = 0.0,
-                  use_bias: bool = False):
+def imagenet_stem(x, filters: int = 64, *, preact: bool = False, weight_decay: float = 0.0, use_bias: bool = False):
     """7x7/2 conv and 3x3/2 max pool (Table 1, conv1 and the start of conv2_x): H -> H/4.
 
     `use_bias` for keras.applications' ResNetV2, whose conv1 bias cannot be folded anywhere:
     no BN follows it, and the max pool's zero padding does not commute with a constant shift.
     """
     x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
-    x = layers.Conv2D(filters, 7, strides=2, use_bias=use_bias, kernel_initializer=KERNEL_INITIALIZER,
-                      kernel_regularizer=_regularizer(weight_decay), name="conv1_conv")(x)
+    x = layers.Conv2D(
+        filters,
+        7,
+        strides=2,
+        use_bias=use_bias,
+        kernel_initializer=KERNEL_INITIALIZER,
+        kernel_regularizer=_regularizer(weight_decay),
+        name="conv1_conv",
+    )(x)
     if not preact:  # a pre-activation network normalises at the first block instead
         x = bn_relu(x, name="conv1")
     x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
     return layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
 
 
-def small_stem(x, filters: int = 16, *, preact: bool = False, weight_decay: float = 0.0,
-               use_bias: bool = False):
+def small_stem(x, filters: int = 16, *, preact: bool = False, weight_decay: float = 0.0, use_bias: bool = False):
     """3x3/1 conv, no pooling (section 4.2, the CIFAR nets' first layer): keeps H x W."""
     if preact:
         return conv(x, filters, 3, weight_decay=weight_decay, use_bias=use_bias, name="conv1")

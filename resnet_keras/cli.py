@@ -46,8 +46,10 @@ def cli():
 def _format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     cells = [[title for _, title in columns]] + [[str(row[key]) for key, _ in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-             for line in cells]
+    lines = [
+        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+        for line in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -64,11 +66,17 @@ def info(depth, family, variant, width, num_classes, image_size, as_json):
     """List presets with their parameters and multiply-adds, counted on the built models."""
     from resnet_keras.config import ModelConfig
 
-    overrides = {key: value for key, value in dict(width=width, num_classes=num_classes,
-                                                  image_size=image_size).items() if value is not None}
+    overrides = {
+        key: value
+        for key, value in dict(width=width, num_classes=num_classes, image_size=image_size).items()
+        if value is not None
+    }
     wanted = dict(depth=depth, family=family, variant=variant)
-    names = [name for name, preset in specs.PRESETS.items()
-             if all(value is None or preset[key] == value for key, value in wanted.items())]
+    names = [
+        name
+        for name, preset in specs.PRESETS.items()
+        if all(value is None or preset[key] == value for key, value in wanted.items())
+    ]
     if names:
         configs = [ModelConfig.preset(name, **overrides) for name in names]
     elif depth is not None:  # any valid depth, e.g. a CIFAR net with n = 4 (26 layers)
@@ -86,51 +94,97 @@ def info(depth, family, variant, width, num_classes, image_size, as_json):
         row["trainable_params"] = f"{row['trainable_params']:,}"
         row["total_params"] = f"{row['total_params']:,}"
         row["multiply_adds"] = f"{row['multiply_adds'] / 1e9:.3g}G"
-    click.echo(_format_table(rows, [
-        ("name", "name"), ("family", "family"), ("variant", "variant"), ("block", "block"),
-        ("blocks_per_stage", "blocks"), ("shortcut", "shortcut"), ("image_size", "input"),
-        ("trainable_params", "trainable params"), ("total_params", "total params"),
-        ("multiply_adds", "mult-adds"),
-    ]))
-
+    click.echo(
+        _format_table(
+            rows,
+            [
+                ("name", "name"),
+                ("family", "family"),
+                ("variant", "variant"),
+                ("block", "block"),
+                ("blocks_per_stage", "blocks"),
+                ("shortcut", "shortcut"),
+                ("image_size", "input"),
+                ("trainable_params", "trainable params"),
+                ("total_params", "total params"),
+                ("multiply_adds", "mult-adds"),
+            ],
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- train / evaluate
 
 _MODEL_KEYS = ("depth", "preset", "family", "variant", "width", "shortcut", "image_size")
 _DATA_KEYS = ("dataset", "data_dir", "val_split", "validation_fraction", "deterministic", "skip_corrupt")
-_TRAIN_KEYS = ("recipe", "low_lr_start", "epochs", "batch_size", "lr", "weight_decay", "label_smoothing",
-               "warmup_epochs", "strategy", "mixed_precision", "xla", "seed",
-               "init_from", "freeze", "bn_policy", "backbone_lr_multiplier", "head_epochs")
+_TRAIN_KEYS = (
+    "recipe",
+    "low_lr_start",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "label_smoothing",
+    "warmup_epochs",
+    "strategy",
+    "mixed_precision",
+    "xla",
+    "seed",
+    "init_from",
+    "freeze",
+    "bn_policy",
+    "backbone_lr_multiplier",
+    "head_epochs",
+)
 
 
 def _options(*options):
     """One decorator applying click options in the order given (shared by train and tune)."""
+
     def apply(func):
         for option in reversed(options):
             func = option(func)
         return func
+
     return apply
 
 
 _schedule_options = _options(
     click.option("--label-smoothing", type=float, help="Label smoothing (default 0 paper, 0.1 short)."),
-    click.option("--warmup-epochs", type=float, help="Linear warm-up epochs (default 0 paper; short: 0.5 under 10 "
-                 "epochs, else epochs/10 up to 5)."))
+    click.option(
+        "--warmup-epochs",
+        type=float,
+        help="Linear warm-up epochs (default 0 paper; short: 0.5 under 10 epochs, else epochs/10 up to 5).",
+    ),
+)
 _runtime_options = _options(
-    click.option("--mixed-precision", type=click.Choice(["none", "float16", "bfloat16"]), default="none",
-                 show_default=True, help="Mixed-precision compute dtype."),
-    click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the train step with XLA."))
+    click.option(
+        "--mixed-precision",
+        type=click.Choice(["none", "float16", "bfloat16"]),
+        default="none",
+        show_default=True,
+        help="Mixed-precision compute dtype.",
+    ),
+    click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the train step with XLA."),
+)
 _source_options = _options(
-    click.option("--dataset", default="cifar10", show_default=True,
-                 help="A TFDS name, 'digits', 'synthetic' or 'folder'."),
+    click.option(
+        "--dataset", default="cifar10", show_default=True, help="A TFDS name, 'digits', 'synthetic' or 'folder'."
+    ),
     click.option("--data-dir", help="Dataset root: the image folder, or the TFDS data directory."),
     click.option("--val-split", help="Validation split (default: the dataset's, else held out of train)."),
-    click.option("--validation-fraction", type=float, default=0.1, show_default=True,
-                 help="Fraction of train held out when the dataset has no validation split."))
+    click.option(
+        "--validation-fraction",
+        type=float,
+        default=0.1,
+        show_default=True,
+        help="Fraction of train held out when the dataset has no validation split.",
+    ),
+)
 _data_options = _options(
     click.option("--deterministic", is_flag=True, help="Deterministic data order."),
-    click.option("--skip-corrupt", is_flag=True, help="Skip image files that cannot be decoded."))
+    click.option("--skip-corrupt", is_flag=True, help="Skip image files that cannot be decoded."),
+)
 
 
 def _read_config_file(path: str) -> dict:
@@ -141,7 +195,7 @@ def _read_config_file(path: str) -> dict:
         with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle) or {}
     except (OSError, yaml.YAMLError) as error:
-        raise click.BadParameter(f"cannot read {path}: {error}", param_hint="--config")
+        raise click.BadParameter(f"cannot read {path}: {error}", param_hint="--config") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a mapping of option names to values", param_hint="--config")
     return {str(key).replace("-", "_"): value for key, value in data.items()}
@@ -156,8 +210,9 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
     values = _read_config_file(params["config"])
     unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise click.BadParameter(f"unknown keys {unknown}; expected keys among {sorted(allowed)}",
-                                 param_hint="--config")
+        raise click.BadParameter(
+            f"unknown keys {unknown}; expected keys among {sorted(allowed)}", param_hint="--config"
+        )
     merged = dict(params)
     for key, value in values.items():
         if ctx.get_parameter_source(key) != ParameterSource.COMMANDLINE:
@@ -166,8 +221,12 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 
 
 @cli.command()
-@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False),
-              help="YAML or JSON file of option values; options on the command line override it.")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML or JSON file of option values; options on the command line override it.",
+)
 @click.option("--depth", type=int, help="Network depth: 18/34/50/101/152 (ImageNet) or 6n+2 (CIFAR).")
 @click.option("--preset", help="A named preset (e.g. resnet20, resnet50_v2) instead of --depth.")
 @click.option("--family", type=click.Choice(specs.FAMILIES), help="Network family (default from the depth).")
@@ -176,36 +235,85 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.option("--shortcut", type=click.Choice(["A", "B"]), help="A: zero-padded identity; B: projection.")
 @click.option("--image-size", type=int, help="Input size (default: the family's, 32 for digits).")
 @_source_options
-@click.option("--recipe", type=click.Choice(["paper", "short"]), default="paper", show_default=True,
-              help="paper: step schedule (sec. 4.2); short: warm-up + cosine, Nesterov, label smoothing.")
+@click.option(
+    "--recipe",
+    type=click.Choice(["paper", "short"]),
+    default="paper",
+    show_default=True,
+    help="paper: step schedule (sec. 4.2); short: warm-up + cosine, Nesterov, label smoothing.",
+)
 @click.option("--epochs", type=int, help="Epochs (paper: 182 CIFAR, 90 ImageNet; short: 30).")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch size.")
-@click.option("--lr", type=float, help="Peak learning rate (default 0.1 x batch / 128, ImageNet / 256; 0.2 x batch / 128 "
-              "for the short recipe on CIFAR nets).")
-@click.option("--low-lr-start/--no-low-lr-start", default=None,
-              help="Start at lr/10 until train error < 80% (default: paper recipe, CIFAR depth >= 110).")
-@click.option("--weight-decay", type=float, help="L2 weight decay (default 1e-4; 5e-4 for the short recipe on CIFAR nets).")
+@click.option(
+    "--lr",
+    type=float,
+    help="Peak learning rate (default 0.1 x batch / 128, ImageNet / 256; 0.2 x batch / 128 "
+    "for the short recipe on CIFAR nets).",
+)
+@click.option(
+    "--low-lr-start/--no-low-lr-start",
+    default=None,
+    help="Start at lr/10 until train error < 80% (default: paper recipe, CIFAR depth >= 110).",
+)
+@click.option(
+    "--weight-decay", type=float, help="L2 weight decay (default 1e-4; 5e-4 for the short recipe on CIFAR nets)."
+)
 @_schedule_options
-@click.option("--strategy", type=click.Choice(["auto", "one-device", "mirrored", "multi-worker"]), default="auto",
-              show_default=True, help="tf.distribute strategy; multi-worker reads the cluster from TF_CONFIG.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["auto", "one-device", "mirrored", "multi-worker"]),
+    default="auto",
+    show_default=True,
+    help="tf.distribute strategy; multi-worker reads the cluster from TF_CONFIG.",
+)
 @_runtime_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (weights and data order).")
 @_data_options
-@click.option("--model-dir", type=click.Path(file_okay=False),
-              help="Run directory (default runs/<model>-<dataset>); rerunning resumes it.")
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False),
+    help="Run directory (default runs/<model>-<dataset>); rerunning resumes it.",
+)
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in --model-dir and start fresh.")
-@click.option("--export", "export", is_flag=True,
-              help="After training, export a SavedModel to saved_models/<model>/<next version>/.")
-@click.option("--init-from", help="Pretrained start: 'imagenet' (for --depth/--variant), a keras.applications "
-              "name (resnet50, resnet50v2, ...), a weights .h5 file, one of our .keras files or run directories.")
-@click.option("--freeze", type=click.Choice(["none", "stem", "stages-2-3", "backbone"]), default="none",
-              show_default=True, help="Layers that stay fixed while fine-tuning (--init-from).")
-@click.option("--bn-policy", type=click.Choice(["train", "frozen"]), default="train", show_default=True,
-              help="frozen: every BatchNorm in inference mode with the pretrained statistics.")
-@click.option("--backbone-lr-multiplier", type=float, default=1.0, show_default=True,
-              help="The backbone learns at this fraction of --lr; the new head at --lr.")
-@click.option("--head-epochs", type=int, default=0, show_default=True,
-              help="Train only the new head for this many epochs, then unfreeze per --freeze.")
+@click.option(
+    "--export",
+    "export",
+    is_flag=True,
+    help="After training, export a SavedModel to saved_models/<model>/<next version>/.",
+)
+@click.option(
+    "--init-from",
+    help="Pretrained start: 'imagenet' (for --depth/--variant), a keras.applications "
+    "name (resnet50, resnet50v2, ...), a weights .h5 file, one of our .keras files or run directories.",
+)
+@click.option(
+    "--freeze",
+    type=click.Choice(["none", "stem", "stages-2-3", "backbone"]),
+    default="none",
+    show_default=True,
+    help="Layers that stay fixed while fine-tuning (--init-from).",
+)
+@click.option(
+    "--bn-policy",
+    type=click.Choice(["train", "frozen"]),
+    default="train",
+    show_default=True,
+    help="frozen: every BatchNorm in inference mode with the pretrained statistics.",
+)
+@click.option(
+    "--backbone-lr-multiplier",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="The backbone learns at this fraction of --lr; the new head at --lr.",
+)
+@click.option(
+    "--head-epochs",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Train only the new head for this many epochs, then unfreeze per --freeze.",
+)
 @click.pass_context
 def train(ctx, **params):
     """Train a ResNet with checkpoints, resume, TensorBoard logs, history and curves."""
@@ -214,11 +322,18 @@ def train(ctx, **params):
     from resnet_keras.config import ModelConfig
     from resnet_keras.data import DataConfig
 
-    data_config = DataConfig(dataset=p["dataset"], data_dir=p["data_dir"], val_split=p["val_split"],
-                             validation_fraction=p["validation_fraction"], seed=p["seed"],
-                             deterministic=bool(p["deterministic"]), skip_corrupt=bool(p["skip_corrupt"]))
-    model_overrides = {key: p[key] for key in ("family", "variant", "width", "shortcut", "image_size")
-                       if p[key] is not None}
+    data_config = DataConfig(
+        dataset=p["dataset"],
+        data_dir=p["data_dir"],
+        val_split=p["val_split"],
+        validation_fraction=p["validation_fraction"],
+        seed=p["seed"],
+        deterministic=bool(p["deterministic"]),
+        skip_corrupt=bool(p["skip_corrupt"]),
+    )
+    model_overrides = {
+        key: p[key] for key in ("family", "variant", "width", "shortcut", "image_size") if p[key] is not None
+    }
     if p["image_size"] is None and p["dataset"] == "digits":
         model_overrides["image_size"] = 32  # 8x8 digits upsampled; 224 would only cost time
     if p["preset"] and p["depth"] is not None:
@@ -227,7 +342,8 @@ def train(ctx, **params):
     probe = dict(model_overrides, num_classes=1)
     probe = ModelConfig.preset(p["preset"], **probe) if p["preset"] else ModelConfig(depth=p["depth"] or 20, **probe)
     from resnet_keras.data import describe
-    from resnet_keras.train import TrainConfig, train as run_training
+    from resnet_keras.train import TrainConfig
+    from resnet_keras.train import train as run_training
 
     if p["strategy"] == "multi-worker":  # collectives must be configured before any TensorFlow op
         from resnet_keras.distribute import make_strategy
@@ -235,12 +351,22 @@ def train(ctx, **params):
         make_strategy("multi-worker")
 
     def make_train_config(family):  # the paper recipe's defaults depend on the model's family
-        return TrainConfig(recipe=p["recipe"], family=family, low_lr_start=p["low_lr_start"],
-                           epochs=p["epochs"], batch_size=p["batch_size"],
-                           learning_rate=p["lr"], weight_decay=p["weight_decay"],
-                           label_smoothing=p["label_smoothing"], warmup_epochs=p["warmup_epochs"],
-                           strategy=p["strategy"], mixed_precision=p["mixed_precision"], xla=bool(p["xla"]),
-                           seed=p["seed"], **_finetune_options(p))
+        return TrainConfig(
+            recipe=p["recipe"],
+            family=family,
+            low_lr_start=p["low_lr_start"],
+            epochs=p["epochs"],
+            batch_size=p["batch_size"],
+            learning_rate=p["lr"],
+            weight_decay=p["weight_decay"],
+            label_smoothing=p["label_smoothing"],
+            warmup_epochs=p["warmup_epochs"],
+            strategy=p["strategy"],
+            mixed_precision=p["mixed_precision"],
+            xla=bool(p["xla"]),
+            seed=p["seed"],
+            **_finetune_options(p),
+        )
 
     train_config = make_train_config(probe.family)
     info = describe(data_config)  # the classifier's outputs come from the dataset
@@ -248,13 +374,15 @@ def train(ctx, **params):
     if train_config.init_from:  # issue 8: the architecture is the pretrained source's
         model_config = _finetune_model_config(p, train_config.init_from, info.num_classes)
     else:
-        model_config = (ModelConfig.preset(p["preset"], **overrides) if p["preset"]
-                        else ModelConfig(depth=p["depth"] or 20, **overrides))
+        model_config = (
+            ModelConfig.preset(p["preset"], **overrides)
+            if p["preset"]
+            else ModelConfig(depth=p["depth"] or 20, **overrides)
+        )
     if model_config.family != train_config.family:  # e.g. --init-from imagenet without --depth
         train_config = make_train_config(model_config.family)
     model_dir = p["model_dir"] or os.path.join("runs", f"{model_config.name}-{p['dataset'].replace('/', '_')}")
-    run_training(model_config, data_config, train_config, model_dir, overwrite=bool(p["overwrite"]),
-                 log=click.echo)
+    run_training(model_config, data_config, train_config, model_dir, overwrite=bool(p["overwrite"]), log=click.echo)
     if p.get("export"):
         from resnet_keras.export import export_saved_model
 
@@ -267,15 +395,21 @@ def train(ctx, **params):
 @click.option("--data-dir", help="Dataset root (default: the run's).")
 @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Batch size.")
-@click.option("--weights", type=click.Choice(["final", "best"]), default="final", show_default=True,
-              help="final: model.keras; best: the best val-accuracy weights.")
+@click.option(
+    "--weights",
+    type=click.Choice(["final", "best"]),
+    default="final",
+    show_default=True,
+    help="final: model.keras; best: the best val-accuracy weights.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
     """Evaluate a trained run: top-1/top-5, loss, per-class accuracy, confusion matrix (confusion.png)."""
     import dataclasses
 
     from resnet_keras.data import DataConfig
-    from resnet_keras.train import evaluate as run_evaluation, load_run_config
+    from resnet_keras.train import evaluate as run_evaluation
+    from resnet_keras.train import load_run_config
 
     data_config = DataConfig.from_dict(load_run_config(model_dir)["data"])
     changes = {key: value for key, value in dict(dataset=dataset, data_dir=data_dir).items() if value is not None}
@@ -286,7 +420,9 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
         click.echo(json.dumps(result, indent=2))
         return
     top5 = f", top-5 {result['top5_accuracy']:.4f}" if result["top5_accuracy"] is not None else ""
-    click.echo(f"{split}: {result['examples']} examples, top-1 {result['accuracy']:.4f}{top5}, loss {result['loss']:.4f}")
+    click.echo(
+        f"{split}: {result['examples']} examples, top-1 {result['accuracy']:.4f}{top5}, loss {result['loss']:.4f}"
+    )
     for name, accuracy in result["per_class_accuracy"].items():
         click.echo(f"  {name}: {'-' if accuracy is None else f'{accuracy:.4f}'}")
 
@@ -296,27 +432,71 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
 
 @cli.command()
 @click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="A training run directory.")
-@click.option("--format", "fmt", type=click.Choice(["saved_model", "tflite"]), default="saved_model",
-              show_default=True, help="saved_model: TF Serving layout; tflite: one .tflite file.")
-@click.option("--base-dir", default="saved_models", show_default=True,
-              help="Export root: SavedModels go to <base-dir>/<model>/<version>/, TFLite to <base-dir>/tflite/.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["saved_model", "tflite"]),
+    default="saved_model",
+    show_default=True,
+    help="saved_model: TF Serving layout; tflite: one .tflite file.",
+)
+@click.option(
+    "--base-dir",
+    default="saved_models",
+    show_default=True,
+    help="Export root: SavedModels go to <base-dir>/<model>/<version>/, TFLite to <base-dir>/tflite/.",
+)
 @click.option("--version", "version", type=click.IntRange(min=1), help="SavedModel version (default: next integer).")
 @click.option("--output", type=click.Path(dir_okay=False), help="TFLite file path (default under --base-dir).")
-@click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]), default="none",
-              show_default=True, help="TFLite weights/activations: float32, float16 weights, int8 weights, full int8.")
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "float16", "dynamic", "int8"]),
+    default="none",
+    show_default=True,
+    help="TFLite weights/activations: float32, float16 weights, int8 weights, full int8.",
+)
 @click.option("--calibration-data", type=click.Path(), help="int8: folder of images (default: the run's train split).")
-@click.option("--calibration-samples", type=click.IntRange(min=1), default=200, show_default=True,
-              help="int8: images used for calibration.")
-@click.option("--eval-samples", type=click.IntRange(min=1),
-              help="TFLite: validation images for the check (default all).")
-@click.option("--max-accuracy-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="TFLite: refuse when accuracy falls more than this many points below the Keras model.")
-@click.option("--weights", type=click.Choice(["final", "best"]), default="final", show_default=True,
-              help="final: model.keras; best: the best val-accuracy weights.")
+@click.option(
+    "--calibration-samples",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="int8: images used for calibration.",
+)
+@click.option(
+    "--eval-samples", type=click.IntRange(min=1), help="TFLite: validation images for the check (default all)."
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="TFLite: refuse when accuracy falls more than this many points below the Keras model.",
+)
+@click.option(
+    "--weights",
+    type=click.Choice(["final", "best"]),
+    default="final",
+    show_default=True,
+    help="final: model.keras; best: the best val-accuracy weights.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing version or file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export(model_dir, fmt, base_dir, version, output, quantize, calibration_data, calibration_samples, eval_samples,
-           max_accuracy_drop, weights, overwrite, as_json):
+def export(
+    model_dir,
+    fmt,
+    base_dir,
+    version,
+    output,
+    quantize,
+    calibration_data,
+    calibration_samples,
+    eval_samples,
+    max_accuracy_drop,
+    weights,
+    overwrite,
+    as_json,
+):
     """Export a trained run: a versioned SavedModel for TF Serving, or a (quantized) TFLite file."""
     if fmt == "saved_model" and (output or quantize != "none" or calibration_data or eval_samples):
         raise click.UsageError("--output, --quantize, --calibration-data and --eval-samples apply to --format tflite.")
@@ -326,13 +506,23 @@ def export(model_dir, fmt, base_dir, version, output, quantize, calibration_data
     from resnet_keras import export as export_lib
 
     if fmt == "saved_model":
-        report = export_lib.export_saved_model(model_dir, base_dir, version=version, overwrite=overwrite,
-                                               weights=weights, log=log)
+        report = export_lib.export_saved_model(
+            model_dir, base_dir, version=version, overwrite=overwrite, weights=weights, log=log
+        )
     else:
-        report = export_lib.export_tflite(model_dir, output, quantize=quantize, base_dir=base_dir,
-                                          calibration_data=calibration_data, calibration_samples=calibration_samples,
-                                          eval_samples=eval_samples, max_accuracy_drop=max_accuracy_drop,
-                                          overwrite=overwrite, weights=weights, log=log)
+        report = export_lib.export_tflite(
+            model_dir,
+            output,
+            quantize=quantize,
+            base_dir=base_dir,
+            calibration_data=calibration_data,
+            calibration_samples=calibration_samples,
+            eval_samples=eval_samples,
+            max_accuracy_drop=max_accuracy_drop,
+            overwrite=overwrite,
+            weights=weights,
+            log=log,
+        )
     if as_json:
         click.echo(json.dumps(report, indent=2))
 
@@ -362,6 +552,7 @@ def predict(model, images, top_k, as_json):
                 click.echo(f"  {p['rank']}. {p['label'].ljust(width)}  {p['probability']:.4f}")
     return 1 if any("error" in result for result in results) else 0
 
+
 # ----------------------------------------------------------------------------- benchmark
 
 
@@ -374,32 +565,90 @@ def predict(model, images, top_k, as_json):
 @click.option("--image-size", type=int, help="Input size (default: the family's, 32 or 224).")
 @click.option("--num-classes", type=int, help="Classifier outputs with synthetic data (default: the family's).")
 @click.option("--batch-size", type=int, help="Global batch (default 128 up to 64 pixels, 16 above).")
-@click.option("--precision", type=click.Choice(["none", "float16", "bfloat16"]), default="none", show_default=True,
-              help="Mixed-precision compute dtype (float16 with loss scaling).")
+@click.option(
+    "--precision",
+    type=click.Choice(["none", "float16", "bfloat16"]),
+    default="none",
+    show_default=True,
+    help="Mixed-precision compute dtype (float16 with loss scaling).",
+)
 @click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the steps with XLA (jit_compile).")
-@click.option("--data", default="synthetic", show_default=True,
-              help="'synthetic', an image folder, or a TFDS name (prepared under --data-dir).")
+@click.option(
+    "--data",
+    default="synthetic",
+    show_default=True,
+    help="'synthetic', an image folder, or a TFDS name (prepared under --data-dir).",
+)
 @click.option("--data-dir", help="TFDS data directory for a TFDS --data.")
-@click.option("--mode", "modes", type=click.Choice(["train", "infer"]), multiple=True,
-              help="Measure only this (repeatable; default both).")
+@click.option(
+    "--mode",
+    "modes",
+    type=click.Choice(["train", "infer"]),
+    multiple=True,
+    help="Measure only this (repeatable; default both).",
+)
 @click.option("--steps", type=int, default=10, show_default=True, help="Timed steps per measurement.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed steps first (tracing, XLA compile).")
-@click.option("--pipeline-batches", type=int, default=50, show_default=True,
-              help="Batches read when timing the input pipeline alone (real data only).")
-@click.option("--compare", is_flag=True,
-              help="Also time keras.applications' ResNet (ImageNet family) or a plain Keras CIFAR ResNet, alternating.")
+@click.option(
+    "--pipeline-batches",
+    type=int,
+    default=50,
+    show_default=True,
+    help="Batches read when timing the input pipeline alone (real data only).",
+)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Also time keras.applications' ResNet (ImageNet family) or a plain Keras CIFAR ResNet, alternating.",
+)
 @click.option("--memory", is_flag=True, help="Peak resident memory of a training process (ours, TF alone, anchor).")
-@click.option("--profile", "profile_dir", type=click.Path(file_okay=False),
-              help="Write a TensorFlow profiler trace of 3 training steps here and print the top ops.")
-@click.option("--intra-op-threads", type=int, default=0, show_default=True,
-              help="tf.config.threading intra-op threads (0: TensorFlow's default, one per core).")
-@click.option("--inter-op-threads", type=int, default=0, show_default=True,
-              help="tf.config.threading inter-op threads (0: TensorFlow's default).")
+@click.option(
+    "--profile",
+    "profile_dir",
+    type=click.Path(file_okay=False),
+    help="Write a TensorFlow profiler trace of 3 training steps here and print the top ops.",
+)
+@click.option(
+    "--intra-op-threads",
+    type=int,
+    default=0,
+    show_default=True,
+    help="tf.config.threading intra-op threads (0: TensorFlow's default, one per core).",
+)
+@click.option(
+    "--inter-op-threads",
+    type=int,
+    default=0,
+    show_default=True,
+    help="tf.config.threading inter-op threads (0: TensorFlow's default).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per measurement, then a summary object.")
-def benchmark(depth, preset, family, variant, width, image_size, num_classes, batch_size, precision, xla, data,
-              data_dir, modes, steps, warmup, pipeline_batches, compare, memory, profile_dir, intra_op_threads,
-              inter_op_threads, seed, as_json):
+def benchmark(
+    depth,
+    preset,
+    family,
+    variant,
+    width,
+    image_size,
+    num_classes,
+    batch_size,
+    precision,
+    xla,
+    data,
+    data_dir,
+    modes,
+    steps,
+    warmup,
+    pipeline_batches,
+    compare,
+    memory,
+    profile_dir,
+    intra_op_threads,
+    inter_op_threads,
+    seed,
+    as_json,
+):
     """Training and inference images/s, input-pipeline speed and memory, next to Keras anchors."""
     from resnet_keras.config import ModelConfig
 
@@ -408,15 +657,30 @@ def benchmark(depth, preset, family, variant, width, image_size, num_classes, ba
     for name, value in (("--intra-op-threads", intra_op_threads), ("--inter-op-threads", inter_op_threads)):
         if value < 0:
             raise click.BadParameter(f"{value} is negative; expected 0 (default) or a thread count", param_hint=name)
-    overrides = {key: value for key, value in dict(family=family, variant=variant, width=width,
-                                                   image_size=image_size, num_classes=num_classes).items()
-                 if value is not None}
+    overrides = {
+        key: value
+        for key, value in dict(
+            family=family, variant=variant, width=width, image_size=image_size, num_classes=num_classes
+        ).items()
+        if value is not None
+    }
     model_config = ModelConfig.preset(preset, **overrides) if preset else ModelConfig(depth=depth or 20, **overrides)
     from resnet_keras.benchmark import BenchmarkConfig
 
-    bench = BenchmarkConfig(batch_size=batch_size, precision=precision, xla=xla, data=data, data_dir=data_dir,
-                            steps=steps, warmup=warmup, modes=modes or ("train", "infer"), compare=compare,
-                            memory=memory, pipeline_batches=pipeline_batches, seed=seed)
+    bench = BenchmarkConfig(
+        batch_size=batch_size,
+        precision=precision,
+        xla=xla,
+        data=data,
+        data_dir=data_dir,
+        steps=steps,
+        warmup=warmup,
+        modes=modes or ("train", "infer"),
+        compare=compare,
+        memory=memory,
+        pipeline_batches=pipeline_batches,
+        seed=seed,
+    )
     import tensorflow as tf  # only once the options are valid
 
     try:  # before the first op; TensorFlow refuses once its runtime has started
@@ -425,43 +689,104 @@ def benchmark(depth, preset, family, variant, width, image_size, num_classes, ba
         if inter_op_threads:
             tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
     except RuntimeError as error:
-        raise click.UsageError(f"cannot set thread counts: {error}")
+        raise click.UsageError(f"cannot set thread counts: {error}") from None
     from resnet_keras.benchmark import format_report, run
 
     emit = (lambda row: click.echo(json.dumps(row))) if as_json else (lambda row: None)
     summary = run(model_config, bench, emit=emit, profile_dir=profile_dir)
     click.echo(json.dumps(summary) if as_json else format_report(summary))
 
+
 # ----------------------------------------------------------------------------- tune
 
-_TUNE_KEYS = ("name", "results_dir", "tuner", "max_trials", "epochs_per_trial", "steps_per_epoch", "objective",
-              "max_params", "max_flops", "family", "variant", "depths", "widths", "shortcuts", "lrs",
-              "weight_decays", "image_size", "hyperband_factor", "hyperband_iterations", "initial_points",
-              "dataset", "data_dir", "val_split", "validation_fraction", "deterministic", "skip_corrupt",
-              "recipe", "batch_size", "label_smoothing", "warmup_epochs", "strategy", "mixed_precision", "xla",
-              "seed", "overwrite", "export")
+_TUNE_KEYS = (
+    "name",
+    "results_dir",
+    "tuner",
+    "max_trials",
+    "epochs_per_trial",
+    "steps_per_epoch",
+    "objective",
+    "max_params",
+    "max_flops",
+    "family",
+    "variant",
+    "depths",
+    "widths",
+    "shortcuts",
+    "lrs",
+    "weight_decays",
+    "image_size",
+    "hyperband_factor",
+    "hyperband_iterations",
+    "initial_points",
+    "dataset",
+    "data_dir",
+    "val_split",
+    "validation_fraction",
+    "deterministic",
+    "skip_corrupt",
+    "recipe",
+    "batch_size",
+    "label_smoothing",
+    "warmup_epochs",
+    "strategy",
+    "mixed_precision",
+    "xla",
+    "seed",
+    "overwrite",
+    "export",
+)
 
 
 @cli.command()
-@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False),
-              help="YAML or JSON file of option values (lists allowed); options on the command line override it.")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML or JSON file of option values (lists allowed); options on the command line override it.",
+)
 @click.option("--name", help="Search name; results go to runs/tune-<name> (default <dataset>-<tuner>).")
-@click.option("--results-dir", type=click.Path(file_okay=False),
-              help="Results directory (default runs/tune-<name>); rerunning resumes the search.")
-@click.option("--tuner", type=click.Choice(["random", "hyperband", "bayesian"]), default="random", show_default=True,
-              help="KerasTuner oracle.")
-@click.option("--max-trials", type=int,
-              help="Trials to run (default 10; Hyperband: its bracket schedule, a number caps it).")
-@click.option("--epochs-per-trial", type=int, default=10, show_default=True,
-              help="Epochs per trial (Hyperband: the most any trial trains).")
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False),
+    help="Results directory (default runs/tune-<name>); rerunning resumes the search.",
+)
+@click.option(
+    "--tuner",
+    type=click.Choice(["random", "hyperband", "bayesian"]),
+    default="random",
+    show_default=True,
+    help="KerasTuner oracle.",
+)
+@click.option(
+    "--max-trials", type=int, help="Trials to run (default 10; Hyperband: its bracket schedule, a number caps it)."
+)
+@click.option(
+    "--epochs-per-trial",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Epochs per trial (Hyperband: the most any trial trains).",
+)
 @click.option("--steps-per-epoch", type=int, help="Train steps per epoch (default: the whole train split).")
-@click.option("--objective", type=click.Choice(["val_accuracy", "val_loss"]), default="val_accuracy",
-              show_default=True, help="What the search optimises (the best epoch's value).")
+@click.option(
+    "--objective",
+    type=click.Choice(["val_accuracy", "val_loss"]),
+    default="val_accuracy",
+    show_default=True,
+    help="What the search optimises (the best epoch's value).",
+)
 @click.option("--max-params", help="Only candidates with at most this many trainable parameters (e.g. 300k, 2M).")
 @click.option("--max-flops", help="Only candidates with at most this many multiply-adds per image (e.g. 50M, 2G).")
 @click.option("--family", type=click.Choice(specs.FAMILIES), help="Network family (default from --depths, else cifar).")
-@click.option("--variant", type=click.Choice(specs.VARIANTS), default="v1", show_default=True,
-              help="v1 (paper), v1.5 or v2 (pre-activation).")
+@click.option(
+    "--variant",
+    type=click.Choice(specs.VARIANTS),
+    default="v1",
+    show_default=True,
+    help="v1 (paper), v1.5 or v2 (pre-activation).",
+)
 @click.option("--depths", help="Depths to try, e.g. 20,32,44 (CIFAR: any 6n+2; default the family's presets).")
 @click.option("--widths", help="Width multipliers to try (default 0.5,1,2).")
 @click.option("--shortcuts", help="Shortcut options to try: A, B or A,B (default A,B).")
@@ -472,18 +797,32 @@ _TUNE_KEYS = ("name", "results_dir", "tuner", "max_trials", "epochs_per_trial", 
 @click.option("--hyperband-iterations", type=int, default=1, show_default=True, help="Hyperband iterations.")
 @click.option("--initial-points", type=int, help="Bayesian: random trials before the Gaussian process.")
 @_source_options
-@click.option("--recipe", type=click.Choice(["paper", "short"]), default="paper", show_default=True,
-              help="Training recipe of every trial.")
+@click.option(
+    "--recipe",
+    type=click.Choice(["paper", "short"]),
+    default="paper",
+    show_default=True,
+    help="Training recipe of every trial.",
+)
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch size.")
 @_schedule_options
-@click.option("--strategy", type=click.Choice(["auto", "one-device", "mirrored"]), default="auto",
-              show_default=True, help="tf.distribute strategy of each trial.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["auto", "one-device", "mirrored"]),
+    default="auto",
+    show_default=True,
+    help="tf.distribute strategy of each trial.",
+)
 @_runtime_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the oracle, weights and data order.")
 @_data_options
 @click.option("--overwrite", is_flag=True, help="Delete an existing search in --results-dir and start fresh.")
-@click.option("--export", "export", is_flag=True,
-              help="Export the best trial's model as a SavedModel to saved_models/<model>/<next version>/.")
+@click.option(
+    "--export",
+    "export",
+    is_flag=True,
+    help="Export the best trial's model as a SavedModel to saved_models/<model>/<next version>/.",
+)
 @click.pass_context
 def tune(ctx, **params):
     """Search depth, width, shortcut, learning rate and weight decay with KerasTuner.
@@ -499,53 +838,107 @@ def tune(ctx, **params):
     space = tune_lib.SearchSpace(
         depths=tune_lib.parse_ints(p["depths"], "depths") if p["depths"] is not None else None,
         widths=tune_lib.parse_floats(p["widths"], "widths") if p["widths"] is not None else tune_lib.DEFAULT_WIDTHS,
-        shortcuts=tuple(str(s).upper() for s in tune_lib._split(p["shortcuts"])) if p["shortcuts"] is not None
+        shortcuts=tuple(str(s).upper() for s in tune_lib._split(p["shortcuts"]))
+        if p["shortcuts"] is not None
         else ("A", "B"),
-        **{key: tune_lib.parse_floats(p[flag], flag, allow_range=True)
-           for key, flag in (("learning_rates", "lrs"), ("weight_decays", "weight_decays")) if p[flag] is not None},
-        family=p["family"], variant=p["variant"], image_size=p["image_size"])
+        **{
+            key: tune_lib.parse_floats(p[flag], flag, allow_range=True)
+            for key, flag in (("learning_rates", "lrs"), ("weight_decays", "weight_decays"))
+            if p[flag] is not None
+        },
+        family=p["family"],
+        variant=p["variant"],
+        image_size=p["image_size"],
+    )
     tune_config = tune_lib.TuneConfig(
-        tuner=p["tuner"], max_trials=p["max_trials"], epochs_per_trial=p["epochs_per_trial"],
-        objective=p["objective"], max_params=tune_lib.parse_count(p["max_params"], "max_params"),
-        max_flops=tune_lib.parse_count(p["max_flops"], "max_flops"), hyperband_factor=p["hyperband_factor"],
-        hyperband_iterations=p["hyperband_iterations"], initial_points=p["initial_points"], seed=p["seed"])
-    data_config = DataConfig(dataset=p["dataset"], data_dir=p["data_dir"], val_split=p["val_split"],
-                             validation_fraction=p["validation_fraction"], seed=p["seed"],
-                             deterministic=bool(p["deterministic"]), skip_corrupt=bool(p["skip_corrupt"]))
+        tuner=p["tuner"],
+        max_trials=p["max_trials"],
+        epochs_per_trial=p["epochs_per_trial"],
+        objective=p["objective"],
+        max_params=tune_lib.parse_count(p["max_params"], "max_params"),
+        max_flops=tune_lib.parse_count(p["max_flops"], "max_flops"),
+        hyperband_factor=p["hyperband_factor"],
+        hyperband_iterations=p["hyperband_iterations"],
+        initial_points=p["initial_points"],
+        seed=p["seed"],
+    )
+    data_config = DataConfig(
+        dataset=p["dataset"],
+        data_dir=p["data_dir"],
+        val_split=p["val_split"],
+        validation_fraction=p["validation_fraction"],
+        seed=p["seed"],
+        deterministic=bool(p["deterministic"]),
+        skip_corrupt=bool(p["skip_corrupt"]),
+    )
     from resnet_keras.train import TrainConfig
 
-    train_config = TrainConfig(recipe=p["recipe"], epochs=p["epochs_per_trial"], batch_size=p["batch_size"],
-                               label_smoothing=p["label_smoothing"], warmup_epochs=p["warmup_epochs"],
-                               strategy=p["strategy"], mixed_precision=p["mixed_precision"], xla=bool(p["xla"]),
-                               seed=p["seed"], steps_per_epoch=p["steps_per_epoch"])
+    train_config = TrainConfig(
+        recipe=p["recipe"],
+        epochs=p["epochs_per_trial"],
+        batch_size=p["batch_size"],
+        label_smoothing=p["label_smoothing"],
+        warmup_epochs=p["warmup_epochs"],
+        strategy=p["strategy"],
+        mixed_precision=p["mixed_precision"],
+        xla=bool(p["xla"]),
+        seed=p["seed"],
+        steps_per_epoch=p["steps_per_epoch"],
+    )
     name = p["name"] or "{}-{}".format(
-        os.path.basename(os.path.normpath(p["data_dir"])) if p["dataset"] == "folder" and p["data_dir"]
-        else p["dataset"].replace("/", "_"), p["tuner"])
+        os.path.basename(os.path.normpath(p["data_dir"]))
+        if p["dataset"] == "folder" and p["data_dir"]
+        else p["dataset"].replace("/", "_"),
+        p["tuner"],
+    )
     results_dir = p["results_dir"] or os.path.join("runs", f"tune-{name}")
-    result = tune_lib.search(space, tune_config, data_config, train_config, results_dir,
-                             overwrite=bool(p["overwrite"]), log=click.echo)
+    result = tune_lib.search(
+        space, tune_config, data_config, train_config, results_dir, overwrite=bool(p["overwrite"]), log=click.echo
+    )
     if result is None:  # a distributed worker: the chief writes the reports
         click.echo("Worker finished: the chief has every trial.")
         return
     rows = [dict(row) for row in result.rows]
     for row in rows:
-        for key, fmt in (("params", "{:,}"), ("multiply_adds", "{:,}"), ("objective", "{:.4f}"),
-                         ("learning_rate", "{:.3g}"), ("weight_decay", "{:.2g}"), ("width", "{:g}"),
-                         ("seconds", "{:.0f}")):
+        for key, fmt in (
+            ("params", "{:,}"),
+            ("multiply_adds", "{:,}"),
+            ("objective", "{:.4f}"),
+            ("learning_rate", "{:.3g}"),
+            ("weight_decay", "{:.2g}"),
+            ("width", "{:g}"),
+            ("seconds", "{:.0f}"),
+        ):
             row[key] = "-" if row[key] is None else fmt.format(row[key])
         row["rank"] = row["rank"] or "-"
         row["epochs"] = "-" if row["epochs"] is None else row["epochs"]
     click.echo("")
-    click.echo(_format_table(rows, [
-        ("rank", "rank"), ("trial", "trial"), ("depth", "depth"), ("width", "width"), ("shortcut", "shortcut"),
-        ("learning_rate", "lr"), ("weight_decay", "wd"), ("epochs", "epochs"), ("params", "params"),
-        ("multiply_adds", "mult-adds"), ("objective", p["objective"]), ("seconds", "seconds"), ("status", "status"),
-    ]))
-    for label, path in result.files.items():
+    click.echo(
+        _format_table(
+            rows,
+            [
+                ("rank", "rank"),
+                ("trial", "trial"),
+                ("depth", "depth"),
+                ("width", "width"),
+                ("shortcut", "shortcut"),
+                ("learning_rate", "lr"),
+                ("weight_decay", "wd"),
+                ("epochs", "epochs"),
+                ("params", "params"),
+                ("multiply_adds", "mult-adds"),
+                ("objective", p["objective"]),
+                ("seconds", "seconds"),
+                ("status", "status"),
+            ],
+        )
+    )
+    for path in result.files.values():
         click.echo(f"Wrote {path}")
     if result.best:
-        click.echo(f"Train the best: resnet-keras train --config {result.files['best']} --epochs N "
-                   f"--model-dir runs/best")
+        click.echo(
+            f"Train the best: resnet-keras train --config {result.files['best']} --epochs N --model-dir runs/best"
+        )
     if p["export"]:
         if not result.best_run:
             raise click.ClickException("--export: no trial completed, nothing to export.")
@@ -573,21 +966,35 @@ def _finetune_model_config(p: dict, init_from: str, num_classes: int):
 
     wanted = dict(specs.PRESETS[p["preset"]]) if p["preset"] else {}
     wanted.update({key: p[key] for key in ("depth", "family", "variant", "width", "shortcut") if p[key] is not None})
-    config = finetune.model_config_for(init_from, num_classes=num_classes, image_size=p["image_size"],
-                                       depth=wanted.get("depth"), variant=wanted.get("variant"))
-    differing = [f"--{key.replace('_', '-')} {value} (source: {getattr(config, key)})"
-                 for key, value in wanted.items() if getattr(config, key) != value]
+    config = finetune.model_config_for(
+        init_from,
+        num_classes=num_classes,
+        image_size=p["image_size"],
+        depth=wanted.get("depth"),
+        variant=wanted.get("variant"),
+    )
+    differing = [
+        f"--{key.replace('_', '-')} {value} (source: {getattr(config, key)})"
+        for key, value in wanted.items()
+        if getattr(config, key) != value
+    ]
     if differing:
-        raise click.UsageError(f"--init-from {p['init_from']} is {config.name}; it differs in {', '.join(differing)}. "
-                               "Leave the architecture options out to use the source's.")
+        raise click.UsageError(
+            f"--init-from {p['init_from']} is {config.name}; it differs in {', '.join(differing)}. "
+            "Leave the architecture options out to use the source's."
+        )
     return config
 
 
 @cli.command()
 @click.argument("source")
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="The .keras file to write.")
-@click.option("--weights", "weights_file", help="A keras.applications weights file for SOURCE's architecture "
-              "(default: the official ImageNet weights, from Keras' cache or downloaded).")
+@click.option(
+    "--weights",
+    "weights_file",
+    help="A keras.applications weights file for SOURCE's architecture "
+    "(default: the official ImageNet weights, from Keras' cache or downloaded).",
+)
 @click.option("--image-size", type=int, default=224, show_default=True, help="Input height and width.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 def convert(source, output, weights_file, image_size, overwrite):
@@ -599,8 +1006,14 @@ def convert(source, output, weights_file, image_size, overwrite):
     from resnet_keras import weights
 
     if weights_file:
-        weights.convert(weights_file, output, app=weights.check_app(source), image_size=image_size,
-                        overwrite=overwrite, log=click.echo)
+        weights.convert(
+            weights_file,
+            output,
+            app=weights.check_app(source),
+            image_size=image_size,
+            overwrite=overwrite,
+            log=click.echo,
+        )
     else:
         weights.convert(source, output, image_size=image_size, overwrite=overwrite, log=click.echo)
 
@@ -620,8 +1033,7 @@ def export_features(source, output, image_size, depth, variant, overwrite):
     """
     from resnet_keras.features import export_features as run_export
 
-    run_export(source, output, image_size=image_size, depth=depth, variant=variant, overwrite=overwrite,
-               log=click.echo)
+    run_export(source, output, image_size=image_size, depth=depth, variant=variant, overwrite=overwrite, log=click.echo)
 
 
 def main():  # console-script entry point

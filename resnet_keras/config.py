@@ -92,7 +92,12 @@ class ModelConfig:
         expect(self.shortcut in SHORTCUTS, "shortcut", self.shortcut, "'A' (zero-pad) or 'B' (projection)")
         expect(self.stem in STEMS, "stem", self.stem, " or ".join(map(repr, STEMS)))
         expect(0 < self.width <= 16, "width", self.width, "a multiplier in (0, 16]")
-        expect(isinstance(self.num_classes, int) and self.num_classes >= 1, "num_classes", self.num_classes, "an integer >= 1")
+        expect(
+            isinstance(self.num_classes, int) and self.num_classes >= 1,
+            "num_classes",
+            self.num_classes,
+            "an integer >= 1",
+        )
         expect(isinstance(self.channels, int) and self.channels >= 1, "channels", self.channels, "an integer >= 1")
         expect(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a rate in [0, 1)")
         expect(self.weight_decay >= 0.0, "weight_decay", self.weight_decay, "a value >= 0")
@@ -101,8 +106,12 @@ class ModelConfig:
             expect(len(value) == self.channels, field, value, f"{self.channels} values (one per channel)")
         expect(all(s > 0 for s in self.input_std), "input_std", self.input_std, "positive values")
         expect(self.layout in LAYOUTS, "layout", self.layout, " or ".join(map(repr, LAYOUTS)))
-        expect(self.layout == "paper" or (self.variant == "v2" and self.shortcut == "B"), "layout", self.layout,
-               "'paper' unless variant='v2' with shortcut 'B' (the keras layout is keras.applications' ResNetV2)")
+        expect(
+            self.layout == "paper" or (self.variant == "v2" and self.shortcut == "B"),
+            "layout",
+            self.layout,
+            "'paper' unless variant='v2' with shortcut 'B' (the keras layout is keras.applications' ResNetV2)",
+        )
         minimum = self.output_stride
         expect(
             isinstance(self.image_size, int) and self.image_size >= minimum,
@@ -150,7 +159,7 @@ class ModelConfig:
     # Construction and serialization ------------------------------------------------------
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         """A named preset (`resnet50`, `resnet50_v2`, `resnet110`, ...) with fields overridden."""
         if name not in specs.PRESETS:
             raise ConfigError(f"Received: preset={name!r}; expected one of {', '.join(specs.PRESETS)}.")
@@ -163,7 +172,7 @@ class ModelConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -178,5 +187,5 @@ class ModelConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
+    def from_json(cls, text: str) -> ModelConfig:
         return cls.from_dict(json.loads(text))

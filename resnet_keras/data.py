@@ -25,8 +25,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -81,17 +81,19 @@ class DataConfig:
                 _require(name, getattr(self, name), ok(getattr(self, name)), expected)
 
         check(("dataset", "train_split"), lambda v: isinstance(v, str) and v, "a non-empty string")
-        check(("data_dir", "val_split"), lambda v: v is None or (isinstance(v, str) and v),
-              "None or a non-empty string")
-        check(("validation_fraction",), lambda v: isinstance(v, (int, float))
-              and not isinstance(v, bool) and 0 < v < 1, "a number strictly between 0 and 1")
+        check(
+            ("data_dir", "val_split"), lambda v: v is None or (isinstance(v, str) and v), "None or a non-empty string"
+        )
+        check(
+            ("validation_fraction",),
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+            "a number strictly between 0 and 1",
+        )
         check(("augment",), lambda v: v in AUGMENTATIONS, f"one of {AUGMENTATIONS}")
-        check(("cache", "deterministic", "skip_corrupt"), lambda v: isinstance(v, bool),
-              "True or False")
+        check(("cache", "deterministic", "skip_corrupt"), lambda v: isinstance(v, bool), "True or False")
         check(("seed",), lambda v: _is_int(v) and v >= 0, "an integer >= 0")
         check(("shuffle_buffer",), lambda v: _is_int(v) and v >= 1, "an integer >= 1")
-        check(("synthetic_examples", "synthetic_classes"), lambda v: _is_int(v) and v >= 2,
-              "an integer >= 2")
+        check(("synthetic_examples", "synthetic_classes"), lambda v: _is_int(v) and v >= 2, "an integer >= 2")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,8 +103,7 @@ class DataConfig:
         fields = [f.name for f in dataclasses.fields(cls)]
         if not isinstance(d, dict) or set(d) - set(fields):
             unknown = sorted(set(d) - set(fields)) if isinstance(d, dict) else d
-            raise ConfigError(f"Received: DataConfig keys {unknown!r}; "
-                              f"expected keys among {fields}")
+            raise ConfigError(f"Received: DataConfig keys {unknown!r}; expected keys among {fields}")
         return cls(**d)
 
 
@@ -152,15 +153,27 @@ def describe(config: DataConfig) -> DatasetInfo:
     Raises DataError for an unknown dataset, a missing or malformed folder, or no network.
     """
     source = _open_source(config)
-    return DatasetInfo(num_classes=len(source.class_names), class_names=source.class_names,
-                       num_train=source.num_train, num_val=source.num_val,
-                       skipped_files=source.skipped)
+    return DatasetInfo(
+        num_classes=len(source.class_names),
+        class_names=source.class_names,
+        num_train=source.num_train,
+        num_val=source.num_val,
+        skipped_files=source.skipped,
+    )
 
 
-def make_dataset(config: DataConfig, split: str, *, image_size: int, batch_size: int,
-                 training: bool, input_context: tf.distribute.InputContext | None = None,
-                 repeat: bool = False, drop_remainder: bool | None = None,
-                 skip_batches: int = 0) -> tf.data.Dataset:
+def make_dataset(
+    config: DataConfig,
+    split: str,
+    *,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    input_context: tf.distribute.InputContext | None = None,
+    repeat: bool = False,
+    drop_remainder: bool | None = None,
+    skip_batches: int = 0,
+) -> tf.data.Dataset:
     """Batches ``(float32 [b, image_size, image_size, 3] in [0, 255], int32 [b])``.
 
     ``split`` is "train", "val" or a named split ("test", a TFDS split expression, a folder
@@ -188,8 +201,7 @@ def make_dataset(config: DataConfig, split: str, *, image_size: int, batch_size:
         except ValueError as err:
             raise DataError(f"Received: batch_size={batch_size}; {err}") from err
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        count = len(range(count)[input_context.input_pipeline_id::
-                                 input_context.num_input_pipelines])
+        count = len(range(count)[input_context.input_pipeline_id :: input_context.num_input_pipelines])
 
     options = tf.data.Options()
     # Evaluation keeps the order regardless, so predictions line up with files and labels.
@@ -197,13 +209,18 @@ def make_dataset(config: DataConfig, split: str, *, image_size: int, batch_size:
     # We shard ourselves under an InputContext; otherwise every source is a list of records
     # (paths, encoded images, indices), so element-wise (DATA) sharding is always valid.
     options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.OFF if input_context is not None
-        else tf.data.experimental.AutoShardPolicy.DATA)
+        tf.data.experimental.AutoShardPolicy.OFF
+        if input_context is not None
+        else tf.data.experimental.AutoShardPolicy.DATA
+    )
 
     ds = ds.map(_decoder(part, family, image_size), num_parallel_calls=tf.data.AUTOTUNE)
     skipped = part.skipped
-    use_cache = (config.cache and config.dataset != "synthetic"
-                 and _cache_bytes(part, count, family, image_size) <= CACHE_LIMIT_BYTES)
+    use_cache = (
+        config.cache
+        and config.dataset != "synthetic"
+        and _cache_bytes(part, count, family, image_size) <= CACHE_LIMIT_BYTES
+    )
     if part.files and (use_cache or config.skip_corrupt):
         ds = ds.ignore_errors(log_warning=not use_cache)
     if use_cache:
@@ -228,8 +245,16 @@ def make_dataset(config: DataConfig, split: str, *, image_size: int, batch_size:
             # should not depend on it anyway. This clears the graph-level seed of this graph only.
             tf.compat.v1.set_random_seed(None)
             seed = tf.constant(config.seed, tf.int64) * _EPOCH_SEED_STRIDE + index
-            return _augment_and_batch(ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=False), family,
-                                      training, image_size, batch_size, drop_remainder, seed, reshuffle=False)
+            return _augment_and_batch(
+                ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=False),
+                family,
+                training,
+                image_size,
+                batch_size,
+                drop_remainder,
+                seed,
+                reshuffle=False,
+            )
 
         per_epoch = max(count // batch_size if drop_remainder else -(-count // batch_size), 1)
         first_epoch, offset = divmod(skip_batches, per_epoch)
@@ -239,8 +264,7 @@ def make_dataset(config: DataConfig, split: str, *, image_size: int, batch_size:
             ds = ds.shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
-        ds = _augment_and_batch(ds, family, training, image_size, batch_size, drop_remainder,
-                                config.seed)
+        ds = _augment_and_batch(ds, family, training, image_size, batch_size, drop_remainder, config.seed)
     ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
     ds.skipped_files = skipped
     return ds
@@ -268,18 +292,18 @@ def _augment_and_batch(ds, family, training, size, batch_size, drop_remainder, s
         if training:
             ds = tf.data.Dataset.zip((ds, seeds)).map(
                 lambda element, key: (_random_resized_crop(element[1], key, size), element[2]),
-                num_parallel_calls=tf.data.AUTOTUNE)
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
         else:
-            ds = ds.map(lambda _, image, label: (_centre_view(image, size), label),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(lambda _, image, label: (_centre_view(image, size), label), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if family == "cifar" and training:
         # One vectorised gather per batch: 94k images/s on 2 cores vs 26k for a per-image map,
         # which leaves the cores to the model.
         return tf.data.Dataset.zip((ds, seeds)).map(
-            lambda batch, key: _pad_crop_flip(batch[1], key, batch[2]),
-            num_parallel_calls=tf.data.AUTOTUNE)
+            lambda batch, key: _pad_crop_flip(batch[1], key, batch[2]), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return ds.map(_to_float)
 
 
@@ -293,8 +317,7 @@ def _pad_crop_flip(images, key, labels):
     n, size = tf.shape(images)[0], images.shape[1]
     # Zero (black) padding as in common reimplementations; the paper pads after mean subtraction.
     padded = tf.pad(images, [[0, 0], [CIFAR_PAD, CIFAR_PAD], [CIFAR_PAD, CIFAR_PAD], [0, 0]])
-    offsets = tf.random.stateless_uniform([2, n], tf.stack([key, 0]), 0, 2 * CIFAR_PAD + 1,
-                                          tf.int32)
+    offsets = tf.random.stateless_uniform([2, n], tf.stack([key, 0]), 0, 2 * CIFAR_PAD + 1, tf.int32)
     flip = tf.random.stateless_uniform([n], tf.stack([key, 1])) < 0.5
     steps = tf.range(size)
     rows = offsets[0][:, None] + steps
@@ -307,9 +330,15 @@ def _pad_crop_flip(images, key, labels):
 def _random_resized_crop(image, key, size):
     """Sec. 3.4 scale augmentation: uint8 [h, w, 3] -> float32 [size, size, 3], random flip."""
     begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=tf.stack([key, 0]), min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=tf.stack([key, 0]),
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
     image = tf.image.resize(tf.slice(image, begin, crop), [size, size], antialias=True)
     return tf.image.stateless_random_flip_left_right(image, seed=tf.stack([key, 1]))
 
@@ -341,9 +370,9 @@ def _decoder(part: _Split, family: str, size: int):
 
 def _resize_to(image, size):
     """uint8 [h, w, 3] -> uint8 [size, size, 3]; bilinear, skipped when already that size."""
+
     def resize():
-        return tf.saturate_cast(tf.round(tf.image.resize(image, [size, size], antialias=True)),
-                                tf.uint8)
+        return tf.saturate_cast(tf.round(tf.image.resize(image, [size, size], antialias=True)), tf.uint8)
 
     same = tf.reduce_all(tf.shape(image)[:2] == size)
     return tf.ensure_shape(tf.cond(same, lambda: image, resize), [size, size, 3])
@@ -367,13 +396,14 @@ def _fill_cache_and_check(ds, part: _Split, input_context, config: DataConfig) -
     seen = np.concatenate([np.zeros([0], np.int64), *indices])
     expected = np.arange(part.count)
     if input_context is not None:
-        expected = expected[input_context.input_pipeline_id::input_context.num_input_pipelines]
+        expected = expected[input_context.input_pipeline_id :: input_context.num_input_pipelines]
     bad = [part.files[i] for i in np.setdiff1d(expected, seen)]
-    log.info("Decoded %d images in %.1f s into the in-memory cache", len(seen),
-             time.perf_counter() - start)
+    log.info("Decoded %d images in %.1f s into the in-memory cache", len(seen), time.perf_counter() - start)
     if bad and not config.skip_corrupt:
-        raise DataError(f"Cannot decode {len(bad)} image file(s): {', '.join(bad[:3])}"
-                        f"{' ...' if len(bad) > 3 else ''}; remove them or skip them (--skip-corrupt)")
+        raise DataError(
+            f"Cannot decode {len(bad)} image file(s): {', '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}; remove them or skip them (--skip-corrupt)"
+        )
     if bad:
         log.warning("Skipped %d image file(s) that cannot be decoded: %s", len(bad), ", ".join(bad))
     return len(bad)
@@ -390,8 +420,9 @@ def _to_rgb(image):
 
 
 def _open_source(config: DataConfig) -> _Source:
-    opener = {"folder": _folder_source, "synthetic": _synthetic_source,
-              "digits": _digits_source}.get(config.dataset, _tfds_source)
+    opener = {"folder": _folder_source, "synthetic": _synthetic_source, "digits": _digits_source}.get(
+        config.dataset, _tfds_source
+    )
     return opener(config)
 
 
@@ -402,8 +433,10 @@ def _split_not_found(split, available, where) -> DataError:
 def _holdout_count(total: int, fraction: float, what: str) -> int:
     held = round(total * fraction)
     if not 1 <= held < total:
-        raise DataError(f"Received: validation_fraction={fraction}; holding it out of the {total} "
-                        f"examples of {what} leaves an empty split")
+        raise DataError(
+            f"Received: validation_fraction={fraction}; holding it out of the {total} "
+            f"examples of {what} leaves an empty split"
+        )
     return held
 
 
@@ -416,8 +449,7 @@ def _carve(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, 
     per_class = np.floor(quota).astype(int)
     # Largest remainders get the leftover slots, so the total is exact.
     per_class[np.argsort(per_class - quota, kind="stable")[: held - per_class.sum()]] += 1
-    held_out = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k]
-                               for c, k in zip(classes, per_class)])
+    held_out = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, per_class)])
     mask = np.zeros(len(labels), bool)
     mask[held_out] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)
@@ -425,8 +457,9 @@ def _carve(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, 
 
 def _in_memory_split(images: np.ndarray, labels: np.ndarray) -> _Split:
     """uint8 [n, h, w, c] images (c = 1 or 3) held in memory."""
-    return _Split(tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32))),
-                  len(labels), _to_rgb, images.shape[1:3])
+    return _Split(
+        tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32))), len(labels), _to_rgb, images.shape[1:3]
+    )
 
 
 def _digits_source(config: DataConfig) -> _Source:
@@ -494,8 +527,9 @@ def _list_images(directory: Path) -> list[str]:
     """Image files under directory (recursive, dot-files ignored), sorted."""
     found = []
     for parent, _, names in os.walk(directory):
-        found += [os.path.join(parent, n) for n in names
-                  if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
+        found += [
+            os.path.join(parent, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")
+        ]
     return sorted(found)
 
 
@@ -515,14 +549,14 @@ def _scan_split(directory: Path, class_names: tuple[str, ...], config: DataConfi
     if found != class_names:
         missing = sorted(set(class_names) - set(found))
         extra = sorted(set(found) - set(class_names))
-        raise DataError(f"Class folders in {directory} differ from those in {train_dir}: "
-                        f"missing {missing}, extra {extra}")
+        raise DataError(
+            f"Class folders in {directory} differ from those in {train_dir}: missing {missing}, extra {extra}"
+        )
     paths, labels, bad = [], [], []
     for label, name in enumerate(class_names):
         files = _list_images(directory / name)
         if not files and directory == train_dir:
-            raise DataError(f"Class folder {directory / name} has no images "
-                            f"({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(f"Class folder {directory / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
         for path in files:
             if _is_image(path):
                 paths.append(path)
@@ -530,9 +564,11 @@ def _scan_split(directory: Path, class_names: tuple[str, ...], config: DataConfi
             else:
                 bad.append(path)
     if bad and not config.skip_corrupt:
-        raise DataError(f"Not an image file (JPEG/PNG/GIF/BMP): {bad[0]}"
-                        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''};"
-                        " remove it or skip such files (--skip-corrupt)")
+        raise DataError(
+            f"Not an image file (JPEG/PNG/GIF/BMP): {bad[0]}"
+            f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''};"
+            " remove it or skip such files (--skip-corrupt)"
+        )
     if bad:
         log.warning("Skipped %d file(s) that are not images: %s", len(bad), ", ".join(bad))
     if not paths:
@@ -569,19 +605,22 @@ def _folder_source(config: DataConfig) -> _Source:
     split_dirs = {d.name: d for d in _subdirs(root)} if has_splits else {}
     if not split_dirs:
         if config.val_split is not None:
-            raise DataError(f"Received: val_split={config.val_split!r}; {root} holds class "
-                            f"folders, not split folders, so use val_split=None")
+            raise DataError(
+                f"Received: val_split={config.val_split!r}; {root} holds class "
+                f"folders, not split folders, so use val_split=None"
+            )
         train_dir = root
     class_names = tuple(d.name for d in _subdirs(train_dir))
     paths, labels, skipped = _scan_split(train_dir, class_names, config, train_dir)
     val_name = config.val_split or next((n for n in ("validation", "val") if n in split_dirs), None)
     if val_name is None:
         keep, held = _carve(labels, config.validation_fraction, SPLIT_SEED)
-        parts = {"train": (paths[keep], labels[keep], skipped),
-                 "val": (paths[held], labels[held], 0)}
+        parts = {"train": (paths[keep], labels[keep], skipped), "val": (paths[held], labels[held], 0)}
     elif val_name in split_dirs:
-        parts = {"train": (paths, labels, skipped),
-                 "val": _scan_split(split_dirs[val_name], class_names, config, train_dir)}
+        parts = {
+            "train": (paths, labels, skipped),
+            "val": _scan_split(split_dirs[val_name], class_names, config, train_dir),
+        }
     else:
         raise _split_not_found(val_name, split_dirs, str(root))
 
@@ -591,8 +630,9 @@ def _folder_source(config: DataConfig) -> _Source:
         listing = parts.get(name) or _scan_split(split_dirs[name], class_names, config, train_dir)
         return _folder_split(*listing, seed=config.seed)
 
-    return _Source(class_names, len(parts["train"][0]), len(parts["val"][0]),
-                   parts["train"][2] + parts["val"][2], split)
+    return _Source(
+        class_names, len(parts["train"][0]), len(parts["val"][0]), parts["train"][2] + parts["val"][2], split
+    )
 
 
 # -- TFDS
@@ -631,8 +671,7 @@ def _tfds_builder(config: DataConfig):
     try:
         builder = tfds.builder(config.dataset, data_dir=config.data_dir)
     except (ValueError, AssertionError) as err:  # unknown name, config or version
-        reason = _ACCEPTED if isinstance(err, tfds.core.registered.DatasetNotFoundError) else (
-            _first_line(err))
+        reason = _ACCEPTED if isinstance(err, tfds.core.registered.DatasetNotFoundError) else (_first_line(err))
         raise DataError(f"Received: dataset={config.dataset!r}; {reason}") from err
     info = builder.info
     keys = info.supervised_keys
@@ -640,10 +679,16 @@ def _tfds_builder(config: DataConfig):
     image_key, label_key = keys if pair else ("image", "label")
     image = info.features[image_key] if image_key in info.features else None
     label = info.features[label_key] if label_key in info.features else None
-    if not (isinstance(image, tfds.features.Image) and isinstance(label, tfds.features.ClassLabel)
-            and image.shape[-1] in (1, 3, 4) and image.np_dtype == np.uint8):
-        raise DataError(f"Received: dataset={config.dataset!r}, which is not an image "
-                        f"classification dataset (features: {sorted(info.features)}); {_ACCEPTED}")
+    if not (
+        isinstance(image, tfds.features.Image)
+        and isinstance(label, tfds.features.ClassLabel)
+        and image.shape[-1] in (1, 3, 4)
+        and image.np_dtype == np.uint8
+    ):
+        raise DataError(
+            f"Received: dataset={config.dataset!r}, which is not an image "
+            f"classification dataset (features: {sorted(info.features)}); {_ACCEPTED}"
+        )
     return builder, image_key, label_key
 
 
@@ -658,13 +703,13 @@ def _prepare(builder, name: str) -> None:
             f"TFDS dataset {name!r} is not prepared under {root} and there is no network to "
             f"download it; use --dataset folder --data-dir <root of <class>/<image> folders>, or a "
             f"--data-dir holding a prepared copy made with `tfds build {name} --data_dir DIR` on a "
-            f"networked machine")
+            f"networked machine"
+        )
     log.info("Downloading and preparing TFDS dataset %s into %s", name, root)
     try:
         builder.download_and_prepare()
     except Exception as err:  # noqa: BLE001 - any failure here is reported as a data problem
-        raise DataError(f"Cannot prepare TFDS dataset {name!r} under {root}: "
-                        f"{_first_line(err)}") from err
+        raise DataError(f"Cannot prepare TFDS dataset {name!r} under {root}: {_first_line(err)}") from err
 
 
 def _tfds_source(config: DataConfig) -> _Source:
@@ -687,8 +732,9 @@ def _tfds_source(config: DataConfig) -> _Source:
     val = config.val_split or ("validation" if "validation" in info.splits else None)
     if val is None:
         if "[" in train:
-            raise DataError(f"Received: train_split={train!r}; cannot hold validation out of a "
-                            f"sliced split, so set val_split too")
+            raise DataError(
+                f"Received: train_split={train!r}; cannot hold validation out of a sliced split, so set val_split too"
+            )
         cut = total - _holdout_count(total, config.validation_fraction, repr(train))
         train, val = f"{train}[:{cut}]", f"{train}[{cut}:]"
     parts = {"train": train, "val": val}
@@ -696,11 +742,11 @@ def _tfds_source(config: DataConfig) -> _Source:
     def split(name, image_size):
         expr = parts.get(name, name)
         n = count(expr)
-        items = builder.as_dataset(split=expr, shuffle_files=False,
-                                   decoders={image_key: tfds.decode.SkipDecoding()})
+        items = builder.as_dataset(split=expr, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
         items = items.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
-        return _Split(items, n, lambda data: _to_rgb(image_feature.decode_example(data)),
-                      tuple(image_feature.shape[:2]))
+        return _Split(
+            items, n, lambda data: _to_rgb(image_feature.decode_example(data)), tuple(image_feature.shape[:2])
+        )
 
     return _Source(tuple(info.features[label_key].names), count(train), count(val), 0, split)
 

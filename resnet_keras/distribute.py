@@ -58,8 +58,10 @@ def onednn_hint() -> str | None:
         return None
     if tf.config.list_physical_devices("GPU"):
         return None
-    return ("note: TensorFlow's oneDNN CPU kernels are off (TensorFlow was imported before resnet_keras); "
-            "CPU training is 2-3x faster with TF_ENABLE_ONEDNN_OPTS=1 set before TensorFlow loads")
+    return (
+        "note: TensorFlow's oneDNN CPU kernels are off (TensorFlow was imported before resnet_keras); "
+        "CPU training is 2-3x faster with TF_ENABLE_ONEDNN_OPTS=1 set before TensorFlow loads"
+    )
 
 
 def split_cpu(n: int) -> list[str]:
@@ -77,8 +79,10 @@ def split_cpu(n: int) -> list[str]:
     except RuntimeError as error:
         have = len(tf.config.list_logical_devices("CPU"))
         if have != n:
-            raise UsageError(f"cannot split the CPU into {n} logical devices: TensorFlow is already "
-                             f"initialised with {have} ({error}); call split_cpu first") from error
+            raise UsageError(
+                f"cannot split the CPU into {n} logical devices: TensorFlow is already "
+                f"initialised with {have} ({error}); call split_cpu first"
+            ) from error
     return [device.name for device in tf.config.list_logical_devices("CPU")]
 
 
@@ -106,8 +110,10 @@ def check_global_batch(batch_size: int, strategy: tf.distribute.Strategy) -> int
     """Returns the per-replica batch; UsageError unless the global batch splits evenly."""
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
-        raise UsageError(f"Received: batch_size={batch_size}; the global batch must be divisible by the "
-                         f"{replicas} replicas of the strategy (e.g. {replicas * max(1, batch_size // replicas)}).")
+        raise UsageError(
+            f"Received: batch_size={batch_size}; the global batch must be divisible by the "
+            f"{replicas} replicas of the strategy (e.g. {replicas * max(1, batch_size // replicas)})."
+        )
     return batch_size // replicas
 
 
@@ -131,11 +137,15 @@ def worker_info() -> WorkerInfo:
     "task": {"type": "worker", "index": 0}}``); UsageError with one clear line when it is missing
     or malformed. Chief election follows TensorFlow's `multi_worker_util.is_chief`."""
     raw = os.environ.get("TF_CONFIG")
-    example = ('e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
-               '"task": {"type": "worker", "index": 0}}\'')
+    example = (
+        'e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
+        '"task": {"type": "worker", "index": 0}}\''
+    )
     if not raw:
-        raise UsageError(f"--strategy multi-worker needs TF_CONFIG describing the cluster ({example}); "
-                         "scripts/launch_workers.py sets it for local workers")
+        raise UsageError(
+            f"--strategy multi-worker needs TF_CONFIG describing the cluster ({example}); "
+            "scripts/launch_workers.py sets it for local workers"
+        )
     try:
         config = json.loads(raw)
     except ValueError as error:
@@ -150,8 +160,11 @@ def worker_info() -> WorkerInfo:
     if len(workers["chief"]) > 1 or not workers["chief"] + workers["worker"]:
         raise UsageError(f"TF_CONFIG needs at most one chief and at least one chief or worker; received {cluster!r}")
     task_type, task_id = task.get("type"), task.get("index", 0)
-    if task_type not in ("chief", "worker") or not isinstance(task_id, int) or not 0 <= task_id < len(
-            workers.get(task_type, [])):
+    if (
+        task_type not in ("chief", "worker")
+        or not isinstance(task_id, int)
+        or not 0 <= task_id < len(workers.get(task_type, []))
+    ):
         raise UsageError(f"TF_CONFIG task {task!r} is not a chief or worker of the cluster {cluster!r}")
     is_chief = task_type == "chief" or (not workers["chief"] and task_id == 0)
     return WorkerInfo(task_type, task_id, len(workers["chief"]) + len(workers["worker"]), is_chief)
@@ -181,9 +194,9 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
         return _MULTI_WORKER[0]
     info = worker_info()
     timeout = worker_timeout()
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
     from tensorflow.python.distribute import multi_worker_util
     from tensorflow.python.eager import context
-    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
 
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     cluster_spec = resolver.cluster_spec()
@@ -196,8 +209,12 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
         cluster_register_timeout_in_ms=ms,
         heartbeat_timeout_in_ms=min(ms, 30_000),
         shutdown_barrier_timeout_in_ms=ms,
-        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
-                          for job in ("chief", "worker") if job in cluster_spec.jobs])
+        coordinated_jobs=[
+            coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
+            for job in ("chief", "worker")
+            if job in cluster_spec.jobs
+        ],
+    )
     service = context.context().coordination_service
     # Connect() waits for every task to register, at most cluster_register_timeout; without the
     # barrier a missing peer leaves the others waiting for device propagation (an hour).
@@ -211,11 +228,12 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
     watchdog.daemon = True
     watchdog.start()
     try:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
-                                                             communication_options=options)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
     except RuntimeError as error:  # the context was initialised before the strategy
-        raise UsageError(f"cannot start multi-worker training: {str(error).splitlines()[0]}; "
-                         "create the strategy before any other TensorFlow op") from error
+        raise UsageError(
+            f"cannot start multi-worker training: {str(error).splitlines()[0]}; "
+            "create the strategy before any other TensorFlow op"
+        ) from error
     except tf.errors.OpError as error:  # registration barrier timed out, or a peer refused us
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise TrainingFailure(_unreachable_message(info, timeout, f"{type(error).__name__}: {first}")) from None
@@ -229,9 +247,11 @@ _WATCHDOG_MARGIN_S = 30.0
 
 
 def _unreachable_message(info: WorkerInfo, timeout: float, detail: str) -> str:
-    return (f"worker {info.task_type}:{info.task_id} could not reach all {info.num_workers} workers of TF_CONFIG "
-            f"within {timeout:g} s ({detail}); start every worker with the same cluster, check that each "
-            f"host:port is reachable, or raise {WORKER_TIMEOUT_ENV}")
+    return (
+        f"worker {info.task_type}:{info.task_id} could not reach all {info.num_workers} workers of TF_CONFIG "
+        f"within {timeout:g} s ({detail}); start every worker with the same cluster, check that each "
+        f"host:port is reachable, or raise {WORKER_TIMEOUT_ENV}"
+    )
 
 
 def _give_up_waiting(info: WorkerInfo, timeout: float) -> None:
@@ -254,6 +274,5 @@ def input_options(strategy: tf.distribute.Strategy) -> tf.distribute.InputOption
     """One input pipeline per replica for single-process MirroredStrategy (PER_REPLICA), so replica
     r reads shard r of R exactly as worker r of R one-device workers does; None otherwise."""
     if isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
-        return tf.distribute.InputOptions(
-            experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+        return tf.distribute.InputOptions(experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
     return None

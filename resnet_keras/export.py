@@ -38,8 +38,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from resnet_keras.config import ModelConfig
 from resnet_keras.errors import TrainingFailure, UsageError, expect, is_int
@@ -98,9 +99,11 @@ def run_class_names(model_dir: Path, data_config, num_classes: int) -> tuple[str
         try:
             names = tuple(data_lib.describe(data_config).class_names)
         except UsageError as error:
-            raise UsageError(f"{model_dir} has no {LABELS_FILE} and its dataset cannot be read for the class "
-                             f"names ({error}); write the {num_classes} class names, one per line, to "
-                             f"{labels_file}") from error
+            raise UsageError(
+                f"{model_dir} has no {LABELS_FILE} and its dataset cannot be read for the class "
+                f"names ({error}); write the {num_classes} class names, one per line, to "
+                f"{labels_file}"
+            ) from error
     if len(names) != num_classes:
         raise UsageError(f"{model_dir}: {len(names)} class names for a model with {num_classes} outputs")
     bad = [name for name in names if not name or "\n" in name or "\r" in name]
@@ -140,8 +143,15 @@ def load_run(model_dir: str | os.PathLike, weights: str = "final") -> TrainedRun
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
     model.set_weights(trained.get_weights())  # same builder, same variable order
-    return TrainedRun(model_dir, model_config, data_config, model, class_names, weights_file,
-                      _augment_family(data_config, model_config.image_size))
+    return TrainedRun(
+        model_dir,
+        model_config,
+        data_config,
+        model,
+        class_names,
+        weights_file,
+        _augment_family(data_config, model_config.image_size),
+    )
 
 
 def evaluation_view(preprocessing: str, image_size: int) -> Callable:
@@ -169,17 +179,27 @@ def _build_archive(run: TrainedRun, labels_path: Path):
 
     size = run.model_config.image_size
     table = tf.lookup.StaticHashTable(
-        tf.lookup.TextFileInitializer(str(labels_path), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
-                                      tf.string, tf.lookup.TextFileIndex.WHOLE_LINE),
-        default_value="")
+        tf.lookup.TextFileInitializer(
+            str(labels_path),
+            tf.int64,
+            tf.lookup.TextFileIndex.LINE_NUMBER,
+            tf.string,
+            tf.lookup.TextFileIndex.WHOLE_LINE,
+        ),
+        default_value="",
+    )
     model, top_k = run.model, run.top_k
     view = evaluation_view(run.preprocessing, size)
 
     def outputs(pixels):
         probabilities = tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
         top = tf.math.top_k(probabilities, k=top_k)
-        return {"probabilities": probabilities, "top_k_indices": top.indices,
-                "top_k_labels": table.lookup(tf.cast(top.indices, tf.int64)), "top_k_probabilities": top.values}
+        return {
+            "probabilities": probabilities,
+            "top_k_indices": top.indices,
+            "top_k_labels": table.lookup(tf.cast(top.indices, tf.int64)),
+            "top_k_probabilities": top.values,
+        }
 
     def serve_pixels(image):
         return outputs(tf.cast(image, tf.float32))
@@ -194,8 +214,9 @@ def _build_archive(run: TrainedRun, labels_path: Path):
     archive = ExportArchive()
     archive.track(model)
     archive.track(table)
-    archive.add_endpoint(PIXELS_SIGNATURE, serve_pixels,
-                         [tf.TensorSpec([None, size, size, 3], tf.uint8, name=PIXELS_INPUT)])
+    archive.add_endpoint(
+        PIXELS_SIGNATURE, serve_pixels, [tf.TensorSpec([None, size, size, 3], tf.uint8, name=PIXELS_INPUT)]
+    )
     archive.add_endpoint(BYTES_SIGNATURE, serve_bytes, [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
     return archive
 
@@ -250,8 +271,9 @@ def _sample_images(run: TrainedRun, split: str, limit: int | None):
     from resnet_keras import data as data_lib
 
     size = run.model_config.image_size
-    ds = data_lib.make_dataset(run.data_config, split, image_size=size, batch_size=64, training=False,
-                               drop_remainder=False)
+    ds = data_lib.make_dataset(
+        run.data_config, split, image_size=size, batch_size=64, training=False, drop_remainder=False
+    )
     images, labels, count = [], [], 0
     for batch_images, batch_labels in ds:
         images.append(batch_images.numpy())
@@ -280,8 +302,10 @@ def _keras_probabilities(model, images, batch_size: int = 64):
     import numpy as np
     import tensorflow as tf
 
-    out = [tf.nn.softmax(tf.cast(model(images[i:i + batch_size], training=False), tf.float32)).numpy()
-           for i in range(0, len(images), batch_size)]
+    out = [
+        tf.nn.softmax(tf.cast(model(images[i : i + batch_size], training=False), tf.float32)).numpy()
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out)
 
 
@@ -310,15 +334,24 @@ def _check_saved_model(path: Path, run: TrainedRun, sample) -> dict:
     bytes_difference = float(np.abs(via_bytes - direct).max())
     del loaded
     if difference > SAVED_MODEL_TOLERANCE or bytes_difference > SAVED_MODEL_TOLERANCE or labels != expected_labels:
-        raise TrainingFailure(f"the exported SavedModel disagrees with the Keras model (max |p difference| "
-                              f"{difference:.3g}, via image bytes {bytes_difference:.3g}); nothing was exported")
-    return dict(checked_on=source, max_probability_difference=difference,
-                max_probability_difference_bytes=bytes_difference)
+        raise TrainingFailure(
+            f"the exported SavedModel disagrees with the Keras model (max |p difference| "
+            f"{difference:.3g}, via image bytes {bytes_difference:.3g}); nothing was exported"
+        )
+    return dict(
+        checked_on=source, max_probability_difference=difference, max_probability_difference_bytes=bytes_difference
+    )
 
 
-def export_saved_model(model_dir: str | os.PathLike, base_dir: str | os.PathLike = DEFAULT_BASE_DIR, *,
-                       version: int | None = None, overwrite: bool = False, weights: str = "final",
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
+def export_saved_model(
+    model_dir: str | os.PathLike,
+    base_dir: str | os.PathLike = DEFAULT_BASE_DIR,
+    *,
+    version: int | None = None,
+    overwrite: bool = False,
+    weights: str = "final",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Writes ``<base_dir>/<model name>/<version>/`` atomically; returns a report dict.
 
     ``version`` defaults to one more than the highest existing version (1 for the first). An
@@ -346,12 +379,23 @@ def export_saved_model(model_dir: str | os.PathLike, base_dir: str | os.PathLike
             _build_archive(run, labels_path).write_out(str(tmp), verbose=False)
         check = _check_saved_model(tmp, run, sample)
         metadata = dict(
-            model_name=run.name, version=version, created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            source_run=str(Path(model_dir).resolve()), weights=run.weights_file, class_names=list(run.class_names),
-            preprocessing=run.preprocessing, image_size=run.model_config.image_size, top_k=run.top_k,
-            signatures={PIXELS_SIGNATURE: f"{PIXELS_INPUT}: uint8 [batch, H, W, 3]",
-                        BYTES_SIGNATURE: f"{BYTES_INPUT}: string [batch] (JPEG/PNG)"},
-            outputs=list(OUTPUTS), check=check, model=run.model_config.to_dict(), data=run.data_config.to_dict(),
+            model_name=run.name,
+            version=version,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            source_run=str(Path(model_dir).resolve()),
+            weights=run.weights_file,
+            class_names=list(run.class_names),
+            preprocessing=run.preprocessing,
+            image_size=run.model_config.image_size,
+            top_k=run.top_k,
+            signatures={
+                PIXELS_SIGNATURE: f"{PIXELS_INPUT}: uint8 [batch, H, W, 3]",
+                BYTES_SIGNATURE: f"{BYTES_INPUT}: string [batch] (JPEG/PNG)",
+            },
+            outputs=list(OUTPUTS),
+            check=check,
+            model=run.model_config.to_dict(),
+            data=run.data_config.to_dict(),
         )
         (tmp / "assets.extra").mkdir(exist_ok=True)
         (tmp / "assets.extra" / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
@@ -361,11 +405,21 @@ def export_saved_model(model_dir: str | os.PathLike, base_dir: str | os.PathLike
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
-    log(f"Exported {run.name} version {version} to {final} ({size / 1e6:.2f} MB); signatures "
+    log(
+        f"Exported {run.name} version {version} to {final} ({size / 1e6:.2f} MB); signatures "
         f"{PIXELS_SIGNATURE} (uint8 pixels) and {BYTES_SIGNATURE} (image bytes); max |p difference| vs Keras "
-        f"{check['max_probability_difference']:.2g} on {check['checked_on']}.")
-    return dict(format="saved_model", path=str(final), model_base_path=str(model_base), model_name=run.name,
-                version=version, size_bytes=size, weights=run.weights_file, **check)
+        f"{check['max_probability_difference']:.2g} on {check['checked_on']}."
+    )
+    return dict(
+        format="saved_model",
+        path=str(final),
+        model_base_path=str(model_base),
+        model_name=run.name,
+        version=version,
+        size_bytes=size,
+        weights=run.weights_file,
+        **check,
+    )
 
 
 def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
@@ -399,13 +453,15 @@ def _interpreter_class():
 class TFLiteRunner:
     """Runs a .tflite classifier one image at a time: float32 pixels [n, s, s, 3] -> probabilities [n, C]."""
 
-    def __init__(self, model_path: str | None = None, model_content: bytes | None = None,
-                 num_threads: int | None = None):
+    def __init__(
+        self, model_path: str | None = None, model_content: bytes | None = None, num_threads: int | None = None
+    ):
         import numpy as np
 
         self.np = np
-        self.interpreter = _interpreter_class()(model_path=model_path, model_content=model_content,
-                                                num_threads=num_threads)
+        self.interpreter = _interpreter_class()(
+            model_path=model_path, model_content=model_content, num_threads=num_threads
+        )
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -446,8 +502,10 @@ def _calibration_images(run: TrainedRun, calibration_data: str | os.PathLike | N
         try:
             return _sample_images(run, "train", limit)[0]
         except DataError as error:
-            raise UsageError(f"int8 needs calibration images: the run's dataset {run.data_config.dataset!r} cannot "
-                             f"be read ({error}); pass --calibration-data DIR (a folder of images)") from error
+            raise UsageError(
+                f"int8 needs calibration images: the run's dataset {run.data_config.dataset!r} cannot "
+                f"be read ({error}); pass --calibration-data DIR (a folder of images)"
+            ) from error
     root = Path(calibration_data)
     if not root.is_dir():
         raise UsageError(f"Received: calibration_data={str(root)!r}; expected a folder of images")
@@ -480,8 +538,9 @@ def _convert(run: TrainedRun, quantize: str, calibration, scratch: Path) -> byte
 
     archive = ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", probabilities,
-                         [tf.TensorSpec([1, size, size, 3], tf.float32, name="image")])
+    archive.add_endpoint(
+        "serving_default", probabilities, [tf.TensorSpec([1, size, size, 3], tf.float32, name="image")]
+    )
     path = scratch / "float32_saved_model"
     archive.write_out(str(path), verbose=False)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=["serving_default"])
@@ -507,12 +566,20 @@ def default_tflite_path(base_dir: str | os.PathLike, run_name: str, quantize: st
     return Path(base_dir) / "tflite" / f"{run_name}_{'float32' if quantize == 'none' else quantize}.tflite"
 
 
-def export_tflite(model_dir: str | os.PathLike, output: str | os.PathLike | None = None, *,
-                  quantize: str = "none", base_dir: str | os.PathLike = DEFAULT_BASE_DIR,
-                  calibration_data: str | os.PathLike | None = None,
-                  calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES, eval_samples: int | None = None,
-                  max_accuracy_drop: float = 1.0, overwrite: bool = False, weights: str = "final",
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+def export_tflite(
+    model_dir: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    quantize: str = "none",
+    base_dir: str | os.PathLike = DEFAULT_BASE_DIR,
+    calibration_data: str | os.PathLike | None = None,
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    eval_samples: int | None = None,
+    max_accuracy_drop: float = 1.0,
+    overwrite: bool = False,
+    weights: str = "final",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Converts a run to ``output`` (default ``<base_dir>/tflite/<name>_<quantize>.tflite``) plus a JSON sidecar.
 
     Measures on the run's validation split (first ``eval_samples`` images, all by default):
@@ -522,12 +589,26 @@ def export_tflite(model_dir: str | os.PathLike, output: str | os.PathLike | None
     the validation data (it is the check that int8 is still good).
     """
     expect(quantize in QUANTIZATIONS, "quantize", quantize, "one of " + ", ".join(QUANTIZATIONS))
-    expect(is_int(calibration_samples) and calibration_samples >= 1, "calibration_samples", calibration_samples,
-           "an integer >= 1")
-    expect(eval_samples is None or (is_int(eval_samples) and eval_samples >= 1), "eval_samples", eval_samples,
-           "None or an integer >= 1")
-    expect(isinstance(max_accuracy_drop, (int, float)) and not isinstance(max_accuracy_drop, bool)
-           and max_accuracy_drop >= 0, "max_accuracy_drop", max_accuracy_drop, "a number of points >= 0")
+    expect(
+        is_int(calibration_samples) and calibration_samples >= 1,
+        "calibration_samples",
+        calibration_samples,
+        "an integer >= 1",
+    )
+    expect(
+        eval_samples is None or (is_int(eval_samples) and eval_samples >= 1),
+        "eval_samples",
+        eval_samples,
+        "None or an integer >= 1",
+    )
+    expect(
+        isinstance(max_accuracy_drop, (int, float))
+        and not isinstance(max_accuracy_drop, bool)
+        and max_accuracy_drop >= 0,
+        "max_accuracy_drop",
+        max_accuracy_drop,
+        "a number of points >= 0",
+    )
     if calibration_data is not None and quantize != "int8":
         raise UsageError(f"Received: calibration_data with quantize={quantize!r}; only int8 is calibrated")
     run = load_run(model_dir, weights)
@@ -545,38 +626,59 @@ def export_tflite(model_dir: str | os.PathLike, output: str | os.PathLike | None
 
     with tempfile.TemporaryDirectory() as scratch:
         blob = _convert(run, quantize, calibration, Path(scratch))
-    report = dict(format="tflite", quantize=quantize, path=str(output), model_name=run.name,
-                  size_bytes=len(blob), weights=run.weights_file, calibration_images=len(calibration)
-                  if calibration is not None else None)
+    report = dict(
+        format="tflite",
+        quantize=quantize,
+        path=str(output),
+        model_name=run.name,
+        size_bytes=len(blob),
+        weights=run.weights_file,
+        calibration_images=len(calibration) if calibration is not None else None,
+    )
     runner = TFLiteRunner(model_content=blob)
-    report.update(input_dtype=np.dtype(runner.input["dtype"]).name,
-                  input_quantization=[float(v) for v in runner.input["quantization"]],
-                  output_dtype=np.dtype(runner.output["dtype"]).name)
+    report.update(
+        input_dtype=np.dtype(runner.input["dtype"]).name,
+        input_quantization=[float(v) for v in runner.input["quantization"]],
+        output_dtype=np.dtype(runner.output["dtype"]).name,
+    )
     if sample is not None:
         images, labels = sample
         keras_probs = _keras_probabilities(run.model, images)
         tflite_probs = runner(images)
         keras_accuracy = float((keras_probs.argmax(-1) == labels).mean())
         accuracy = float((tflite_probs.argmax(-1) == labels).mean())
-        report.update(eval_images=len(labels), keras_accuracy=keras_accuracy, accuracy=accuracy,
-                      top1_agreement=float((keras_probs.argmax(-1) == tflite_probs.argmax(-1)).mean()),
-                      max_probability_difference=float(np.abs(keras_probs - tflite_probs).max()))
+        report.update(
+            eval_images=len(labels),
+            keras_accuracy=keras_accuracy,
+            accuracy=accuracy,
+            top1_agreement=float((keras_probs.argmax(-1) == tflite_probs.argmax(-1)).mean()),
+            max_probability_difference=float(np.abs(keras_probs - tflite_probs).max()),
+        )
         drop = 100 * (keras_accuracy - accuracy)
         if drop > max_accuracy_drop:
             raise TrainingFailure(
                 f"{quantize} TFLite accuracy {100 * accuracy:.2f}% is {drop:.2f} points below the Keras model's "
                 f"{100 * keras_accuracy:.2f}% on {len(labels)} validation images (limit --max-accuracy-drop "
-                f"{max_accuracy_drop:g}); {output} was not written")
-    sidecar = dict(report, class_names=list(run.class_names), preprocessing=run.preprocessing,
-                   image_size=run.model_config.image_size, model=run.model_config.to_dict(),
-                   created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                   source_run=str(Path(model_dir).resolve()))
+                f"{max_accuracy_drop:g}); {output} was not written"
+            )
+    sidecar = dict(
+        report,
+        class_names=list(run.class_names),
+        preprocessing=run.preprocessing,
+        image_size=run.model_config.image_size,
+        model=run.model_config.to_dict(),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        source_run=str(Path(model_dir).resolve()),
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     _write_file_atomic(output, blob)
     _write_file_atomic(output.with_name(output.name + ".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
-    measured = (f"; on {report['eval_images']} validation images: accuracy {100 * report['accuracy']:.2f}% "
-                f"(Keras {100 * report['keras_accuracy']:.2f}%), top-1 agreement {100 * report['top1_agreement']:.1f}%"
-                if sample is not None else "; not measured (no validation data)")
+    measured = (
+        f"; on {report['eval_images']} validation images: accuracy {100 * report['accuracy']:.2f}% "
+        f"(Keras {100 * report['keras_accuracy']:.2f}%), top-1 agreement {100 * report['top1_agreement']:.1f}%"
+        if sample is not None
+        else "; not measured (no validation data)"
+    )
     log(f"Exported {run.name} TFLite ({quantize}) to {output} ({len(blob) / 1e6:.3f} MB){measured}.")
     return report
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from resnet_keras.errors import UsageError
 
@@ -42,8 +42,14 @@ def build_feature_extractor(model_config, weights=None):
     return keras.Model(backbone.input, outputs, name=f"{model_config.name}_features")
 
 
-def load_source(source: str, *, depth: int | None = None, variant: str | None = None,
-                image_size: int | None = None, log: Callable[[str], None] = print):
+def load_source(
+    source: str,
+    *,
+    depth: int | None = None,
+    variant: str | None = None,
+    image_size: int | None = None,
+    log: Callable[[str], None] = print,
+):
     """(ModelConfig, weights dict) of a fine-tuning source (see `finetune.resolve`)."""
     from resnet_keras import finetune
     from resnet_keras import weights as weights_lib
@@ -59,9 +65,16 @@ def load_source(source: str, *, depth: int | None = None, variant: str | None = 
     return config, values
 
 
-def export_features(source: str, output: str | os.PathLike, *, image_size: int | None = None,
-                    depth: int | None = None, variant: str | None = None, overwrite: bool = False,
-                    log: Callable[[str], None] = print) -> Path:
+def export_features(
+    source: str,
+    output: str | os.PathLike,
+    *,
+    image_size: int | None = None,
+    depth: int | None = None,
+    variant: str | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Writes a feature-extraction SavedModel of `source` to `output` (hidden sibling, then rename)."""
     import shutil
 
@@ -82,11 +95,16 @@ def export_features(source: str, output: str | os.PathLike, *, image_size: int |
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", lambda image: {"embedding": model(image, training=False)["embedding"]},
-                         input_signature=[spec])
-    archive.add_endpoint("stage_features",
-                         lambda image: {k: v for k, v in model(image, training=False).items() if k in stage_names},
-                         input_signature=[spec])
+    archive.add_endpoint(
+        "serving_default",
+        lambda image: {"embedding": model(image, training=False)["embedding"]},
+        input_signature=[spec],
+    )
+    archive.add_endpoint(
+        "stage_features",
+        lambda image: {k: v for k, v in model(image, training=False).items() if k in stage_names},
+        input_signature=[spec],
+    )
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -95,6 +113,8 @@ def export_features(source: str, output: str | os.PathLike, *, image_size: int |
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     dims = model.output["embedding"].shape[-1]
-    log(f"Wrote {output}: serving_default(image [batch, {config.image_size}, {config.image_size}, "
-        f"{config.channels}] raw RGB 0-255) -> embedding [batch, {dims}]; stage_features -> {', '.join(stage_names)}")
+    log(
+        f"Wrote {output}: serving_default(image [batch, {config.image_size}, {config.image_size}, "
+        f"{config.channels}] raw RGB 0-255) -> embedding [batch, {dims}]; stage_features -> {', '.join(stage_names)}"
+    )
     return output

@@ -26,8 +26,8 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -39,29 +39,61 @@ FREEZE_POLICIES = ("none", "stem", "stages-2-3", "backbone")
 BN_POLICIES = ("train", "frozen")
 HEAD_LAYERS = ("avg_pool", "dropout", "predictions")
 # Fields that must agree between the source and the fine-tuned model (the rest may change).
-ARCHITECTURE_FIELDS = ("depth", "family", "variant", "shortcut", "stem", "width", "channels", "input_mean",
-                       "input_std", "layout")
+ARCHITECTURE_FIELDS = (
+    "depth",
+    "family",
+    "variant",
+    "shortcut",
+    "stem",
+    "width",
+    "channels",
+    "input_mean",
+    "input_std",
+    "layout",
+)
 
 
 def validate(train_config) -> None:
     """Checks TrainConfig's fine-tuning fields (called from its __post_init__)."""
     t = train_config
-    expect(t.init_from is None or (isinstance(t.init_from, str) and t.init_from != ""), "init_from", t.init_from,
-           "None, 'imagenet', a keras.applications name, a weights file, a .keras file or a run directory")
+    expect(
+        t.init_from is None or (isinstance(t.init_from, str) and t.init_from != ""),
+        "init_from",
+        t.init_from,
+        "None, 'imagenet', a keras.applications name, a weights file, a .keras file or a run directory",
+    )
     expect(t.freeze in FREEZE_POLICIES, "freeze", t.freeze, "one of " + ", ".join(FREEZE_POLICIES))
     expect(t.bn_policy in BN_POLICIES, "bn_policy", t.bn_policy, " or ".join(map(repr, BN_POLICIES)))
-    expect(isinstance(t.backbone_lr_multiplier, (int, float)) and not isinstance(t.backbone_lr_multiplier, bool)
-           and 0 <= t.backbone_lr_multiplier <= 1, "backbone_lr_multiplier", t.backbone_lr_multiplier,
-           "a number in [0, 1]")
-    expect(is_int(t.head_epochs) and 0 <= t.head_epochs < t.epochs, "head_epochs", t.head_epochs,
-           f"an integer in [0, epochs={t.epochs})")
+    expect(
+        isinstance(t.backbone_lr_multiplier, (int, float))
+        and not isinstance(t.backbone_lr_multiplier, bool)
+        and 0 <= t.backbone_lr_multiplier <= 1,
+        "backbone_lr_multiplier",
+        t.backbone_lr_multiplier,
+        "a number in [0, 1]",
+    )
+    expect(
+        is_int(t.head_epochs) and 0 <= t.head_epochs < t.epochs,
+        "head_epochs",
+        t.head_epochs,
+        f"an integer in [0, epochs={t.epochs})",
+    )
     if t.init_from is None:
-        changed = [f"{key}={getattr(t, key)!r}" for key, default in
-                   (("freeze", "none"), ("bn_policy", "train"), ("backbone_lr_multiplier", 1.0), ("head_epochs", 0))
-                   if getattr(t, key) != default]
+        changed = [
+            f"{key}={getattr(t, key)!r}"
+            for key, default in (
+                ("freeze", "none"),
+                ("bn_policy", "train"),
+                ("backbone_lr_multiplier", 1.0),
+                ("head_epochs", 0),
+            )
+            if getattr(t, key) != default
+        ]
         if changed:
-            raise UsageError(f"Received: {', '.join(changed)} without init_from; fine-tuning options need "
-                             "pretrained weights (--init-from)")
+            raise UsageError(
+                f"Received: {', '.join(changed)} without init_from; fine-tuning options need "
+                "pretrained weights (--init-from)"
+            )
 
 
 def is_finetuning(train_config) -> bool:
@@ -83,7 +115,9 @@ class Source:
 
 def normalize_source(init_from: str) -> str:
     """Paths become absolute (so a resume from another folder matches); names stay."""
-    if init_from == "imagenet" or (init_from.lower().replace("_", "") in _keras_names() and not os.path.exists(init_from)):
+    if init_from == "imagenet" or (
+        init_from.lower().replace("_", "") in _keras_names() and not os.path.exists(init_from)
+    ):
         return init_from
     return os.path.abspath(os.path.expanduser(init_from))
 
@@ -111,25 +145,33 @@ def resolve(init_from: str, *, depth: int | None = None, variant: str | None = N
         return Source("keras", weights.model_config_for(keras_source.app), keras_source=keras_source)
     path = Path(init_from)
     if not path.exists():
-        raise UsageError(f"Received: init_from={init_from!r}, which does not exist; expected 'imagenet', a "
-                         "keras.applications name (" + ", ".join(weights.KERAS_APPS) + "), a weights .h5 file, "
-                         "a .keras file or a run directory")
+        raise UsageError(
+            f"Received: init_from={init_from!r}, which does not exist; expected 'imagenet', a "
+            "keras.applications name (" + ", ".join(weights.KERAS_APPS) + "), a weights .h5 file, "
+            "a .keras file or a run directory"
+        )
     if path.is_dir():
         config_file = path / "config.json"
         if not config_file.is_file():
-            raise UsageError(f"Received: init_from={init_from!r}, a folder that is not a run directory (no config.json)")
+            raise UsageError(
+                f"Received: init_from={init_from!r}, a folder that is not a run directory (no config.json)"
+            )
         config = ModelConfig.from_dict(json.loads(config_file.read_text())["model"])
         for name in ("model.keras", "best.weights.h5"):
             if (path / name).is_file():
                 return Source("ours", config, str(path / name))
-        raise UsageError(f"Received: init_from={init_from!r}, a run directory with no trained weights "
-                         "(model.keras or best.weights.h5); train it first")
+        raise UsageError(
+            f"Received: init_from={init_from!r}, a run directory with no trained weights "
+            "(model.keras or best.weights.h5); train it first"
+        )
     if path.suffix == ".keras":
         return Source("ours", infer_config(_load_keras_file(path)), str(path))
     if path.suffix in (".h5", ".hdf5"):
         keras_source = weights.resolve_keras_source(str(path))
         return Source("keras", weights.model_config_for(keras_source.app), keras_source=keras_source)
-    raise UsageError(f"Received: init_from={init_from!r}; expected a .keras file, a weights .h5 file or a run directory")
+    raise UsageError(
+        f"Received: init_from={init_from!r}; expected a .keras file, a weights .h5 file or a run directory"
+    )
 
 
 def _load_keras_file(path: Path):
@@ -140,7 +182,9 @@ def _load_keras_file(path: Path):
     try:
         return keras.saving.load_model(str(path), safe_mode=True, compile=False)
     except Exception as error:  # noqa: BLE001 - any unreadable file is a user input problem
-        raise UsageError(f"cannot load {path} as a Keras model: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise UsageError(
+            f"cannot load {path} as a Keras model: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from None
 
 
 def infer_config(model) -> ModelConfig:
@@ -163,7 +207,9 @@ def infer_config(model) -> ModelConfig:
     if family == "cifar":
         depth = 6 * counts[0] + 2
     else:
-        matches = [d for d, (kind, c) in specs.IMAGENET_DEPTHS.items() if c == counts and (kind == "bottleneck") == bottleneck]
+        matches = [
+            d for d, (kind, c) in specs.IMAGENET_DEPTHS.items() if c == counts and (kind == "bottleneck") == bottleneck
+        ]
         if not matches:
             raise UsageError(f"{model.name}: {'/'.join(map(str, counts))} blocks per stage match no ResNet depth")
         depth = matches[0]
@@ -179,28 +225,37 @@ def infer_config(model) -> ModelConfig:
     image_size = model.input.shape[1]
     conv1 = names["conv1_conv"]
     config = ModelConfig(
-        depth=depth, family=family, variant=variant,
+        depth=depth,
+        family=family,
+        variant=variant,
         shortcut="A" if any(name.endswith("_0_pad") for name in names) else "B",
         stem="imagenet" if conv1.kernel_size == (7, 7) else "small",
-        width=width, channels=model.input.shape[-1], image_size=image_size, include_top=include_top,
+        width=width,
+        channels=model.input.shape[-1],
+        image_size=image_size,
+        include_top=include_top,
         num_classes=names["predictions"].units if include_top else 1000,
         dropout=names["dropout"].rate if "dropout" in names else 0.0,
-        input_mean=tuple(normalize["mean"]), input_std=tuple(float(np.sqrt(v)) for v in normalize["variance"]),
+        input_mean=tuple(normalize["mean"]),
+        input_std=tuple(float(np.sqrt(v)) for v in normalize["variance"]),
         layout="keras" if conv1.use_bias else "paper",
     )
     from resnet_keras.models import build_model
 
-    shapes = lambda m: {l.name: [tuple(w.shape) for w in l.weights] for l in m.layers if l.weights}  # noqa: E731
+    shapes = lambda m: {ly.name: [tuple(w.shape) for w in ly.weights] for ly in m.layers if ly.weights}  # noqa: E731
     found, rebuilt = shapes(model), shapes(build_model(config))
     if found != rebuilt:
         name = sorted(n for n in set(found) | set(rebuilt) if found.get(n) != rebuilt.get(n))[0]
-        raise UsageError(f"{model.name} is not a resnet-keras model: layer {name} has {found.get(name)}, "
-                         f"{config.name} would have {rebuilt.get(name)}")
+        raise UsageError(
+            f"{model.name} is not a resnet-keras model: layer {name} has {found.get(name)}, "
+            f"{config.name} would have {rebuilt.get(name)}"
+        )
     return config
 
 
-def read_init_weights(init_from: str, model_config: ModelConfig, *,
-                      log: Callable[[str], None] = print) -> dict[str, list[np.ndarray]]:
+def read_init_weights(
+    init_from: str, model_config: ModelConfig, *, log: Callable[[str], None] = print
+) -> dict[str, list[np.ndarray]]:
     """Every non-head layer's weights for a model of `model_config`, from `init_from`.
 
     Raises UsageError when the architectures differ (naming the field or the layer) or the
@@ -210,24 +265,34 @@ def read_init_weights(init_from: str, model_config: ModelConfig, *,
     from resnet_keras.models import build_model
 
     source = resolve(init_from, depth=model_config.depth, variant=model_config.variant)
-    mismatched = [f"{field}={getattr(model_config, field)!r} (source: {getattr(source.config, field)!r})"
-                  for field in ARCHITECTURE_FIELDS if getattr(model_config, field) != getattr(source.config, field)]
+    mismatched = [
+        f"{field}={getattr(model_config, field)!r} (source: {getattr(source.config, field)!r})"
+        for field in ARCHITECTURE_FIELDS
+        if getattr(model_config, field) != getattr(source.config, field)
+    ]
     if mismatched:
-        raise UsageError(f"Received: a model config that differs from init_from={init_from!r}: "
-                         f"{'; '.join(mismatched)}; use the source's architecture (finetune.model_config_for)")
+        raise UsageError(
+            f"Received: a model config that differs from init_from={init_from!r}: "
+            f"{'; '.join(mismatched)}; use the source's architecture (finetune.model_config_for)"
+        )
     if source.kind == "keras":
         values, _ = weights_lib.load_keras_weights(source.keras_source, include_top=False, log=log)
     else:
         values = _read_our_weights(source)
     values = {name: v for name, v in values.items() if name not in HEAD_LAYERS}
     target = build_model(dataclasses.replace(model_config, include_top=True))
-    expected = {layer.name: [tuple(w.shape) for w in layer.weights]
-                for layer in target.layers if layer.weights and layer.name not in HEAD_LAYERS}
+    expected = {
+        layer.name: [tuple(w.shape) for w in layer.weights]
+        for layer in target.layers
+        if layer.weights and layer.name not in HEAD_LAYERS
+    }
     for name, shapes in expected.items():
         found = [tuple(np.shape(v)) for v in values.get(name, [])]
         if found != shapes:
-            raise UsageError(f"init_from={init_from!r} does not fit {model_config.name}: layer {name} has "
-                             f"{found or 'no weights'} in the source, expected {shapes}")
+            raise UsageError(
+                f"init_from={init_from!r} does not fit {model_config.name}: layer {name} has "
+                f"{found or 'no weights'} in the source, expected {shapes}"
+            )
     extra = sorted(set(values) - set(expected))
     if extra:
         raise UsageError(f"init_from={init_from!r} has layers {extra[:3]} that {model_config.name} does not have")
@@ -248,8 +313,15 @@ def _read_our_weights(source: Source) -> dict[str, list[np.ndarray]]:
     return {layer.name: [w.numpy() for w in layer.weights] for layer in model.layers if layer.weights}
 
 
-def model_config_for(init_from: str, *, num_classes: int, image_size: int | None = None,
-                     depth: int | None = None, variant: str | None = None, **overrides) -> ModelConfig:
+def model_config_for(
+    init_from: str,
+    *,
+    num_classes: int,
+    image_size: int | None = None,
+    depth: int | None = None,
+    variant: str | None = None,
+    **overrides,
+) -> ModelConfig:
     """The fine-tuned model's config: the source's architecture, the dataset's classes.
 
     `image_size` defaults to the source's (224 for keras.applications weights).
@@ -265,7 +337,7 @@ def model_config_for(init_from: str, *, num_classes: int, image_size: int | None
 
 
 def layer_group(name: str, num_stages: int) -> str:
-    """"stem", "conv2".."convN" or "head" for one of our layer names."""
+    """ "stem", "conv2".."convN" or "head" for one of our layer names."""
     if name in HEAD_LAYERS:
         return "head"
     match = re.match(r"conv(\d+)_block", name)
@@ -289,24 +361,31 @@ class FineTunePlan:
 
         self.model = model
         self.config = train_config
-        self.num_stages = len({m.group(1) for m in (re.match(r"conv(\d+)_block", l.name) for l in model.layers) if m})
+        self.num_stages = len({m.group(1) for m in (re.match(r"conv(\d+)_block", ly.name) for ly in model.layers) if m})
         self.bn = {layer.name for layer in model.layers if isinstance(layer, layers.BatchNormalization)}
-        self.head_ids = {id(w) for name in HEAD_LAYERS if name in {l.name for l in model.layers}
-                         for w in model.get_layer(name).weights}
+        self.head_ids = {
+            id(w)
+            for name in HEAD_LAYERS
+            if name in {ly.name for ly in model.layers}
+            for w in model.get_layer(name).weights
+        }
         self.phase = None
         self.set_phase("finetune")  # the widest trainable set first: the optimizer builds its slots for it
         self.phase = None  # so the first epoch (also after a resume) applies and reports its phase
 
     def phase_for(self, epoch: int) -> str:
-        """"head" for epochs 1..head_epochs, then "finetune" (epoch is 1-based)."""
+        """ "head" for epochs 1..head_epochs, then "finetune" (epoch is 1-based)."""
         return "head" if epoch <= self.config.head_epochs else "finetune"
 
     def set_phase(self, phase: str) -> bool:
         """Applies the phase's trainable flags; True when they changed (the step must be retraced)."""
         if phase == self.phase:
             return False
-        frozen = (frozen_groups("backbone", self.num_stages) if phase == "head"
-                  else frozen_groups(self.config.freeze, self.num_stages))
+        frozen = (
+            frozen_groups("backbone", self.num_stages)
+            if phase == "head"
+            else frozen_groups(self.config.freeze, self.num_stages)
+        )
         for layer in self.model.layers:
             group = layer_group(layer.name, self.num_stages)
             trainable = group not in frozen
@@ -318,8 +397,10 @@ class FineTunePlan:
 
     def describe(self) -> str:
         trainable = sum(int(np.prod(w.shape)) for w in self.model.trainable_weights)
-        return (f"phase {self.phase}: {trainable:,} trainable parameters (freeze={self.config.freeze}, "
-                f"bn_policy={self.config.bn_policy}, backbone lr x{self.config.backbone_lr_multiplier:g})")
+        return (
+            f"phase {self.phase}: {trainable:,} trainable parameters (freeze={self.config.freeze}, "
+            f"bn_policy={self.config.bn_policy}, backbone lr x{self.config.backbone_lr_multiplier:g})"
+        )
 
     def scale_gradients(self, grads, variables):
         """Backbone gradients x backbone_lr_multiplier (head gradients unchanged)."""

@@ -20,7 +20,7 @@ from keras import layers
 
 from resnet_keras import blocks
 from resnet_keras.config import ModelConfig
-from resnet_keras.specs import stem_filters, scaled
+from resnet_keras.specs import scaled, stem_filters
 
 IMAGE_INPUT = "image"
 
@@ -39,8 +39,11 @@ def backbone_features(x, config: ModelConfig) -> dict[str, Any]:
     """Runs the stem and every stage on `x`; returns each stage's output by name (`conv2`, ...)."""
     keras_layout = config.layout == "keras"
     x = blocks.STEMS[config.stem](
-        x, scaled(stem_filters(config.family), config.width),
-        preact=config.preact, weight_decay=config.weight_decay, use_bias=keras_layout,
+        x,
+        scaled(stem_filters(config.family), config.width),
+        preact=config.preact,
+        weight_decay=config.weight_decay,
+        use_bias=keras_layout,
     )
     features = {}
     stages = config.stages
@@ -48,7 +51,10 @@ def backbone_features(x, config: ModelConfig) -> dict[str, Any]:
         # The keras layout moves each stage's downsampling to the last block of the stage before.
         following = stages[index - 1].stride if index - 1 < len(stages) else 1
         x = blocks.residual_stage(
-            x, stage.block, stage.filters, stage.blocks,
+            x,
+            stage.block,
+            stage.filters,
+            stage.blocks,
             stride=1 if keras_layout else stage.stride,
             last_stride=following if keras_layout else 1,
             layout=config.layout,
@@ -102,17 +108,48 @@ def create_model(name: str, **overrides: Any) -> keras.Model:
     return build_model(ModelConfig.preset(name, **overrides))
 
 
-def resnet18(**overrides): return create_model("resnet18", **overrides)  # noqa: E704
-def resnet34(**overrides): return create_model("resnet34", **overrides)  # noqa: E704
-def resnet50(**overrides): return create_model("resnet50", **overrides)  # noqa: E704
-def resnet101(**overrides): return create_model("resnet101", **overrides)  # noqa: E704
-def resnet152(**overrides): return create_model("resnet152", **overrides)  # noqa: E704
-def resnet20(**overrides): return create_model("resnet20", **overrides)  # noqa: E704
-def resnet32(**overrides): return create_model("resnet32", **overrides)  # noqa: E704
-def resnet44(**overrides): return create_model("resnet44", **overrides)  # noqa: E704
-def resnet56(**overrides): return create_model("resnet56", **overrides)  # noqa: E704
-def resnet110(**overrides): return create_model("resnet110", **overrides)  # noqa: E704
-def resnet1202(**overrides): return create_model("resnet1202", **overrides)  # noqa: E704
+def resnet18(**overrides):
+    return create_model("resnet18", **overrides)  # noqa: E704
+
+
+def resnet34(**overrides):
+    return create_model("resnet34", **overrides)  # noqa: E704
+
+
+def resnet50(**overrides):
+    return create_model("resnet50", **overrides)  # noqa: E704
+
+
+def resnet101(**overrides):
+    return create_model("resnet101", **overrides)  # noqa: E704
+
+
+def resnet152(**overrides):
+    return create_model("resnet152", **overrides)  # noqa: E704
+
+
+def resnet20(**overrides):
+    return create_model("resnet20", **overrides)  # noqa: E704
+
+
+def resnet32(**overrides):
+    return create_model("resnet32", **overrides)  # noqa: E704
+
+
+def resnet44(**overrides):
+    return create_model("resnet44", **overrides)  # noqa: E704
+
+
+def resnet56(**overrides):
+    return create_model("resnet56", **overrides)  # noqa: E704
+
+
+def resnet110(**overrides):
+    return create_model("resnet110", **overrides)  # noqa: E704
+
+
+def resnet1202(**overrides):
+    return create_model("resnet1202", **overrides)  # noqa: E704
 
 
 def count_parameters(model: keras.Model) -> tuple[int, int]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from resnet_keras.errors import UsageError, expect, is_int
 
@@ -27,8 +27,10 @@ def resolve_saved_model(path: Path) -> Path:
 
     found = [v for v in versions(path) if (path / str(v) / "saved_model.pb").exists()]
     if not found:
-        raise UsageError(f"{path} is neither a SavedModel folder (saved_model.pb) nor a model base path with "
-                         f"integer version folders, nor a .tflite file")
+        raise UsageError(
+            f"{path} is neither a SavedModel folder (saved_model.pb) nor a model base path with "
+            f"integer version folders, nor a .tflite file"
+        )
     return path / str(found[-1])
 
 
@@ -101,8 +103,9 @@ def load_predictor(model: str | os.PathLike):
     return _SavedModelPredictor(path)
 
 
-def predict(model: str | os.PathLike, images: list[str], top_k: int = 5,
-            on_error: Callable[[str], None] | None = None) -> list[dict]:
+def predict(
+    model: str | os.PathLike, images: list[str], top_k: int = 5, on_error: Callable[[str], None] | None = None
+) -> list[dict]:
     """One result per image: ``{"image", "predictions": [{"rank", "index", "label", "probability"}]}``
     or ``{"image", "error"}`` for a file that cannot be read or decoded (the others still run).
 
@@ -134,7 +137,13 @@ def predict(model: str | os.PathLike, images: list[str], top_k: int = 5,
                 on_error(f"Error: {image}: {message}")
             continue
         order = np.argsort(-probabilities, kind="stable")[:top_k]
-        results.append(dict(image=image, predictions=[
-            dict(rank=rank, index=int(i), label=predictor.labels[i], probability=float(probabilities[i]))
-            for rank, i in enumerate(order, start=1)]))
+        results.append(
+            dict(
+                image=image,
+                predictions=[
+                    dict(rank=rank, index=int(i), label=predictor.labels[i], probability=float(probabilities[i]))
+                    for rank, i in enumerate(order, start=1)
+                ],
+            )
+        )
     return results

@@ -76,10 +76,7 @@ def stage_specs(family: str, depth: int) -> tuple[StageSpec, ...]:
     """The stages of a network of `depth` layers in `family`, before any width multiplier."""
     if family == "cifar":
         n = cifar_blocks_per_stage(depth)
-        return tuple(
-            StageSpec("basic", filters, n, stride)
-            for filters, stride in zip(CIFAR_FILTERS, CIFAR_STRIDES)
-        )
+        return tuple(StageSpec("basic", filters, n, stride) for filters, stride in zip(CIFAR_FILTERS, CIFAR_STRIDES))
     if family == "imagenet":
         if depth not in IMAGENET_DEPTHS:
             raise ConfigError(

@@ -41,8 +41,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from resnet_keras.config import ModelConfig
 from resnet_keras.data import DataConfig
@@ -115,8 +116,11 @@ class TrainConfig:
         warmup = (0.5 if epochs < 10 else min(5, epochs // 10)) if short else 0
         defaults = dict(
             epochs=epochs,
-            learning_rate=(self.learning_rate if self.learning_rate is not None
-                           else (0.2 if budget else 0.1) * self.batch_size / PAPER_BATCH[self.family]),
+            learning_rate=(
+                self.learning_rate
+                if self.learning_rate is not None
+                else (0.2 if budget else 0.1) * self.batch_size / PAPER_BATCH[self.family]
+            ),
             weight_decay=self.weight_decay if self.weight_decay is not None else (5e-4 if budget else 1e-4),
             nesterov=self.nesterov if self.nesterov is not None else short,
             warmup_epochs=self.warmup_epochs if self.warmup_epochs is not None else warmup,
@@ -124,23 +128,46 @@ class TrainConfig:
         )
         for key, value in defaults.items():
             object.__setattr__(self, key, value)
-        expect(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
+        expect(
+            _is_number(self.learning_rate) and self.learning_rate > 0,
+            "learning_rate",
+            self.learning_rate,
+            "a number > 0",
+        )
         expect(_is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
         expect(isinstance(self.nesterov, bool), "nesterov", self.nesterov, "True or False")
-        expect(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        expect(_is_number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
-                self.warmup_epochs, f"a number in [0, epochs={self.epochs})")
-        expect(_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing",
-                self.label_smoothing, "a number in [0, 1)")
+        expect(
+            _is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0"
+        )
+        expect(
+            _is_number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
+            "warmup_epochs",
+            self.warmup_epochs,
+            f"a number in [0, epochs={self.epochs})",
+        )
+        expect(
+            _is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+            "label_smoothing",
+            self.label_smoothing,
+            "a number in [0, 1)",
+        )
         from resnet_keras.distribute import STRATEGIES
 
         expect(self.strategy in STRATEGIES, "strategy", self.strategy, "one of " + ", ".join(STRATEGIES))
-        expect(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision,
-                "one of " + ", ".join(PRECISIONS))
+        expect(
+            self.mixed_precision in PRECISIONS,
+            "mixed_precision",
+            self.mixed_precision,
+            "one of " + ", ".join(PRECISIONS),
+        )
         expect(isinstance(self.xla, bool), "xla", self.xla, "True or False")
         expect(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        expect(self.steps_per_epoch is None or (is_int(self.steps_per_epoch) and self.steps_per_epoch >= 1),
-                "steps_per_epoch", self.steps_per_epoch, "None or an integer >= 1")
+        expect(
+            self.steps_per_epoch is None or (is_int(self.steps_per_epoch) and self.steps_per_epoch >= 1),
+            "steps_per_epoch",
+            self.steps_per_epoch,
+            "None or an integer >= 1",
+        )
         expect(self.low_lr_start in (None, True, False), "low_lr_start", self.low_lr_start, "None, True or False")
         from resnet_keras import finetune
 
@@ -156,7 +183,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(known)) if isinstance(data, dict) else data
         if not isinstance(data, dict) or unknown:
@@ -177,7 +204,12 @@ def _schedule_class():
         paper's low-rate start of ResNet-110)."""
 
         def __init__(self, base, total_steps, warmup_steps, kind, boundaries=(0.5, 0.75), factor=None):
-            self.base, self.total_steps, self.warmup_steps, self.kind = float(base), int(total_steps), int(warmup_steps), kind
+            self.base, self.total_steps, self.warmup_steps, self.kind = (
+                float(base),
+                int(total_steps),
+                int(warmup_steps),
+                kind,
+            )
             self.boundaries, self.factor = tuple(boundaries), factor
 
         def __call__(self, step):
@@ -201,8 +233,13 @@ def _schedule_class():
             return tf.where(step < self.warmup_steps, self.base * (step + 1) / warm, after)
 
         def get_config(self):
-            return dict(base=self.base, total_steps=self.total_steps, warmup_steps=self.warmup_steps, kind=self.kind,
-                        boundaries=self.boundaries)
+            return dict(
+                base=self.base,
+                total_steps=self.total_steps,
+                warmup_steps=self.warmup_steps,
+                kind=self.kind,
+                boundaries=self.boundaries,
+            )
 
     return ResNetSchedule
 
@@ -237,8 +274,9 @@ def _check_run_dir(model_dir: Path, configs: dict, overwrite: bool) -> bool:
     if not config_file.exists():
         if model_dir.exists() and any(model_dir.iterdir()):
             # Never delete a folder that is not ours, even with overwrite.
-            raise UsageError(f"{model_dir} exists, is not empty and is not a run directory (no config.json); "
-                             "use another --model-dir")
+            raise UsageError(
+                f"{model_dir} exists, is not empty and is not a run directory (no config.json); use another --model-dir"
+            )
         return False
     if overwrite:
         import shutil
@@ -248,19 +286,30 @@ def _check_run_dir(model_dir: Path, configs: dict, overwrite: bool) -> bool:
     try:
         old = _flatten(json.loads(config_file.read_text()))
     except (ValueError, AttributeError) as error:
-        raise UsageError(f"{config_file} is not a valid run config ({error}); use --overwrite or another --model-dir")
+        raise UsageError(
+            f"{config_file} is not a valid run config ({error}); use --overwrite or another --model-dir"
+        ) from None
     new = _flatten(json.loads(json.dumps(configs)))
     # A run written before a config field existed resumes when the new field keeps its default.
-    defaults = {f"{section}.{field.name}": field.default
-                for section, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig))
-                for field in dataclasses.fields(cls) if field.default is not dataclasses.MISSING}
+    defaults = {
+        f"{section}.{field.name}": field.default
+        for section, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig))
+        for field in dataclasses.fields(cls)
+        if field.default is not dataclasses.MISSING
+    }
     old.update({key: new[key] for key in set(new) - set(old) if key in defaults and new[key] == defaults[key]})
-    differing = sorted(key for key in set(old) | set(new)
-                       if key != "train.epochs" and old.get(key, "<missing>") != new.get(key, "<missing>"))
+    differing = sorted(
+        key
+        for key in set(old) | set(new)
+        if key != "train.epochs" and old.get(key, "<missing>") != new.get(key, "<missing>")
+    )
     if differing:
-        details = ", ".join(f"{key} ({old.get(key, '<missing>')!r} -> {new.get(key, '<missing>')!r})" for key in differing)
-        raise UsageError(f"{model_dir} holds a run with a different config: {details}; "
-                         "use --overwrite or another --model-dir")
+        details = ", ".join(
+            f"{key} ({old.get(key, '<missing>')!r} -> {new.get(key, '<missing>')!r})" for key in differing
+        )
+        raise UsageError(
+            f"{model_dir} holds a run with a different config: {details}; use --overwrite or another --model-dir"
+        )
     return True
 
 
@@ -268,8 +317,13 @@ def _read_history(path: Path) -> list[dict]:
     if not path.exists():
         return []
     with open(path, newline="") as handle:
-        return [{key: (value if key == "finished_at" else float(value) if key != "epoch" else int(value))
-                 for key, value in row.items()} for row in csv.DictReader(handle)]
+        return [
+            {
+                key: (value if key == "finished_at" else float(value) if key != "epoch" else int(value))
+                for key, value in row.items()
+            }
+            for row in csv.DictReader(handle)
+        ]
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:
@@ -319,8 +373,18 @@ def _per_example_loss(tf, labels, logits, num_classes: int, label_smoothing: flo
     return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
 
 
-def make_train_step(model, optimizer, strategy, *, num_classes: int, global_batch: int, label_smoothing: float,
-                    loss_scaling: bool, xla: bool, transform_gradients: Callable | None = None):
+def make_train_step(
+    model,
+    optimizer,
+    strategy,
+    *,
+    num_classes: int,
+    global_batch: int,
+    label_smoothing: float,
+    loss_scaling: bool,
+    xla: bool,
+    transform_gradients: Callable | None = None,
+):
     """The training step of `train()`: `train_step(iterator)` -> summed [loss, correct, count] over the batch.
 
     One step reads the next (distributed) batch, runs the replica step under `strategy.run` and
@@ -336,7 +400,7 @@ def make_train_step(model, optimizer, strategy, *, num_classes: int, global_batc
             per_example = _per_example_loss(tf, labels, logits, num_classes, label_smoothing)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in model.losses]))
+                loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(ly, tf.float32) for ly in model.losses]))
             scaled = optimizer.scale_loss(loss) if loss_scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
         if transform_gradients is not None:
@@ -403,8 +467,9 @@ def _agreed_checkpoint(tf, strategy, manager, run_dir: Path, resuming: bool) -> 
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
         return tf.where(tf.equal(replica, 0), tf.constant(epoch, tf.int64), tf.constant(0, tf.int64))
 
-    broadcast = tf.function(lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(chief_value), axis=None),
-                            autograph=False)
+    broadcast = tf.function(
+        lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(chief_value), axis=None), autograph=False
+    )
     epoch = int(broadcast())
     return str(run_dir / "checkpoints" / f"ckpt-{epoch}") if epoch else None
 
@@ -447,14 +512,21 @@ def _peer_guard(function: Callable, strategy) -> Callable:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
             raise TrainingFailure(
                 f"lost contact with another worker ({type(error).__name__}: {reason}); restart every worker "
-                "with the same command to resume from the last saved epoch") from None
+                "with the same command to resume from the last saved epoch"
+            ) from None
 
     return guarded
 
 
-def train(model_config: ModelConfig, data_config: DataConfig, train_config: TrainConfig,
-          model_dir: str | os.PathLike, *, overwrite: bool = False,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+def train(
+    model_config: ModelConfig,
+    data_config: DataConfig,
+    train_config: TrainConfig,
+    model_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Trains `model_config` on `data_config` into `model_dir`; returns the metrics dict.
 
     `model_config.num_classes` must match the dataset (the CLI takes it from `describe`);
@@ -475,11 +547,15 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     model_dir = Path(model_dir)
     info = data_lib.describe(data_config)
     if model_config.num_classes != info.num_classes:
-        raise UsageError(f"Received: num_classes={model_config.num_classes}; dataset {data_config.dataset!r} "
-                         f"has {info.num_classes} classes.")
+        raise UsageError(
+            f"Received: num_classes={model_config.num_classes}; dataset {data_config.dataset!r} "
+            f"has {info.num_classes} classes."
+        )
     if train_config.family != model_config.family:
-        raise UsageError(f"Received: train family={train_config.family!r} for a {model_config.family}-family model; "
-                         f"the paper's recipes differ by family: use TrainConfig(family={model_config.family!r})")
+        raise UsageError(
+            f"Received: train family={train_config.family!r} for a {model_config.family}-family model; "
+            f"the paper's recipes differ by family: use TrainConfig(family={model_config.family!r})"
+        )
     low_lr_start = train_config.uses_low_lr_start(model_config)
     if hint := onednn_hint():
         log(hint)
@@ -490,8 +566,10 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         model_dir = _worker_scratch(run_dir, strategy.cluster_resolver.task_id)
     check_global_batch(train_config.batch_size, strategy)
     if train_config.xla and replicas > 1 and not tf.config.list_logical_devices("GPU"):
-        raise UsageError("Received: xla=True with MirroredStrategy over logical CPUs; XLA cannot compile a step "
-                         "whose variables live on other devices. Use --no-xla or one device.")
+        raise UsageError(
+            "Received: xla=True with MirroredStrategy over logical CPUs; XLA cannot compile a step "
+            "whose variables live on other devices. Use --no-xla or one device."
+        )
     configs = {"model": model_config.to_dict(), "data": data_config.to_dict(), "train": train_config.to_dict()}
     # -- fine-tuning (issue 8): read and check the pretrained weights before the run directory is touched
     from resnet_keras import finetune
@@ -517,11 +595,13 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         with strategy.scope():
             model = build_model(model_config)
             finetune_plan = finetune.plan(model, train_config)  # issue 8: trainable flags before the optimizer
-            lr_factor = tf.Variable(WARMUP_FACTOR if low_lr_start else 1.0, dtype=tf.float32, trainable=False,
-                                    name="lr_factor")
+            lr_factor = tf.Variable(
+                WARMUP_FACTOR if low_lr_start else 1.0, dtype=tf.float32, trainable=False, name="lr_factor"
+            )
             schedule = make_schedule(train_config, steps_per_epoch, lr_factor if low_lr_start else None)
-            optimizer = keras.optimizers.SGD(learning_rate=schedule,
-                                             momentum=train_config.momentum, nesterov=train_config.nesterov)
+            optimizer = keras.optimizers.SGD(
+                learning_rate=schedule, momentum=train_config.momentum, nesterov=train_config.nesterov
+            )
             if train_config.mixed_precision == "float16":
                 # bfloat16 has float32's exponent range and needs no loss scaling.
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -549,19 +629,39 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     def train_input(ctx):
         # Each step reads one batch per local replica; a resumed run skips what the epochs done read.
         per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        return data_lib.make_dataset(data_config, "train", image_size=model_config.image_size,
-                                     batch_size=global_batch, training=True, input_context=ctx, repeat=True,
-                                     skip_batches=start_epoch * steps_per_epoch * per_step)
+        return data_lib.make_dataset(
+            data_config,
+            "train",
+            image_size=model_config.image_size,
+            batch_size=global_batch,
+            training=True,
+            input_context=ctx,
+            repeat=True,
+            skip_batches=start_epoch * steps_per_epoch * per_step,
+        )
 
     train_ds = strategy.distribute_datasets_from_function(train_input, options=input_options(strategy))
-    val_ds = data_lib.make_dataset(data_config, "val", image_size=model_config.image_size,
-                                   batch_size=global_batch, training=False, drop_remainder=False)
+    val_ds = data_lib.make_dataset(
+        data_config,
+        "val",
+        image_size=model_config.image_size,
+        batch_size=global_batch,
+        training=False,
+        drop_remainder=False,
+    )
 
     def build_train_step():  # rebuilt when a fine-tuning phase changes the trainable variables
-        step = make_train_step(model, optimizer, strategy, num_classes=num_classes, global_batch=global_batch,
-                               label_smoothing=train_config.label_smoothing,
-                               loss_scaling=train_config.mixed_precision == "float16", xla=train_config.xla,
-                               transform_gradients=finetune_plan.scale_gradients if finetune_plan else None)
+        step = make_train_step(
+            model,
+            optimizer,
+            strategy,
+            num_classes=num_classes,
+            global_batch=global_batch,
+            label_smoothing=train_config.label_smoothing,
+            loss_scaling=train_config.mixed_precision == "float16",
+            xla=train_config.xla,
+            transform_gradients=finetune_plan.scale_gradients if finetune_plan else None,
+        )
         return _peer_guard(step, strategy)
 
     train_step = build_train_step()
@@ -616,8 +716,10 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
                 if len(recent) == recent.maxlen and 1 - correct / count < WARMUP_ERROR:
                     lr_factor.assign(1.0)
                     warming_up = False
-                    log(f"low-rate start done at epoch {epoch} step {step}: training error {1 - correct / count:.3f} "
-                        f"< {WARMUP_ERROR}; learning rate back to the full schedule")
+                    log(
+                        f"low-rate start done at epoch {epoch} step {step}: training error {1 - correct / count:.3f} "
+                        f"< {WARMUP_ERROR}; learning rate back to the full schedule"
+                    )
             if bar:
                 bar.update(step, [("loss", totals[0] / totals[2]), ("accuracy", totals[1] / totals[2])])
         seconds = time.perf_counter() - epoch_start
@@ -625,9 +727,16 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         images_seen += int(totals[2])
         sync_statistics()
         val_loss, val_accuracy = validate()
-        row = dict(epoch=epoch, loss=float(totals[0] / totals[2]), accuracy=float(totals[1] / totals[2]),
-                   val_loss=float(val_loss), val_accuracy=float(val_accuracy), lr=lr, seconds=round(seconds, 3),
-                   finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        row = dict(
+            epoch=epoch,
+            loss=float(totals[0] / totals[2]),
+            accuracy=float(totals[1] / totals[2]),
+            val_loss=float(val_loss),
+            val_accuracy=float(val_accuracy),
+            lr=lr,
+            seconds=round(seconds, 3),
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
         history.append(row)
         with writer.as_default(step=epoch):
             for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
@@ -641,8 +750,10 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
         _write_history(history_path, history)
         epoch_var.assign(epoch)
         manager.save(checkpoint_number=epoch)
-        log(f"epoch {epoch}/{train_config.epochs}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
-            f"val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f} lr {lr:.4g} ({seconds:.1f} s)")
+        log(
+            f"epoch {epoch}/{train_config.epochs}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
+            f"val_loss {val_loss:.4f} val_accuracy {val_accuracy:.4f} lr {lr:.4g} ({seconds:.1f} s)"
+        )
 
     wall = time.perf_counter() - wall_start
     tmp = model_dir / ".model.tmp.keras"
@@ -653,19 +764,29 @@ def train(model_config: ModelConfig, data_config: DataConfig, train_config: Trai
     final = history[-1] if history else {}
     best_row = max(history, key=lambda row: row["val_accuracy"]) if history else {}
     metrics = dict(
-        model=model_config.name, dataset=data_config.dataset, epochs=len(history),
-        replicas=replicas, steps_per_epoch=steps_per_epoch, global_batch_size=global_batch,
-        final_loss=final.get("loss"), final_accuracy=final.get("accuracy"),
-        final_val_loss=final.get("val_loss"), final_val_accuracy=final.get("val_accuracy"),
-        best_val_accuracy=best_row.get("val_accuracy"), best_epoch=best_row.get("epoch"),
-        wall_seconds=round(wall, 3), trained_epochs_this_run=max(0, train_config.epochs - start_epoch),
+        model=model_config.name,
+        dataset=data_config.dataset,
+        epochs=len(history),
+        replicas=replicas,
+        steps_per_epoch=steps_per_epoch,
+        global_batch_size=global_batch,
+        final_loss=final.get("loss"),
+        final_accuracy=final.get("accuracy"),
+        final_val_loss=final.get("val_loss"),
+        final_val_accuracy=final.get("val_accuracy"),
+        best_val_accuracy=best_row.get("val_accuracy"),
+        best_epoch=best_row.get("epoch"),
+        wall_seconds=round(wall, 3),
+        trained_epochs_this_run=max(0, train_config.epochs - start_epoch),
         images_per_second=round(images_seen / train_seconds, 2) if train_seconds else None,
         total_train_seconds=round(sum(row["seconds"] for row in history), 3),
     )
     _write_atomic(model_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    log(f"Done: {metrics['epochs']} epochs, val accuracy {metrics['final_val_accuracy']:.4f} "
+    log(
+        f"Done: {metrics['epochs']} epochs, val accuracy {metrics['final_val_accuracy']:.4f} "
         f"(best {metrics['best_val_accuracy']:.4f} at epoch {metrics['best_epoch']}), "
-        f"{metrics['wall_seconds']:.1f} s, {metrics['images_per_second']} images/s; saved {run_dir / 'model.keras'}")
+        f"{metrics['wall_seconds']:.1f} s, {metrics['images_per_second']} images/s; saved {run_dir / 'model.keras'}"
+    )
     return metrics
 
 
@@ -696,8 +817,15 @@ def _load_trained_model(model_dir: Path, model_config: ModelConfig, weights: str
     raise UsageError(f"{model_dir} has no trained model (model.keras or best.weights.h5); train it first")
 
 
-def evaluate(model_dir: str | os.PathLike, data_config: DataConfig | None = None, split: str = "test", *,
-             batch_size: int = 128, weights: str = "final", write: bool = True) -> dict[str, Any]:
+def evaluate(
+    model_dir: str | os.PathLike,
+    data_config: DataConfig | None = None,
+    split: str = "test",
+    *,
+    batch_size: int = 128,
+    weights: str = "final",
+    write: bool = True,
+) -> dict[str, Any]:
     """Evaluates a run's model on `split`; returns loss, top-1, top-5, per-class accuracy and confusion.
 
     `data_config` defaults to the run's own; `weights` is "final" (model.keras) or "best"
@@ -717,11 +845,19 @@ def evaluate(model_dir: str | os.PathLike, data_config: DataConfig | None = None
 
     info = data_lib.describe(data_config)
     if info.num_classes != model_config.num_classes:
-        raise UsageError(f"dataset {data_config.dataset!r} has {info.num_classes} classes; "
-                         f"the model in {model_dir} predicts {model_config.num_classes}")
+        raise UsageError(
+            f"dataset {data_config.dataset!r} has {info.num_classes} classes; "
+            f"the model in {model_dir} predicts {model_config.num_classes}"
+        )
     model = _load_trained_model(model_dir, model_config, weights)
-    ds = data_lib.make_dataset(data_config, split, image_size=model_config.image_size, batch_size=batch_size,
-                               training=False, drop_remainder=False)
+    ds = data_lib.make_dataset(
+        data_config,
+        split,
+        image_size=model_config.image_size,
+        batch_size=batch_size,
+        training=False,
+        drop_remainder=False,
+    )
 
     @tf.function(autograph=False)
     def predict(images):
@@ -744,12 +880,17 @@ def evaluate(model_dir: str | os.PathLike, data_config: DataConfig | None = None
     names = list(info.class_names)
     support = confusion.sum(1)
     result = dict(
-        split=split, examples=count, loss=loss_sum / count,
+        split=split,
+        examples=count,
+        loss=loss_sum / count,
         accuracy=float(np.trace(confusion) / count),
         top5_accuracy=top5_hits / count if n >= 5 else None,
-        per_class_accuracy={name: (float(confusion[i, i] / support[i]) if support[i] else None)
-                            for i, name in enumerate(names)},
-        confusion_matrix=confusion.tolist(), class_names=names, weights=weights,
+        per_class_accuracy={
+            name: (float(confusion[i, i] / support[i]) if support[i] else None) for i, name in enumerate(names)
+        },
+        confusion_matrix=confusion.tolist(),
+        class_names=names,
+        weights=weights,
     )
     if write:
         _plot_confusion(model_dir / "confusion.png", confusion, names, split)

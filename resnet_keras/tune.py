@@ -43,8 +43,9 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from resnet_keras import specs
 from resnet_keras.config import SHORTCUTS, ModelConfig
@@ -68,8 +69,12 @@ class LogRange:
     high: float
 
     def __post_init__(self):
-        expect(_is_number(self.low) and _is_number(self.high) and 0 < self.low < self.high, "range",
-               f"{self.low}:{self.high}", "low:high with 0 < low < high")
+        expect(
+            _is_number(self.low) and _is_number(self.high) and 0 < self.low < self.high,
+            "range",
+            f"{self.low}:{self.high}",
+            "low:high with 0 < low < high",
+        )
 
     def to_json(self):
         return {"log_range": [float(self.low), float(self.high)]}
@@ -90,7 +95,7 @@ def _split(value) -> list:
 
 
 def parse_ints(value, field: str) -> tuple[int, ...]:
-    """"20,32,44", [20, 32] or 20 -> (20, 32, ...); UsageError for anything else."""
+    """ "20,32,44", [20, 32] or 20 -> (20, 32, ...); UsageError for anything else."""
     out = []
     for item in _split(value):
         try:
@@ -102,7 +107,7 @@ def parse_ints(value, field: str) -> tuple[int, ...]:
 
 
 def parse_floats(value, field: str, *, allow_range: bool = False) -> tuple[float, ...] | LogRange:
-    """"0.5,1,2" -> (0.5, 1.0, 2.0); with allow_range also "0.01:0.4" -> LogRange(0.01, 0.4)."""
+    """ "0.5,1,2" -> (0.5, 1.0, 2.0); with allow_range also "0.01:0.4" -> LogRange(0.01, 0.4)."""
     if isinstance(value, dict) and "log_range" in value:  # from search.json
         return LogRange(*value["log_range"])
     if allow_range and isinstance(value, str) and ":" in value:
@@ -130,7 +135,9 @@ def parse_count(value, field: str) -> int | None:
     """A parameter or multiply-add budget: 250000, "250k", "1.5M" or "2G"; None for no limit."""
     if value is None:
         return None
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgG]?)\s*", str(value).replace(",", "").replace("_", ""))
+    match = re.fullmatch(
+        r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgG]?)\s*", str(value).replace(",", "").replace("_", "")
+    )
     if not match or float(match.group(1)) * _SUFFIXES[match.group(2).lower()] < 1:
         raise UsageError(f"Received: {field}={value!r}; expected a positive count such as 250000, 250k, 1.5M or 2G.")
     return int(float(match.group(1)) * _SUFFIXES[match.group(2).lower()])
@@ -177,8 +184,10 @@ class SearchSpace:
         if family is None:
             families = {specs.default_family(d) for d in self.depths or () if is_int(d) and _valid_depth(d)}
             if len(families) > 1:
-                raise UsageError(f"Received: depths={list(self.depths)}; they belong to different families "
-                                 "(18/34/50/101/152 are ImageNet depths); give --family cifar or --family imagenet.")
+                raise UsageError(
+                    f"Received: depths={list(self.depths)}; they belong to different families "
+                    "(18/34/50/101/152 are ImageNet depths); give --family cifar or --family imagenet."
+                )
             family = families.pop() if families else "cifar"
         expect(family in specs.FAMILIES, "family", family, " or ".join(specs.FAMILIES))
         object.__setattr__(self, "family", family)
@@ -195,11 +204,19 @@ class SearchSpace:
         expect(all(is_int(d) for d in self.depths), "depths", self.depths, "integers")
         expect(all(_is_number(w) for w in self.widths), "widths", self.widths, "numbers")
         if not isinstance(self.learning_rates, LogRange):
-            expect(all(_is_number(v) and v > 0 for v in self.learning_rates), "learning_rates",
-                   self.learning_rates, "numbers > 0")
+            expect(
+                all(_is_number(v) and v > 0 for v in self.learning_rates),
+                "learning_rates",
+                self.learning_rates,
+                "numbers > 0",
+            )
         if not isinstance(self.weight_decays, LogRange):
-            expect(all(_is_number(v) and v >= 0 for v in self.weight_decays), "weight_decays",
-                   self.weight_decays, "numbers >= 0")
+            expect(
+                all(_is_number(v) and v >= 0 for v in self.weight_decays),
+                "weight_decays",
+                self.weight_decays,
+                "numbers >= 0",
+            )
         for shortcut in self.shortcuts:
             expect(shortcut in SHORTCUTS, "shortcuts", self.shortcuts, "values among 'A' (zero-pad), 'B' (projection)")
         for depth, width in itertools.product(self.depths, self.widths):
@@ -212,15 +229,23 @@ class SearchSpace:
         return [Architecture(d, w, s) for d, w, s in itertools.product(self.depths, self.widths, self.shortcuts)]
 
     def model_config(self, arch: Architecture, *, num_classes: int) -> ModelConfig:
-        return ModelConfig(depth=arch.depth, family=self.family, variant=self.variant, width=arch.width,
-                           shortcut=arch.shortcut, image_size=self.image_size, num_classes=num_classes)
+        return ModelConfig(
+            depth=arch.depth,
+            family=self.family,
+            variant=self.variant,
+            width=arch.width,
+            shortcut=arch.shortcut,
+            image_size=self.image_size,
+            num_classes=num_classes,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            out[field.name] = value.to_json() if isinstance(value, LogRange) else (
-                list(value) if isinstance(value, tuple) else value)
+            out[field.name] = (
+                value.to_json() if isinstance(value, LogRange) else (list(value) if isinstance(value, tuple) else value)
+            )
         return out
 
 
@@ -254,19 +279,39 @@ class TuneConfig:
     def __post_init__(self):
         expect(self.tuner in TUNERS, "tuner", self.tuner, "one of " + ", ".join(TUNERS))
         expect(self.objective in OBJECTIVES, "objective", self.objective, "one of " + ", ".join(OBJECTIVES))
-        expect(self.max_trials is None or (is_int(self.max_trials) and self.max_trials >= 1), "max_trials",
-               self.max_trials, "an integer >= 1")
-        expect(is_int(self.epochs_per_trial) and self.epochs_per_trial >= 1, "epochs_per_trial",
-               self.epochs_per_trial, "an integer >= 1")
+        expect(
+            self.max_trials is None or (is_int(self.max_trials) and self.max_trials >= 1),
+            "max_trials",
+            self.max_trials,
+            "an integer >= 1",
+        )
+        expect(
+            is_int(self.epochs_per_trial) and self.epochs_per_trial >= 1,
+            "epochs_per_trial",
+            self.epochs_per_trial,
+            "an integer >= 1",
+        )
         for field in ("max_params", "max_flops"):
             value = getattr(self, field)
             expect(value is None or (is_int(value) and value >= 1), field, value, "None or an integer >= 1")
-        expect(is_int(self.hyperband_factor) and self.hyperband_factor >= 2, "hyperband_factor",
-               self.hyperband_factor, "an integer >= 2")
-        expect(is_int(self.hyperband_iterations) and self.hyperband_iterations >= 1, "hyperband_iterations",
-               self.hyperband_iterations, "an integer >= 1")
-        expect(self.initial_points is None or (is_int(self.initial_points) and self.initial_points >= 1),
-               "initial_points", self.initial_points, "None or an integer >= 1")
+        expect(
+            is_int(self.hyperband_factor) and self.hyperband_factor >= 2,
+            "hyperband_factor",
+            self.hyperband_factor,
+            "an integer >= 2",
+        )
+        expect(
+            is_int(self.hyperband_iterations) and self.hyperband_iterations >= 1,
+            "hyperband_iterations",
+            self.hyperband_iterations,
+            "an integer >= 1",
+        )
+        expect(
+            self.initial_points is None or (is_int(self.initial_points) and self.initial_points >= 1),
+            "initial_points",
+            self.initial_points,
+            "None or an integer >= 1",
+        )
         expect(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
 
     @property
@@ -314,13 +359,19 @@ def _hypermodel_class():
             if self.by_label:
                 arch = self.by_label[hp.Choice("architecture", list(self.by_label))]
             else:
-                arch = Architecture(hp.Choice("depth", list(self.space.depths)),
-                                    hp.Choice("width", list(self.space.widths)),
-                                    hp.Choice("shortcut", list(self.space.shortcuts)))
+                arch = Architecture(
+                    hp.Choice("depth", list(self.space.depths)),
+                    hp.Choice("width", list(self.space.widths)),
+                    hp.Choice("shortcut", list(self.space.shortcuts)),
+                )
             learning_rate = _hp_number(hp, "learning_rate", self.space.learning_rates)
             weight_decay = _hp_number(hp, "weight_decay", self.space.weight_decays)
-            return TrialPlan(self.space.model_config(arch, num_classes=self.num_classes),
-                             float(learning_rate), float(weight_decay), arch)
+            return TrialPlan(
+                self.space.model_config(arch, num_classes=self.num_classes),
+                float(learning_rate),
+                float(weight_decay),
+                arch,
+            )
 
     return ResNetHyperModel
 
@@ -369,20 +420,29 @@ def _tuner_class():
             values = trial.hyperparameters.values
             plan = self.hypermodel.build(trial.hyperparameters)
             epochs = int(values.get("tuner/epochs", self.train_config.epochs))
-            train_config = dataclasses.replace(self.train_config, epochs=epochs, learning_rate=plan.learning_rate,
-                                               weight_decay=plan.weight_decay, family=plan.model_config.family)
+            train_config = dataclasses.replace(
+                self.train_config,
+                epochs=epochs,
+                learning_rate=plan.learning_rate,
+                weight_decay=plan.weight_decay,
+                family=plan.model_config.family,
+            )
             trial_dir = Path(self.get_trial_dir(trial.trial_id))
             run_dir = trial_dir / "run"
-            _write_json(trial_dir / "ran_by.json", dict(tuner_id=self.tuner_id, host=socket.gethostname(),
-                                                        pid=os.getpid()))
+            _write_json(
+                trial_dir / "ran_by.json", dict(tuner_id=self.tuner_id, host=socket.gethostname(), pid=os.getpid())
+            )
             if values.get("tuner/trial_id") and not run_dir.exists():
                 self._continue_from(values["tuner/trial_id"], int(values.get("tuner/initial_epoch", 0)), run_dir)
             prefix = f"[trial {trial.trial_id}] "
-            self.log(f"{prefix}{plan.model_config.name} shortcut {plan.architecture.shortcut}, "
-                     f"lr {plan.learning_rate:.4g}, weight decay {plan.weight_decay:.3g}, {epochs} epochs -> {run_dir}")
+            self.log(
+                f"{prefix}{plan.model_config.name} shortcut {plan.architecture.shortcut}, "
+                f"lr {plan.learning_rate:.4g}, weight decay {plan.weight_decay:.3g}, {epochs} epochs -> {run_dir}"
+            )
             try:
-                train_lib.train(plan.model_config, self.data_config, train_config, run_dir,
-                                log=lambda line: self.log(prefix + line))
+                train_lib.train(
+                    plan.model_config, self.data_config, train_config, run_dir, log=lambda line: self.log(prefix + line)
+                )
             except TrainingFailure as error:  # e.g. a learning rate so high the loss diverges
                 import keras_tuner
 
@@ -444,8 +504,9 @@ def measure(model_config: ModelConfig) -> dict[str, int]:
     return {"params": int(row["trainable_params"]), "multiply_adds": int(row["multiply_adds"])}
 
 
-def candidate_costs(space: SearchSpace, num_classes: int, cache: Path | None = None,
-                    log: Callable[[str], None] = print) -> dict[str, dict[str, int]]:
+def candidate_costs(
+    space: SearchSpace, num_classes: int, cache: Path | None = None, log: Callable[[str], None] = print
+) -> dict[str, dict[str, int]]:
     """{architecture label: {"params", "multiply_adds"}} for every candidate, cached in `cache`."""
     costs = json.loads(cache.read_text()) if cache and cache.exists() else {}
     missing = [arch for arch in space.architectures() if arch.label not in costs]
@@ -458,24 +519,36 @@ def candidate_costs(space: SearchSpace, num_classes: int, cache: Path | None = N
     return {arch.label: costs[arch.label] for arch in space.architectures()}
 
 
-def feasible_architectures(space: SearchSpace, costs: dict, max_params: int | None,
-                           max_flops: int | None) -> list[Architecture]:
+def feasible_architectures(
+    space: SearchSpace, costs: dict, max_params: int | None, max_flops: int | None
+) -> list[Architecture]:
     """The candidates within the limits, smallest first; UsageError when none is."""
     archs = space.architectures()
-    ok = [a for a in archs if (max_params is None or costs[a.label]["params"] <= max_params)
-          and (max_flops is None or costs[a.label]["multiply_adds"] <= max_flops)]
+    ok = [
+        a
+        for a in archs
+        if (max_params is None or costs[a.label]["params"] <= max_params)
+        and (max_flops is None or costs[a.label]["multiply_adds"] <= max_flops)
+    ]
     if not ok:
         small_p = min(archs, key=lambda a: costs[a.label]["params"])
         small_f = min(archs, key=lambda a: costs[a.label]["multiply_adds"])
         limits = []
         if max_params is not None:
-            limits.append(f"--max-params {max_params:,} (the smallest, {small_p.label}, has "
-                          f"{costs[small_p.label]['params']:,} parameters)")
+            limits.append(
+                f"--max-params {max_params:,} (the smallest, {small_p.label}, has "
+                f"{costs[small_p.label]['params']:,} parameters)"
+            )
         if max_flops is not None:
-            limits.append(f"--max-flops {max_flops:,} (the cheapest, {small_f.label}, needs "
-                          f"{costs[small_f.label]['multiply_adds']:,} multiply-adds)")
-        raise UsageError("no candidate meets the cost limit " + " and ".join(limits) +
-                         "; raise the limit or add smaller --depths/--widths.")
+            limits.append(
+                f"--max-flops {max_flops:,} (the cheapest, {small_f.label}, needs "
+                f"{costs[small_f.label]['multiply_adds']:,} multiply-adds)"
+            )
+        raise UsageError(
+            "no candidate meets the cost limit "
+            + " and ".join(limits)
+            + "; raise the limit or add smaller --depths/--widths."
+        )
     return sorted(ok, key=lambda a: (costs[a.label]["params"], costs[a.label]["multiply_adds"], a.label))
 
 
@@ -489,13 +562,15 @@ def _write_json(path: Path, data) -> None:
 
 
 def role() -> str:
-    """"chief" or "worker" in KerasTuner's distributed mode (KERASTUNER_* variables), else "single"."""
+    """ "chief" or "worker" in KerasTuner's distributed mode (KERASTUNER_* variables), else "single"."""
     if "KERASTUNER_ORACLE_IP" not in os.environ:
         return "single"
     for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
         if not os.environ.get(name):
-            raise UsageError(f"KERASTUNER_ORACLE_IP is set but {name} is not; distributed tuning needs "
-                             "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT.")
+            raise UsageError(
+                f"KERASTUNER_ORACLE_IP is set but {name} is not; distributed tuning needs "
+                "KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT."
+            )
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
 
 
@@ -506,19 +581,24 @@ def _prepare_results_dir(results_dir: Path, spec: dict, overwrite: bool, who: st
         try:
             old = json.loads(search_file.read_text())
         except ValueError as error:
-            raise UsageError(f"{search_file} is not a valid search file ({error}); use --overwrite or another "
-                             "--results-dir")
+            raise UsageError(
+                f"{search_file} is not a valid search file ({error}); use --overwrite or another --results-dir"
+            ) from None
         if overwrite and who != "worker":  # a worker never deletes the chief's results
             shutil.rmtree(results_dir)
         else:
             differing = _differences(old, spec)
             if differing:
-                raise UsageError(f"{results_dir} holds a different search ({'; '.join(differing)}); "
-                                 "use --overwrite or another --results-dir")
+                raise UsageError(
+                    f"{results_dir} holds a different search ({'; '.join(differing)}); "
+                    "use --overwrite or another --results-dir"
+                )
             return True
     elif results_dir.exists() and any(not p.name.startswith(".") for p in results_dir.iterdir()):
-        raise UsageError(f"{results_dir} exists, is not empty and is not a search directory (no {SEARCH_FILE}); "
-                         "use another --results-dir")
+        raise UsageError(
+            f"{results_dir} exists, is not empty and is not a search directory (no {SEARCH_FILE}); "
+            "use another --results-dir"
+        )
     results_dir.mkdir(parents=True, exist_ok=True)
     _write_json(search_file, spec)
     return False
@@ -553,9 +633,25 @@ class SearchResult:
     best_run: Path | None = None  # the best trial's run directory (resnet-keras export takes it)
 
 
-TABLE_FIELDS = ("rank", "trial", "status", "depth", "width", "shortcut", "learning_rate", "weight_decay",
-                "epochs", "params", "multiply_adds", "objective", "val_accuracy", "val_loss", "seconds",
-                "continued_from", "worker")
+TABLE_FIELDS = (
+    "rank",
+    "trial",
+    "status",
+    "depth",
+    "width",
+    "shortcut",
+    "learning_rate",
+    "weight_decay",
+    "epochs",
+    "params",
+    "multiply_adds",
+    "objective",
+    "val_accuracy",
+    "val_loss",
+    "seconds",
+    "continued_from",
+    "worker",
+)
 
 
 def _make_oracle(tune: TuneConfig):
@@ -566,10 +662,15 @@ def _make_oracle(tune: TuneConfig):
     if tune.tuner == "random":
         return keras_tuner.oracles.RandomSearchOracle(max_trials=tune.trial_limit, **common)
     if tune.tuner == "bayesian":
-        return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=tune.trial_limit,
-                                                              num_initial_points=tune.initial_points, **common)
-    oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=tune.epochs_per_trial, factor=tune.hyperband_factor,
-                                                 hyperband_iterations=tune.hyperband_iterations, **common)
+        return keras_tuner.oracles.BayesianOptimizationOracle(
+            max_trials=tune.trial_limit, num_initial_points=tune.initial_points, **common
+        )
+    oracle = keras_tuner.oracles.HyperbandOracle(
+        max_epochs=tune.epochs_per_trial,
+        factor=tune.hyperband_factor,
+        hyperband_iterations=tune.hyperband_iterations,
+        **common,
+    )
     oracle.max_trials = tune.trial_limit  # an optional cap on top of the bracket schedule
     return oracle
 
@@ -583,8 +684,16 @@ def _hyperband_min_epochs(tune: TuneConfig) -> int:
     return math.ceil(tune.epochs_per_trial / tune.hyperband_factor ** (brackets - 1))
 
 
-def search(space: SearchSpace, tune: TuneConfig, data_config, train_config, results_dir: str | os.PathLike, *,
-           overwrite: bool = False, log: Callable[[str], None] = print) -> SearchResult | None:
+def search(
+    space: SearchSpace,
+    tune: TuneConfig,
+    data_config,
+    train_config,
+    results_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> SearchResult | None:
     """Runs (or resumes) a search; returns the ranked trials, or None on a distributed worker.
 
     `train_config` is the base recipe (batch, strategy, precision, steps_per_epoch, seed); each trial
@@ -602,9 +711,14 @@ def search(space: SearchSpace, tune: TuneConfig, data_config, train_config, resu
         warmup = min(train_config.warmup_epochs, 0.5 * _hyperband_min_epochs(tune))
         train_config = dataclasses.replace(train_config, warmup_epochs=warmup)
     train_config = dataclasses.replace(train_config, epochs=tune.epochs_per_trial)
-    spec = {"format": SEARCH_FORMAT, "space": space.to_dict(), "tune": tune.to_dict(), "num_classes": info.num_classes,
-            "data": data_config.to_dict(),
-            "train": {k: v for k, v in train_config.to_dict().items() if k not in ("learning_rate", "weight_decay")}}
+    spec = {
+        "format": SEARCH_FORMAT,
+        "space": space.to_dict(),
+        "tune": tune.to_dict(),
+        "num_classes": info.num_classes,
+        "data": data_config.to_dict(),
+        "train": {k: v for k, v in train_config.to_dict().items() if k not in ("learning_rate", "weight_decay")},
+    }
     resuming = _prepare_results_dir(results_dir, spec, overwrite, who)
 
     costs: dict = {}
@@ -614,17 +728,29 @@ def search(space: SearchSpace, tune: TuneConfig, data_config, train_config, resu
         feasible = feasible_architectures(space, costs, tune.max_params, tune.max_flops)
         if len(feasible) < len(costs):
             architectures = feasible
-            log(f"{len(feasible)} of {len(costs)} candidate networks meet the cost limit: "
-                + ", ".join(a.label for a in feasible))
+            log(
+                f"{len(feasible)} of {len(costs)} candidate networks meet the cost limit: "
+                + ", ".join(a.label for a in feasible)
+            )
     hypermodel = _hypermodel_class()(space, info.num_classes, architectures)
-    tuner = _tuner_class()(oracle=_make_oracle(tune), hypermodel=hypermodel, directory=str(results_dir),
-                           project_name=PROJECT, overwrite=False, data_config=data_config,
-                           train_config=train_config, costs=costs, log=log)
+    tuner = _tuner_class()(
+        oracle=_make_oracle(tune),
+        hypermodel=hypermodel,
+        directory=str(results_dir),
+        project_name=PROJECT,
+        overwrite=False,
+        data_config=data_config,
+        train_config=train_config,
+        costs=costs,
+        log=log,
+    )
     if resuming and who != "worker":
         trials = tuner.oracle.trials.values()
         done = sum(t.status in ("COMPLETED", "FAILED") for t in trials)
-        log(f"Resuming the search in {results_dir}: {done} finished trials are kept"
-            + (f", {len(trials) - done} interrupted trial(s) restart" if len(trials) > done else ""))
+        log(
+            f"Resuming the search in {results_dir}: {done} finished trials are kept"
+            + (f", {len(trials) - done} interrupted trial(s) restart" if len(trials) > done else "")
+        )
     try:
         tuner.search()
     except _FatalUsage as error:
@@ -647,22 +773,32 @@ def _trial_rows(tuner, space: SearchSpace, tune: TuneConfig, costs: dict) -> lis
     by_label = {arch.label: arch for arch in space.architectures()}
     for trial in tuner.oracle.trials.values():
         values = trial.hyperparameters.values
-        arch = by_label[values["architecture"]] if "architecture" in values else Architecture(
-            values["depth"], values["width"], values["shortcut"])
+        arch = (
+            by_label[values["architecture"]]
+            if "architecture" in values
+            else Architecture(values["depth"], values["width"], values["shortcut"])
+        )
 
-        def metric(name):
+        def metric(name, trial=trial):
             return trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
 
         cost = costs.get(arch.label, {})
         ran_by = Path(tuner.get_trial_dir(trial.trial_id)) / "ran_by.json"
         row = dict(
-            trial=trial.trial_id, status=trial.status, depth=arch.depth, width=arch.width, shortcut=arch.shortcut,
-            learning_rate=values["learning_rate"], weight_decay=values["weight_decay"],
+            trial=trial.trial_id,
+            status=trial.status,
+            depth=arch.depth,
+            width=arch.width,
+            shortcut=arch.shortcut,
+            learning_rate=values["learning_rate"],
+            weight_decay=values["weight_decay"],
             epochs=int(metric("epochs")) if metric("epochs") is not None else values.get("tuner/epochs"),
             params=int(metric("params") or cost.get("params") or 0) or None,
             multiply_adds=int(metric("multiply_adds") or cost.get("multiply_adds") or 0) or None,
             objective=metric(tune.objective) if trial.status == "COMPLETED" else None,
-            val_accuracy=metric("val_accuracy"), val_loss=metric("val_loss"), seconds=metric("seconds"),
+            val_accuracy=metric("val_accuracy"),
+            val_loss=metric("val_loss"),
+            seconds=metric("seconds"),
             continued_from=values.get("tuner/trial_id"),
             worker=json.loads(ran_by.read_text()).get("tuner_id") if ran_by.exists() else None,
         )
@@ -678,24 +814,41 @@ def _best_yaml(best: dict, space: SearchSpace, data_config, train_config, tune: 
     import yaml
 
     config = dict(
-        depth=best["depth"], family=space.family, variant=space.variant, width=best["width"],
-        shortcut=best["shortcut"], image_size=space.image_size,
+        depth=best["depth"],
+        family=space.family,
+        variant=space.variant,
+        width=best["width"],
+        shortcut=best["shortcut"],
+        image_size=space.image_size,
         dataset=data_config.dataset,
         data_dir=os.path.abspath(data_config.data_dir) if data_config.data_dir else None,
-        val_split=data_config.val_split, validation_fraction=data_config.validation_fraction,
-        deterministic=data_config.deterministic, skip_corrupt=data_config.skip_corrupt,
-        recipe=train_config.recipe, epochs=best["epochs"] or train_config.epochs, batch_size=train_config.batch_size,
-        lr=float(best["learning_rate"]), weight_decay=float(best["weight_decay"]),
-        label_smoothing=train_config.label_smoothing, warmup_epochs=train_config.warmup_epochs,
-        strategy=train_config.strategy, mixed_precision=train_config.mixed_precision, xla=train_config.xla,
+        val_split=data_config.val_split,
+        validation_fraction=data_config.validation_fraction,
+        deterministic=data_config.deterministic,
+        skip_corrupt=data_config.skip_corrupt,
+        recipe=train_config.recipe,
+        epochs=best["epochs"] or train_config.epochs,
+        batch_size=train_config.batch_size,
+        lr=float(best["learning_rate"]),
+        weight_decay=float(best["weight_decay"]),
+        label_smoothing=train_config.label_smoothing,
+        warmup_epochs=train_config.warmup_epochs,
+        strategy=train_config.strategy,
+        mixed_precision=train_config.mixed_precision,
+        xla=train_config.xla,
         seed=train_config.seed,
     )
     config = {key: value for key, value in config.items() if value is not None}
-    steps = (f"\n# Trials ran {train_config.steps_per_epoch} steps per epoch; train runs full epochs."
-             if train_config.steps_per_epoch else "")
-    header = (f"# Best trial {best['trial']} of a {tune.tuner} search: {tune.objective} {best['objective']:.4f}, "
-              f"{best['params']:,} parameters, {best['multiply_adds']:,} multiply-adds.\n"
-              f"# resnet-keras train --config best.yaml  (epochs is the trial's; pass --epochs N for a full run){steps}\n")
+    steps = (
+        f"\n# Trials ran {train_config.steps_per_epoch} steps per epoch; train runs full epochs."
+        if train_config.steps_per_epoch
+        else ""
+    )
+    header = (
+        f"# Best trial {best['trial']} of a {tune.tuner} search: {tune.objective} {best['objective']:.4f}, "
+        f"{best['params']:,} parameters, {best['multiply_adds']:,} multiply-adds.\n"
+        f"# resnet-keras train --config best.yaml  (epochs is the trial's; pass --epochs N for a full run){steps}\n"
+    )
     return header + yaml.safe_dump(config, sort_keys=False)
 
 
@@ -714,11 +867,21 @@ def _plot(path: Path, rows: list[dict], tune: TuneConfig) -> None:
         for shortcut, marker in (("A", "o"), ("B", "s")):
             pts = [r for r in done if r["shortcut"] == shortcut]
             if pts:
-                ax.scatter([r[key] for r in pts], [r["objective"] for r in pts], marker=marker, alpha=0.8,
-                           label=f"shortcut {shortcut}")
+                ax.scatter(
+                    [r[key] for r in pts],
+                    [r["objective"] for r in pts],
+                    marker=marker,
+                    alpha=0.8,
+                    label=f"shortcut {shortcut}",
+                )
         for r in done:
-            ax.annotate(f"{r['depth']}x{r['width']:g}", (r[key], r["objective"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
+            ax.annotate(
+                f"{r['depth']}x{r['width']:g}",
+                (r[key], r["objective"]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(3, 3),
+            )
         # The frontier: the best objective reached at or below each size.
         front, best = [], None
         for r in sorted(done, key=lambda r: r[key]):
@@ -726,8 +889,14 @@ def _plot(path: Path, rows: list[dict], tune: TuneConfig) -> None:
                 best = r["objective"]
                 front.append((r[key], best))
         if front:
-            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="grey", alpha=0.6,
-                    label="best so far by size")
+            ax.step(
+                [p[0] for p in front],
+                [p[1] for p in front],
+                where="post",
+                color="grey",
+                alpha=0.6,
+                label="best so far by size",
+            )
         ax.set(xscale="log", xlabel=label, ylabel=tune.objective, title=f"{tune.objective} vs {label}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -739,8 +908,16 @@ def _plot(path: Path, rows: list[dict], tune: TuneConfig) -> None:
     _write_atomic(path, buffer.getvalue())
 
 
-def write_reports(tuner, space: SearchSpace, tune: TuneConfig, data_config, train_config, results_dir: Path,
-                  costs: dict, log: Callable[[str], None] = print) -> SearchResult:
+def write_reports(
+    tuner,
+    space: SearchSpace,
+    tune: TuneConfig,
+    data_config,
+    train_config,
+    results_dir: Path,
+    costs: dict,
+    log: Callable[[str], None] = print,
+) -> SearchResult:
     """trials.csv (ranked), best.yaml and objective_vs_size.png from the oracle's trials."""
     from resnet_keras.train import _write_atomic
 

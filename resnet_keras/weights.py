@@ -26,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -51,8 +51,12 @@ KERAS_BN_EPSILON = 1.001e-5
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 # (convolutions, batch norms) in a Keras 3 `.weights.h5`, whose layer names are not the model's.
 _LAYER_COUNTS = {
-    (53, 53): "resnet50", (104, 104): "resnet101", (155, 155): "resnet152",
-    (53, 49): "resnet50v2", (104, 100): "resnet101v2", (155, 151): "resnet152v2",
+    (53, 53): "resnet50",
+    (104, 104): "resnet101",
+    (155, 155): "resnet152",
+    (53, 49): "resnet50v2",
+    (104, 100): "resnet101v2",
+    (155, 151): "resnet152v2",
 }
 
 
@@ -61,8 +65,10 @@ def app_for(depth: int, variant: str) -> str:
     for name, (app_depth, app_variant, _) in KERAS_APPS.items():
         if (app_depth, app_variant) == (depth, variant):
             return name
-    raise UsageError(f"Received: depth={depth}, variant={variant!r}; keras.applications has ImageNet weights "
-                     "only for depth 50/101/152 with variant 'v1' or 'v2' (" + ", ".join(KERAS_APPS) + ")")
+    raise UsageError(
+        f"Received: depth={depth}, variant={variant!r}; keras.applications has ImageNet weights "
+        "only for depth 50/101/152 with variant 'v1' or 'v2' (" + ", ".join(KERAS_APPS) + ")"
+    )
 
 
 def check_app(name: str) -> str:
@@ -76,16 +82,25 @@ def describe_app(name: str) -> str:
     return f"keras.applications {KERAS_APPS[name][2]}"
 
 
-def model_config_for(app: str, *, image_size: int = 224, include_top: bool = True,
-                     num_classes: int = 1000, **overrides) -> ModelConfig:
+def model_config_for(
+    app: str, *, image_size: int = 224, include_top: bool = True, num_classes: int = 1000, **overrides
+) -> ModelConfig:
     """Our ModelConfig that holds `app`'s weights exactly (ImageNet stem at any image size)."""
     depth, variant, _ = KERAS_APPS[check_app(app)]
     caffe = variant == "v1"
     return ModelConfig(
-        depth=depth, family="imagenet", variant=variant, shortcut="B", stem="imagenet",
-        image_size=image_size, num_classes=num_classes, include_top=include_top,
-        input_mean=CAFFE_MEAN_RGB if caffe else TF_MEAN, input_std=(1.0, 1.0, 1.0) if caffe else TF_STD,
-        layout="paper" if caffe else "keras", **overrides,
+        depth=depth,
+        family="imagenet",
+        variant=variant,
+        shortcut="B",
+        stem="imagenet",
+        image_size=image_size,
+        num_classes=num_classes,
+        include_top=include_top,
+        input_mean=CAFFE_MEAN_RGB if caffe else TF_MEAN,
+        input_std=(1.0, 1.0, 1.0) if caffe else TF_STD,
+        layout="paper" if caffe else "keras",
+        **overrides,
     )
 
 
@@ -94,8 +109,12 @@ def build_keras_app(app: str, *, include_top: bool = True, image_size: int = 224
     import keras
 
     constructor = getattr(keras.applications, KERAS_APPS[check_app(app)][2])
-    return constructor(weights=None, include_top=include_top, input_shape=(image_size, image_size, 3),
-                       classifier_activation=None if logits else "softmax")
+    return constructor(
+        weights=None,
+        include_top=include_top,
+        input_shape=(image_size, image_size, 3),
+        classifier_activation=None if logits else "softmax",
+    )
 
 
 def keras_preprocess(app: str, images):
@@ -128,8 +147,10 @@ def inspect_weights_file(path: str | os.PathLike) -> tuple[str, bool]:
                 counts = (kinds.count("conv2d"), kinds.count("batch_normalization"))
                 if counts in _LAYER_COUNTS:
                     return _LAYER_COUNTS[counts], "dense" in kinds
-                raise UsageError(f"{path} holds {counts[0]} convolutions and {counts[1]} batch norms; expected "
-                                 "a keras.applications ResNet (ResNet-50: 53 and 53, ResNet50V2: 53 and 49)")
+                raise UsageError(
+                    f"{path} holds {counts[0]} convolutions and {counts[1]} batch norms; expected "
+                    "a keras.applications ResNet (ResNet-50: 53 and 53, ResNet50V2: 53 and 49)"
+                )
     except OSError as error:
         raise UsageError(f"{path} is not an HDF5 weights file ({str(error).splitlines()[0]})") from None
     raise UsageError(f"{path} is not a Keras weights file (no layer_names and no layers group)")
@@ -151,8 +172,10 @@ def _app_from_names(path: Path, names: set[str]) -> str:
 
         if app_variant == variant and specs.IMAGENET_DEPTHS[depth][1] == counts:
             return app
-    raise UsageError(f"{path} holds a ResNet with {'/'.join(map(str, counts))} blocks per stage; expected a "
-                     "keras.applications ResNet (50: 3/4/6/3, 101: 3/4/23/3, 152: 3/8/36/3)")
+    raise UsageError(
+        f"{path} holds a ResNet with {'/'.join(map(str, counts))} blocks per stage; expected a "
+        "keras.applications ResNet (50: 3/4/6/3, 101: 3/4/23/3, 152: 3/8/36/3)"
+    )
 
 
 def imagenet_weights_file(app: str, *, include_top: bool = True, log: Callable[[str], None] = print) -> str:
@@ -168,10 +191,13 @@ def imagenet_weights_file(app: str, *, include_top: bool = True, log: Callable[[
     if cached.is_file():
         return str(cached)
     if not _network_available(WEIGHTS_URL + fname):
-        raise UsageError(f"ImageNet weights for {app} are not in the Keras cache ({cached}) and there is no "
-                         f"network to download them; copy {fname} there (from {WEIGHTS_URL}) or pass the file's path")
+        raise UsageError(
+            f"ImageNet weights for {app} are not in the Keras cache ({cached}) and there is no "
+            f"network to download them; copy {fname} there (from {WEIGHTS_URL}) or pass the file's path"
+        )
     try:
         from keras.src.applications.resnet import WEIGHTS_HASHES
+
         file_hash = WEIGHTS_HASHES[app][0 if include_top else 1]
     except (ImportError, KeyError):
         file_hash = None
@@ -238,8 +264,10 @@ def convert_weights(keras_model, app: str, model) -> dict[str, list[np.ndarray]]
     missing = sorted(set(theirs) - set(ours))
     extra = sorted(set(ours) - set(theirs))
     if missing or extra:
-        raise UsageError(f"the weights of {source} ({len(theirs)} weighted layers) do not fit {model.name} "
-                         f"({len(ours)}): {_first(missing, 'not in our model')}{_first(extra, 'not in the weights')}")
+        raise UsageError(
+            f"the weights of {source} ({len(theirs)} weighted layers) do not fit {model.name} "
+            f"({len(ours)}): {_first(missing, 'not in our model')}{_first(extra, 'not in the weights')}"
+        )
     folded: dict[str, np.ndarray] = {}
     result: dict[str, list[np.ndarray]] = {}
     for name, layer in theirs.items():  # convs first: their biases fold into the BN that follows
@@ -253,13 +281,16 @@ def convert_weights(keras_model, app: str, model) -> dict[str, list[np.ndarray]]
             elif layer.use_bias:
                 bn_name = name[: -len("_conv")] + "_bn"
                 if not (name.endswith("_conv") and isinstance(ours.get(bn_name), layers.BatchNormalization)):
-                    raise UsageError(f"{source}: {name} has a bias and our {model.name} has no BN after it to fold it into")
+                    raise UsageError(
+                        f"{source}: {name} has a bias and our {model.name} has no BN after it to fold it into"
+                    )
                 folded[bn_name] = layer.bias.numpy()
             result[name] = values
     for name, layer in theirs.items():
         if isinstance(layer, layers.BatchNormalization):
-            gamma, beta, mean, variance = (w.numpy() for w in (layer.gamma, layer.beta, layer.moving_mean,
-                                                                 layer.moving_variance))
+            gamma, beta, mean, variance = (
+                w.numpy() for w in (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance)
+            )
             mean = mean - folded.get(name, 0.0)  # BN(Wx + b; m) == BN(Wx; m - b)
             variance = variance + (layer.epsilon - ours[name].epsilon)
             result[name] = [gamma, beta, mean, variance]
@@ -269,8 +300,9 @@ def convert_weights(keras_model, app: str, model) -> dict[str, list[np.ndarray]]
         expected = [tuple(w.shape) for w in ours[name].weights]
         found = [tuple(v.shape) for v in values]
         if expected != found:
-            raise UsageError(f"the weights of {source} do not fit {model.name}: layer {name} has shapes {found}, "
-                             f"expected {expected}")
+            raise UsageError(
+                f"the weights of {source} do not fit {model.name}: layer {name} has shapes {found}, expected {expected}"
+            )
     return result
 
 
@@ -316,16 +348,19 @@ def resolve_keras_source(source: str, *, app: str | None = None) -> KerasSource:
             raise UsageError(f"Received: {source}; expected weights for {describe_app(check_app(app))}")
         return KerasSource(key, "imagenet", True)
     if not os.path.exists(source) and not source.endswith((".h5", ".hdf5")):
-        raise UsageError(f"Received: {source!r}; expected a keras.applications ResNet: {', '.join(KERAS_APPS)}, "
-                         "or a weights .h5 file of one")
+        raise UsageError(
+            f"Received: {source!r}; expected a keras.applications ResNet: {', '.join(KERAS_APPS)}, "
+            "or a weights .h5 file of one"
+        )
     found, top = inspect_weights_file(source)
     if app is not None and check_app(app) != found:
         raise UsageError(f"{source} holds {describe_app(found)} weights; expected {describe_app(check_app(app))}")
     return KerasSource(found, os.path.abspath(source), top)
 
 
-def load_keras_weights(source: KerasSource, *, include_top: bool | None = None,
-                       log: Callable[[str], None] = print) -> tuple[dict[str, list[np.ndarray]], ModelConfig]:
+def load_keras_weights(
+    source: KerasSource, *, include_top: bool | None = None, log: Callable[[str], None] = print
+) -> tuple[dict[str, list[np.ndarray]], ModelConfig]:
     """Our layer weights for `source` and the ModelConfig that holds them (image_size 224).
 
     `include_top=False` drops the 1000-class head (fine-tuning); a notop file has none.
@@ -364,8 +399,15 @@ def import_keras_model(source: KerasSource, *, image_size: int = 224, log: Calla
     return model, config
 
 
-def convert(source: str, output: str | os.PathLike, *, app: str | None = None, image_size: int = 224,
-            overwrite: bool = False, log: Callable[[str], None] = print) -> ModelConfig:
+def convert(
+    source: str,
+    output: str | os.PathLike,
+    *,
+    app: str | None = None,
+    image_size: int = 224,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> ModelConfig:
     """Writes `source` (see `resolve_keras_source`) as our `.keras` model: raw RGB 0-255 in, logits out.
 
     The file is written to a hidden sibling and renamed, so a failure leaves nothing behind.
@@ -387,6 +429,8 @@ def convert(source: str, output: str | os.PathLike, *, app: str | None = None, i
         if tmp.exists():
             tmp.unlink()
     what = "logits [batch, 1000]" if config.include_top else "per-stage features (notop weights)"
-    log(f"Wrote {output}: {describe_app(resolved.app)} as {config.name} ({config.layout} layout), "
-        f"raw RGB 0-255 [batch, {image_size}, {image_size}, 3] in, {what} out")
+    log(
+        f"Wrote {output}: {describe_app(resolved.app)} as {config.name} ({config.layout} layout), "
+        f"raw RGB 0-255 [batch, {image_size}, {image_size}, 3] in, {what} out"
+    )
     return config

@@ -20,8 +20,12 @@ from resnet_keras.benchmark import BenchmarkConfig, _alternate, _Ours, data_conf
 
 
 def keras_batch_norm(x, *, zero_gamma=False, name):
-    return layers.BatchNormalization(momentum=blocks.BN_MOMENTUM, epsilon=blocks.BN_EPSILON,
-                                     gamma_initializer="zeros" if zero_gamma else "ones", name=name)(x)
+    return layers.BatchNormalization(
+        momentum=blocks.BN_MOMENTUM,
+        epsilon=blocks.BN_EPSILON,
+        gamma_initializer="zeros" if zero_gamma else "ones",
+        name=name,
+    )(x)
 
 
 def main():
@@ -48,11 +52,23 @@ def main():
         times = _alternate([keras_bn, fused_bn], mode, args.steps, 2)
         slow, fast = np.median(times["keras_bn"]), np.median(times["fused_bn"])
         paired = np.median([k / f for k, f in zip(times["keras_bn"], times["fused_bn"])])
-        print(json.dumps(dict(preset=args.preset, mode=mode, batch_size=args.batch_size, xla=args.xla,
-                              keras_bn_images_per_sec=round(args.batch_size / slow, 2),
-                              fused_images_per_sec=round(args.batch_size / fast, 2),
-                              fused_over_keras=round(slow / fast, 3), paired=round(float(paired), 3),
-                              load_avg_before=load, load_avg_after=os.getloadavg())), flush=True)
+        print(
+            json.dumps(
+                dict(
+                    preset=args.preset,
+                    mode=mode,
+                    batch_size=args.batch_size,
+                    xla=args.xla,
+                    keras_bn_images_per_sec=round(args.batch_size / slow, 2),
+                    fused_images_per_sec=round(args.batch_size / fast, 2),
+                    fused_over_keras=round(slow / fast, 3),
+                    paired=round(float(paired), 3),
+                    load_avg_before=load,
+                    load_avg_after=os.getloadavg(),
+                )
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

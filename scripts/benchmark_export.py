@@ -37,9 +37,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from resnet_keras import export as export_lib  # noqa: E402  (first: it turns on TensorFlow's oneDNN kernels)
-import tensorflow as tf  # noqa: E402
 from resnet_keras.config import ModelConfig  # noqa: E402
 from resnet_keras.data import DataConfig, describe, make_dataset  # noqa: E402
 from resnet_keras.models import build_model  # noqa: E402
@@ -78,20 +78,47 @@ def bench(name: str, run_dir: Path, out: Path, args) -> list[dict]:
     size = run.model_config.image_size
     records = []
     saved = export_lib.export_saved_model(run_dir, out / "saved_models", log=log)
-    records.append(dict(model=name, format="saved_model", size_bytes=dir_size(Path(saved["path"])),
-                        max_probability_difference=saved["max_probability_difference"], checked_on=saved["checked_on"]))
+    records.append(
+        dict(
+            model=name,
+            format="saved_model",
+            size_bytes=dir_size(Path(saved["path"])),
+            max_probability_difference=saved["max_probability_difference"],
+            checked_on=saved["checked_on"],
+        )
+    )
     runners = {}
     for quantize in export_lib.QUANTIZATIONS:
         path = out / f"{name}_{quantize}.tflite"
         t0 = time.perf_counter()
-        report = export_lib.export_tflite(run_dir, path, quantize=quantize, eval_samples=args.eval_samples,
-                                          calibration_samples=args.calibration_samples, max_accuracy_drop=100,
-                                          log=log)
-        records.append(dict(model=name, format=f"tflite_{'float32' if quantize == 'none' else quantize}",
-                            export_seconds=round(time.perf_counter() - t0, 1),
-                            **{k: report.get(k) for k in ("size_bytes", "eval_images", "keras_accuracy", "accuracy",
-                                                          "top1_agreement", "max_probability_difference",
-                                                          "input_dtype")}))
+        report = export_lib.export_tflite(
+            run_dir,
+            path,
+            quantize=quantize,
+            eval_samples=args.eval_samples,
+            calibration_samples=args.calibration_samples,
+            max_accuracy_drop=100,
+            log=log,
+        )
+        records.append(
+            dict(
+                model=name,
+                format=f"tflite_{'float32' if quantize == 'none' else quantize}",
+                export_seconds=round(time.perf_counter() - t0, 1),
+                **{
+                    k: report.get(k)
+                    for k in (
+                        "size_bytes",
+                        "eval_images",
+                        "keras_accuracy",
+                        "accuracy",
+                        "top1_agreement",
+                        "max_probability_difference",
+                        "input_dtype",
+                    )
+                },
+            )
+        )
         runners[records[-1]["format"]] = export_lib.TFLiteRunner(model_path=str(path), num_threads=args.threads)
 
     # Latency, batch 1, alternating rounds over the formats.
@@ -101,10 +128,12 @@ def bench(name: str, run_dir: Path, out: Path, args) -> list[dict]:
     serving = loaded.signatures[export_lib.PIXELS_SIGNATURE]
     model = run.model
     keras_call = tf.function(lambda x: model(x, training=False))
-    calls = {"keras": lambda: keras_call(tf.cast(pixels, tf.float32)).numpy(),
-             "saved_model": lambda: serving(image=pixels)["probabilities"].numpy()}
+    calls = {
+        "keras": lambda: keras_call(tf.cast(pixels, tf.float32)).numpy(),
+        "saved_model": lambda: serving(image=pixels)["probabilities"].numpy(),
+    }
     for fmt, runner in runners.items():
-        calls[fmt] = (lambda r=runner: r(image))
+        calls[fmt] = lambda r=runner: r(image)
     times = {fmt: [] for fmt in calls}
     for round_index in range(args.warmup + args.runs):
         for fmt, call in calls.items():
@@ -117,8 +146,12 @@ def bench(name: str, run_dir: Path, out: Path, args) -> list[dict]:
     for fmt, values in times.items():
         ms = np.array(values) * 1e3
         q1, med, q3 = np.percentile(ms, [25, 50, 75])
-        latency[fmt] = dict(latency_ms_median=round(med, 3), latency_ms_iqr=round(q3 - q1, 3), runs=len(ms),
-                            speedup_vs_keras=round(anchor * 1e3 / med, 3))
+        latency[fmt] = dict(
+            latency_ms_median=round(med, 3),
+            latency_ms_iqr=round(q3 - q1, 3),
+            runs=len(ms),
+            speedup_vs_keras=round(anchor * 1e3 / med, 3),
+        )
     records.insert(0, dict(model=name, format="keras", **latency["keras"]))
     for record in records[1:]:
         record.update(latency[record["format"]])
@@ -162,10 +195,21 @@ def main():
             for record in bench(name, run_dir, out / name, args):
                 print(json.dumps(record), flush=True)
                 records.append(record)
-    print(json.dumps(dict(summary=True, load_avg_before=[round(v, 2) for v in load_before],
-                          load_avg_after=[round(v, 2) for v in os.getloadavg()], cpus=os.cpu_count(),
-                          machine=platform.machine(), tensorflow=tf.__version__, runs=args.runs,
-                          tflite_threads=args.threads)), flush=True)
+    print(
+        json.dumps(
+            dict(
+                summary=True,
+                load_avg_before=[round(v, 2) for v in load_before],
+                load_avg_after=[round(v, 2) for v in os.getloadavg()],
+                cpus=os.cpu_count(),
+                machine=platform.machine(),
+                tensorflow=tf.__version__,
+                runs=args.runs,
+                tflite_threads=args.threads,
+            )
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

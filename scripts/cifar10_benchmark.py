@@ -57,10 +57,14 @@ def main(argv=None) -> int:
     parser.add_argument("--label-smoothing", type=float, default=None)
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "resnet-keras-cifar10"),
-                        help="where the archive is unpacked (once)")
-    parser.add_argument("--data-root", default=None,
-                        help="use this image folder instead of the unpacked archive (e.g. cifar10-mini)")
+    parser.add_argument(
+        "--cache-dir",
+        default=os.path.join(tempfile.gettempdir(), "resnet-keras-cifar10"),
+        help="where the archive is unpacked (once)",
+    )
+    parser.add_argument(
+        "--data-root", default=None, help="use this image folder instead of the unpacked archive (e.g. cifar10-mini)"
+    )
     parser.add_argument("--model-dir", default=None, help="run directory (default: a fresh temp dir)")
     parser.add_argument("--json-out", default=None, help="also write the summary to this file")
     args = parser.parse_args(argv)
@@ -76,10 +80,17 @@ def main(argv=None) -> int:
     data_config = DataConfig(dataset="folder", data_dir=str(root), validation_fraction=0.1, seed=args.seed)
     info = describe(data_config)
     model_config = ModelConfig.preset(args.preset, num_classes=10)
-    train_config = TrainConfig(recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size,
-                               learning_rate=args.lr, warmup_epochs=args.warmup_epochs, xla=args.xla,
-                               weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                               seed=args.seed)
+    train_config = TrainConfig(
+        recipe=args.recipe,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_epochs=args.warmup_epochs,
+        xla=args.xla,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        seed=args.seed,
+    )
     model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="cifar10-benchmark-"))
     epoch_walls: list[float] = []
 
@@ -98,23 +109,42 @@ def main(argv=None) -> int:
     at_reference_budget = None
     for row, wall in zip(history, epoch_walls):
         train_seconds += float(row["seconds"])
-        record = dict(kind="epoch", epoch=int(row["epoch"]), train_seconds=round(train_seconds, 1),
-                      wall_seconds=round(wall, 1), loss=float(row["loss"]), accuracy=float(row["accuracy"]),
-                      val_accuracy=float(row["val_accuracy"]), lr=float(row["lr"]))
+        record = dict(
+            kind="epoch",
+            epoch=int(row["epoch"]),
+            train_seconds=round(train_seconds, 1),
+            wall_seconds=round(wall, 1),
+            loss=float(row["loss"]),
+            accuracy=float(row["accuracy"]),
+            val_accuracy=float(row["val_accuracy"]),
+            lr=float(row["lr"]),
+        )
         print(json.dumps(record), flush=True)
         if train_seconds <= REFERENCE["train_minutes"] * 60:
             at_reference_budget = record["val_accuracy"]
     summary = dict(
-        kind="summary", model=model_config.name, recipe=args.recipe, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=train_config.learning_rate, xla=args.xla,
-        weight_decay=train_config.weight_decay, warmup_epochs=train_config.warmup_epochs,
+        kind="summary",
+        model=model_config.name,
+        recipe=args.recipe,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=train_config.learning_rate,
+        xla=args.xla,
+        weight_decay=train_config.weight_decay,
+        warmup_epochs=train_config.warmup_epochs,
         label_smoothing=train_config.label_smoothing,
-        train_examples=info.num_train, val_examples=info.num_val,
-        final_val_accuracy=metrics["final_val_accuracy"], best_val_accuracy=metrics["best_val_accuracy"],
-        train_minutes=round(train_seconds / 60, 2), wall_minutes=round((time.perf_counter() - wall_start) / 60, 2),
-        unpack_seconds=round(unpack_seconds, 1), images_per_second=metrics["images_per_second"],
-        val_accuracy_within_reference_minutes=at_reference_budget, reference=REFERENCE,
-        load_average=os.getloadavg(), model_dir=str(model_dir),
+        train_examples=info.num_train,
+        val_examples=info.num_val,
+        final_val_accuracy=metrics["final_val_accuracy"],
+        best_val_accuracy=metrics["best_val_accuracy"],
+        train_minutes=round(train_seconds / 60, 2),
+        wall_minutes=round((time.perf_counter() - wall_start) / 60, 2),
+        unpack_seconds=round(unpack_seconds, 1),
+        images_per_second=metrics["images_per_second"],
+        val_accuracy_within_reference_minutes=at_reference_budget,
+        reference=REFERENCE,
+        load_average=os.getloadavg(),
+        model_dir=str(model_dir),
     )
     print(json.dumps(summary), flush=True)
     if args.json_out:

@@ -73,12 +73,17 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ours, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     usage="%(prog)s [--workers N] [--worker-timeout S] -- <resnet-keras train options>")
+    ours, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        usage="%(prog)s [--workers N] [--worker-timeout S] -- <resnet-keras train options>",
+    )
     parser.add_argument("--workers", type=int, default=2, help="Worker processes to start (default 2).")
-    parser.add_argument("--worker-timeout", type=float,
-                        help="Seconds a worker waits for its peers before failing (RESNET_KERAS_WORKER_TIMEOUT).")
+    parser.add_argument(
+        "--worker-timeout",
+        type=float,
+        help="Seconds a worker waits for its peers before failing (RESNET_KERAS_WORKER_TIMEOUT).",
+    )
     args = parser.parse_args(ours)
     if args.workers < 1:
         parser.error(f"Received: --workers {args.workers}; expected an integer >= 1")
@@ -97,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             env["RESNET_KERAS_WORKER_TIMEOUT"] = str(args.worker_timeout)
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         processes.append(process)
-        print(f"[launcher] worker {index} pid {process.pid} at {addresses[index]}"
-              f"{' (chief)' if index == 0 else ''}", flush=True)
+        print(
+            f"[launcher] worker {index} pid {process.pid} at {addresses[index]}{' (chief)' if index == 0 else ''}",
+            flush=True,
+        )
         stream = threading.Thread(target=_stream, args=(f"[worker {index}]", process.stdout, lock), daemon=True)
         stream.start()
         streams.append(stream)
@@ -115,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 if returncode != 0:
                     # A negative code is a signal (-9: SIGKILL); report it as 128 + signal, as shells do.
                     code = returncode if returncode > 0 else 128 - returncode
-                    print(f"[launcher] worker {index} exited with code {returncode}; stopping the others",
-                          flush=True)
+                    print(f"[launcher] worker {index} exited with code {returncode}; stopping the others", flush=True)
                     _stop(processes)
                     running.clear()
                     break

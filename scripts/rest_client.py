@@ -24,16 +24,28 @@ import urllib.request
 
 def build_request(images: list[bytes], signature: str = "serving_bytes") -> dict:
     """The JSON body of a row-format (``instances``) predict request for encoded images."""
-    return {"signature_name": signature,
-            "instances": [{"b64": base64.b64encode(data).decode("ascii")} for data in images]}
+    return {
+        "signature_name": signature,
+        "instances": [{"b64": base64.b64encode(data).decode("ascii")} for data in images],
+    }
 
 
-def predict(url: str, model: str, images: list[bytes], version: int | None = None,
-            signature: str = "serving_bytes", timeout: float = 30.0) -> list[dict]:
+def predict(
+    url: str,
+    model: str,
+    images: list[bytes],
+    version: int | None = None,
+    signature: str = "serving_bytes",
+    timeout: float = 30.0,
+) -> list[dict]:
     """POSTs the images; returns the ``predictions`` list (one dict of outputs per image)."""
     endpoint = f"{url.rstrip('/')}/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"
-    request = urllib.request.Request(endpoint, data=json.dumps(build_request(images, signature)).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        endpoint,
+        data=json.dumps(build_request(images, signature)).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())["predictions"]
 

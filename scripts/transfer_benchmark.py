@@ -57,8 +57,9 @@ def _unpack(archive: pathlib.Path, into: pathlib.Path) -> pathlib.Path:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=pathlib.Path, default=ARCHIVE, help="CIFAR-10 JPEG archive.")
-    parser.add_argument("--data-root", type=pathlib.Path,
-                        help="An unpacked CIFAR-10 <root>/<class>/*.jpg folder instead of --archive.")
+    parser.add_argument(
+        "--data-root", type=pathlib.Path, help="An unpacked CIFAR-10 <root>/<class>/*.jpg folder instead of --archive."
+    )
     parser.add_argument("--depth", type=int, default=20)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--pretrain-per-class", type=int, default=500)
@@ -91,53 +92,93 @@ def main(argv=None) -> dict:
         n_pre = _link_subset(source, pre_root, "train", PRETRAIN_CLASSES, slice(0, args.pretrain_per_class))
         n_ft = _link_subset(source, target_root, "train", TARGET_CLASSES, slice(0, args.finetune_per_class))
         n_test = _link_subset(source, target_root, "test", TARGET_CLASSES, slice(-args.test_per_class, None))
-        results = dict(setup=dict(vars(args), pretrain_images=n_pre, finetune_images=n_ft, test_images=n_test,
-                                  load_average=os.getloadavg()[0]), runs=[])
+        results = dict(
+            setup=dict(
+                vars(args),
+                pretrain_images=n_pre,
+                finetune_images=n_ft,
+                test_images=n_test,
+                load_average=os.getloadavg()[0],
+            ),
+            runs=[],
+        )
         results["setup"] = {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in results["setup"].items()}
         log = lambda message: print(message, flush=True)  # noqa: E731
 
         model = ModelConfig(depth=args.depth, width=args.width, image_size=32, num_classes=len(PRETRAIN_CLASSES))
         pre_dir = work / "pretrain"
         t0 = time.perf_counter()
-        pre = train(model, DataConfig(dataset="folder", data_dir=str(pre_root)),
-                    TrainConfig(recipe="short", epochs=args.pretrain_epochs, batch_size=args.batch_size,
-                                learning_rate=0.1 * args.batch_size / 128), pre_dir, overwrite=True, log=log)
+        pre = train(
+            model,
+            DataConfig(dataset="folder", data_dir=str(pre_root)),
+            TrainConfig(
+                recipe="short",
+                epochs=args.pretrain_epochs,
+                batch_size=args.batch_size,
+                learning_rate=0.1 * args.batch_size / 128,
+            ),
+            pre_dir,
+            overwrite=True,
+            log=log,
+        )
         results["pretrain"] = dict(val_accuracy=pre["final_val_accuracy"], seconds=round(time.perf_counter() - t0, 1))
         print(json.dumps({"run": "pretrain", **results["pretrain"]}), flush=True)
 
         target = DataConfig(dataset="folder", data_dir=str(target_root))
         for seed in range(args.seeds):
             for kind in ("scratch", "finetune"):
-                common = dict(recipe="short", epochs=args.finetune_epochs, batch_size=args.batch_size,
-                              learning_rate=args.lr, seed=seed)
+                common = dict(
+                    recipe="short",
+                    epochs=args.finetune_epochs,
+                    batch_size=args.batch_size,
+                    learning_rate=args.lr,
+                    seed=seed,
+                )
                 if kind == "finetune":
                     init = finetune.normalize_source(str(pre_dir))
                     config = finetune.model_config_for(init, num_classes=len(TARGET_CLASSES))
-                    train_config = TrainConfig(**common, init_from=init, freeze=args.freeze, bn_policy=args.bn_policy,
-                                               head_epochs=args.head_epochs,
-                                               backbone_lr_multiplier=args.backbone_lr_multiplier)
+                    train_config = TrainConfig(
+                        **common,
+                        init_from=init,
+                        freeze=args.freeze,
+                        bn_policy=args.bn_policy,
+                        head_epochs=args.head_epochs,
+                        backbone_lr_multiplier=args.backbone_lr_multiplier,
+                    )
                 else:
-                    config = ModelConfig(depth=args.depth, width=args.width, image_size=32,
-                                         num_classes=len(TARGET_CLASSES))
+                    config = ModelConfig(
+                        depth=args.depth, width=args.width, image_size=32, num_classes=len(TARGET_CLASSES)
+                    )
                     train_config = TrainConfig(**common)
                 run_dir = work / f"{kind}-seed{seed}"
                 t0 = time.perf_counter()
                 metrics = train(config, target, train_config, run_dir, overwrite=True, log=log)
                 test = evaluate(run_dir, split="test", write=False)
-                row = dict(run=kind, seed=seed, test_accuracy=round(test["accuracy"], 4), test_examples=test["examples"],
-                           val_accuracy=metrics["final_val_accuracy"], steps=metrics["epochs"] * metrics["steps_per_epoch"],
-                           seconds=round(time.perf_counter() - t0, 1))
+                row = dict(
+                    run=kind,
+                    seed=seed,
+                    test_accuracy=round(test["accuracy"], 4),
+                    test_examples=test["examples"],
+                    val_accuracy=metrics["final_val_accuracy"],
+                    steps=metrics["epochs"] * metrics["steps_per_epoch"],
+                    seconds=round(time.perf_counter() - t0, 1),
+                )
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
         mean = lambda kind: sum(r["test_accuracy"] for r in results["runs"] if r["run"] == kind) / args.seeds  # noqa: E731
-        results["summary"] = dict(finetune_test_accuracy=round(mean("finetune"), 4),
-                                  scratch_test_accuracy=round(mean("scratch"), 4),
-                                  finetune_beats_scratch=all(
-                                      f["test_accuracy"] > s["test_accuracy"] for f, s in zip(
-                                          [r for r in results["runs"] if r["run"] == "finetune"],
-                                          [r for r in results["runs"] if r["run"] == "scratch"])),
-                                  wall_seconds=round(time.perf_counter() - started, 1),
-                                  load_average_end=os.getloadavg()[0])
+        results["summary"] = dict(
+            finetune_test_accuracy=round(mean("finetune"), 4),
+            scratch_test_accuracy=round(mean("scratch"), 4),
+            finetune_beats_scratch=all(
+                f["test_accuracy"] > s["test_accuracy"]
+                for f, s in zip(
+                    [r for r in results["runs"] if r["run"] == "finetune"],
+                    [r for r in results["runs"] if r["run"] == "scratch"],
+                )
+            ),
+            wall_seconds=round(time.perf_counter() - started, 1),
+            load_average_end=os.getloadavg()[0],
+        )
         print(json.dumps({"summary": results["summary"]}), flush=True)
         if args.output:
             args.output.write_text(json.dumps(results, indent=2) + "\n")

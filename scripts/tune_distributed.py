@@ -50,10 +50,21 @@ def _pump(name: str, stream) -> None:
 
 
 def start(name: str, tune_args: list[str], port: int) -> subprocess.Popen:
-    env = dict(os.environ, KERASTUNER_TUNER_ID=name, KERASTUNER_ORACLE_IP="127.0.0.1",
-               KERASTUNER_ORACLE_PORT=str(port), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "resnet_keras.cli", "tune", *tune_args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env = dict(
+        os.environ,
+        KERASTUNER_TUNER_ID=name,
+        KERASTUNER_ORACLE_IP="127.0.0.1",
+        KERASTUNER_ORACLE_PORT=str(port),
+        PYTHONUNBUFFERED="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnet_keras.cli", "tune", *tune_args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     threading.Thread(target=_pump, args=(name, proc.stdout), daemon=True).start()
     print(f"started {name} pid {proc.pid}", flush=True)
     return proc
@@ -87,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--" in argv:
         split = argv.index("--")
-        own, tune_args = argv[:split], argv[split + 1:]
+        own, tune_args = argv[:split], argv[split + 1 :]
     else:
         own, tune_args = argv, []
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     usage="%(prog)s [--workers N] [--port P] [--timeout S] -- TUNE_OPTIONS")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], usage="%(prog)s [--workers N] [--port P] [--timeout S] -- TUNE_OPTIONS"
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--port", type=int, default=0, help="oracle port (default: a free one)")
     parser.add_argument("--timeout", type=float, default=0, help="stop everything after this many seconds (0: none)")

@@ -17,8 +17,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def pytest_addoption(parser):
-    parser.addoption("--extended", action="store_true",
-                     help="also run the extended suite (minutes per test; not part of CI)")
+    parser.addoption(
+        "--extended", action="store_true", help="also run the extended suite (minutes per test; not part of CI)"
+    )
 
 
 def pytest_configure(config):

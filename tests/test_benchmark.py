@@ -49,8 +49,16 @@ def test_op_time_by_type_sums_kernel_events_per_step(tmp_path):
 
     space = xplane_pb2.XSpace()
     plane = space.planes.add(name="/host:CPU")
-    for key, name in enumerate(["train_step", "model/conv/Conv2D:Conv2D", "grad/conv:Conv2DBackpropFilter",
-                                "ExecutorState::Process", "EagerLocalExecute: __inference_f"], start=1):
+    for key, name in enumerate(
+        [
+            "train_step",
+            "model/conv/Conv2D:Conv2D",
+            "grad/conv:Conv2DBackpropFilter",
+            "ExecutorState::Process",
+            "EagerLocalExecute: __inference_f",
+        ],
+        start=1,
+    ):
         plane.event_metadata[key].name = name
     line = plane.lines.add()
     for metadata_id, ms in [(1, 10), (1, 10), (2, 3), (2, 5), (3, 6), (4, 9), (5, 9)]:
@@ -59,8 +67,10 @@ def test_op_time_by_type_sums_kernel_events_per_step(tmp_path):
     path.write_bytes(space.SerializeToString())
     step_ms, rows = op_time_by_type(path, steps=2)
     assert step_ms == 10
-    assert rows == [dict(op="Conv2D", ms_per_step=4.0, share=round(8 / 14, 3), count=1),
-                    dict(op="Conv2DBackpropFilter", ms_per_step=3.0, share=round(6 / 14, 3), count=0)]
+    assert rows == [
+        dict(op="Conv2D", ms_per_step=4.0, share=round(8 / 14, 3), count=1),
+        dict(op="Conv2DBackpropFilter", ms_per_step=3.0, share=round(6 / 14, 3), count=0),
+    ]
 
 
 @pytest.mark.slow
@@ -69,7 +79,8 @@ def test_json_compare_and_profile_on_a_tiny_cifar_net(tmp_path):
     assert result.exit_code == 0, result.output[-3000:]
     rows, summary = json_lines(result.output)
     assert {(r["model"], r["mode"]) for r in rows} == {
-        (m, mode) for m in ("resnet8_w0.25", "keras_plain_resnet8") for mode in ("train", "infer")}
+        (m, mode) for m in ("resnet8_w0.25", "keras_plain_resnet8") for mode in ("train", "infer")
+    }
     for row in rows:
         check_stats(row, 4)
         assert row["image_size"] == 32 and row["precision"] == "none" and row["xla"] is False
@@ -85,8 +96,20 @@ def test_json_compare_and_profile_on_a_tiny_cifar_net(tmp_path):
 
 @pytest.mark.slow
 def test_folder_data_pipeline_speed_real_over_synthetic_and_memory(shared_data):
-    result = run("benchmark", "--depth", "8", *TINY, "--data", str(shared_data / "cifar10-mini"), "--mode", "train",
-                 "--pipeline-batches", "3", "--memory", "--json")
+    result = run(
+        "benchmark",
+        "--depth",
+        "8",
+        *TINY,
+        "--data",
+        str(shared_data / "cifar10-mini"),
+        "--mode",
+        "train",
+        "--pipeline-batches",
+        "3",
+        "--memory",
+        "--json",
+    )
     assert result.exit_code == 0, result.output[-3000:]
     rows, summary = json_lines(result.output)
     modes = {r["mode"]: r for r in rows}
@@ -96,7 +119,8 @@ def test_folder_data_pipeline_speed_real_over_synthetic_and_memory(shared_data):
         check_stats(row, 4)
     data = summary["data"]
     assert data["real_over_synthetic_step_time"] == pytest.approx(
-        modes["train_real_data"]["step_ms_median"] / modes["train_synthetic_data"]["step_ms_median"], rel=0.01)
+        modes["train_real_data"]["step_ms_median"] / modes["train_synthetic_data"]["step_ms_median"], rel=0.01
+    )
     assert data["pipeline_images_per_sec"] == modes["pipeline"]["images_per_sec"]
     assert summary["model_config"]["num_classes"] == 10  # from the folder's classes
     memory = summary["memory"]["peak_rss_mb"]
@@ -107,8 +131,26 @@ def test_folder_data_pipeline_speed_real_over_synthetic_and_memory(shared_data):
 @pytest.mark.slow
 def test_resnet50_compare_prints_ratios_and_published_gpu_figures():
     # A thin ResNet-50 at 32 pixels (small stem) next to keras.applications.ResNet50 at 32 pixels.
-    result = run("benchmark", "--depth", "50", "--image-size", "32", "--num-classes", "10", "--width", "0.25",
-                 "--batch-size", "2", "--steps", "2", "--warmup", "1", "--mode", "train", "--compare")
+    result = run(
+        "benchmark",
+        "--depth",
+        "50",
+        "--image-size",
+        "32",
+        "--num-classes",
+        "10",
+        "--width",
+        "0.25",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--mode",
+        "train",
+        "--compare",
+    )
     assert result.exit_code == 0, result.output[-3000:]
     out = result.output
     assert "keras_applications_resnet50" in out and "ratio resnet50_w0.25/keras_applications_resnet50" in out
@@ -120,25 +162,27 @@ def test_resnet50_compare_prints_ratios_and_published_gpu_figures():
 @pytest.mark.slow
 @pytest.mark.parametrize("precision, xla", [("bfloat16", False), ("float16", True)])
 def test_precision_and_xla_options(precision, xla):
-    result = run("benchmark", "--depth", "8", *TINY, "--precision", precision, "--xla" if xla else "--no-xla",
-                 "--json")
+    result = run("benchmark", "--depth", "8", *TINY, "--precision", precision, "--xla" if xla else "--no-xla", "--json")
     assert result.exit_code == 0, result.output[-3000:]
     rows, summary = json_lines(result.output)
     assert {(r["precision"], r["xla"]) for r in rows} == {(precision, xla)}
     assert all(math.isfinite(r["final_loss"]) for r in rows if r["mode"] == "train")
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--precision", "float8"], "'--precision'"),
-    (["--steps", "0"], "steps=0"),
-    (["--warmup", "-1"], "warmup=-1"),
-    (["--batch-size", "0"], "batch_size=0"),
-    (["--depth", "51"], "depth=51"),
-    (["--depth", "20", "--preset", "resnet20"], "not both"),
-    (["--mode", "fit"], "'--mode'"),
-    (["--intra-op-threads", "-1"], "--intra-op-threads"),
-    (["--data", "./no/such/folder"], "not a folder"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--precision", "float8"], "'--precision'"),
+        (["--steps", "0"], "steps=0"),
+        (["--warmup", "-1"], "warmup=-1"),
+        (["--batch-size", "0"], "batch_size=0"),
+        (["--depth", "51"], "depth=51"),
+        (["--depth", "20", "--preset", "resnet20"], "not both"),
+        (["--mode", "fit"], "'--mode'"),
+        (["--intra-op-threads", "-1"], "--intra-op-threads"),
+        (["--data", "./no/such/folder"], "not a folder"),
+    ],
+)
 def test_bad_options_are_one_line_and_exit_code_2(args, fragment):
     result = run("benchmark", *args)
     assert result.exit_code == 2, result.output
@@ -153,18 +197,23 @@ def test_benchmark_config_validates_modes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting, first_import, expected_on, expect_hint", [
-    (None, "resnet_keras", True, False),        # our import turns TensorFlow's oneDNN kernels on
-    ("0", "resnet_keras", False, False),        # an explicit 0 is respected, and needs no hint
-    (None, "tensorflow", False, True),          # TensorFlow imported first: off, and train() says so
-])
+@pytest.mark.parametrize(
+    "setting, first_import, expected_on, expect_hint",
+    [
+        (None, "resnet_keras", True, False),  # our import turns TensorFlow's oneDNN kernels on
+        ("0", "resnet_keras", False, False),  # an explicit 0 is respected, and needs no hint
+        (None, "tensorflow", False, True),  # TensorFlow imported first: off, and train() says so
+    ],
+)
 def test_import_turns_on_onednn_kernels_unless_told_otherwise(setting, first_import, expected_on, expect_hint):
     env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
     if setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = setting
-    code = (f"import {first_import}\n"
-            "from resnet_keras.distribute import onednn_enabled, onednn_hint\n"
-            "print(onednn_enabled(), onednn_hint() is not None)\n")
+    code = (
+        f"import {first_import}\n"
+        "from resnet_keras.distribute import onednn_enabled, onednn_hint\n"
+        "print(onednn_enabled(), onednn_hint() is not None)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [str(expected_on), str(expect_hint)]

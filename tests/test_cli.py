@@ -26,7 +26,7 @@ def test_info_table_for_cifar_presets():
     result = run("info", "--family", "cifar", "--variant", "v1")
     assert result.exit_code == 0, result.output
     for name, params in [("resnet20", "269,722"), ("resnet56", "853,018"), ("resnet1202", "19,421,274")]:
-        line = next(l for l in result.output.splitlines() if l.split()[0] == name)
+        line = next(ly for ly in result.output.splitlines() if ly.split()[0] == name)
         assert params in line
 
 
@@ -44,18 +44,21 @@ def test_info_can_force_the_cifar_family_for_depth_50():
     assert {r["family"] for r in rows} == {"cifar"} and rows[0]["blocks_per_stage"] == [8, 8, 8]
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["info", "--depth", "51"], "depth=51"),
-    (["info", "--depth", "50", "--width", "-1"], "width=-1.0"),
-    (["info", "--depth", "50", "--image-size", "4"], "image_size=4"),
-    (["info", "--family", "resnext"], "'--family'"),
-    (["info", "--depth", "fifty"], "'--depth'"),
-    (["nonsense"], "No such command"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["info", "--depth", "51"], "depth=51"),
+        (["info", "--depth", "50", "--width", "-1"], "width=-1.0"),
+        (["info", "--depth", "50", "--image-size", "4"], "image_size=4"),
+        (["info", "--family", "resnext"], "'--family'"),
+        (["info", "--depth", "fifty"], "'--depth'"),
+        (["nonsense"], "No such command"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(args, fragment):
     result = run(*args)
     assert result.exit_code == 2
-    lines = [l for l in result.output.splitlines() if l.strip()]
+    lines = [ly for ly in result.output.splitlines() if ly.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:") and fragment in lines[0], result.output
     assert "Traceback" not in result.output
 

@@ -109,9 +109,9 @@ def test_saved_model_loads_without_project_code_and_matches_keras(exported, trai
     np.save(tmp_path / "bytes.npy", np.array(encoded, dtype=object), allow_pickle=True)
     script = textwrap.dedent(f"""
         import sys, numpy as np, tensorflow as tf
-        model = tf.saved_model.load({exported['path']!r})
-        pixels = np.load({str(tmp_path / 'pixels.npy')!r})
-        encoded = np.load({str(tmp_path / 'bytes.npy')!r}, allow_pickle=True).tolist()
+        model = tf.saved_model.load({exported["path"]!r})
+        pixels = np.load({str(tmp_path / "pixels.npy")!r})
+        encoded = np.load({str(tmp_path / "bytes.npy")!r}, allow_pickle=True).tolist()
         a = model.signatures["serving_default"](image=tf.constant(pixels))
         b = model.signatures["serving_bytes"](image_bytes=tf.constant(encoded))
         try:
@@ -120,12 +120,13 @@ def test_saved_model_loads_without_project_code_and_matches_keras(exported, trai
         except tf.errors.InvalidArgumentError as error:
             wrong_dtype = str(error).splitlines()[0]
         assert "resnet_keras" not in sys.modules, "project code was imported"
-        np.savez({str(tmp_path / 'out.npz')!r}, a=a["probabilities"].numpy(), b=b["probabilities"].numpy(),
+        np.savez({str(tmp_path / "out.npz")!r}, a=a["probabilities"].numpy(), b=b["probabilities"].numpy(),
                  labels=a["top_k_labels"].numpy().astype("S"), top=a["top_k_probabilities"].numpy(), wrong=wrong_dtype)
     """)
     env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = np.load(tmp_path / "out.npz")
     expected = keras_probabilities(trained, pixels)
@@ -144,12 +145,25 @@ def test_saved_model_loads_without_project_code_and_matches_keras(exported, trai
 @pytest.mark.slow
 def test_saved_model_cli_shows_and_runs_both_signatures(exported, trained, val_files, tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    show = subprocess.run([SAVED_MODEL_CLI, "show", "--all", "--dir", exported["path"]], env=env,
-                          capture_output=True, text=True, timeout=300)
+    show = subprocess.run(
+        [SAVED_MODEL_CLI, "show", "--all", "--dir", exported["path"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert show.returncode == 0, show.stderr[-2000:]
-    for fragment in ("signature_def['serving_default']", "inputs['image'] tensor_info:", "dtype: DT_UINT8",
-                     "shape: (-1, 32, 32, 3)", "signature_def['serving_bytes']", "inputs['image_bytes']",
-                     "dtype: DT_STRING", "outputs['top_k_labels']", "outputs['probabilities']"):
+    for fragment in (
+        "signature_def['serving_default']",
+        "inputs['image'] tensor_info:",
+        "dtype: DT_UINT8",
+        "shape: (-1, 32, 32, 3)",
+        "signature_def['serving_bytes']",
+        "inputs['image_bytes']",
+        "dtype: DT_STRING",
+        "outputs['top_k_labels']",
+        "outputs['probabilities']",
+    ):
         assert fragment in show.stdout, fragment
     pixels = decode(val_files[0])[None]
     np.save(tmp_path / "pixels.npy", pixels)
@@ -157,9 +171,27 @@ def test_saved_model_cli_shows_and_runs_both_signatures(exported, trained, val_f
     expected = keras_probabilities(trained, pixels)
     for signature, inputs in (("serving_default", "image=pixels.npy"), ("serving_bytes", "image_bytes=bytes.npy")):
         outdir = tmp_path / signature
-        run = subprocess.run([SAVED_MODEL_CLI, "run", "--dir", exported["path"], "--tag_set", "serve",
-                              "--signature_def", signature, "--inputs", inputs, "--outdir", str(outdir)],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        run = subprocess.run(
+            [
+                SAVED_MODEL_CLI,
+                "run",
+                "--dir",
+                exported["path"],
+                "--tag_set",
+                "serve",
+                "--signature_def",
+                signature,
+                "--inputs",
+                inputs,
+                "--outdir",
+                str(outdir),
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         assert np.abs(np.load(outdir / "probabilities.npy") - expected).max() <= 1e-4
         labels = np.load(outdir / "top_k_labels.npy", allow_pickle=True)  # our own file: strings as objects
@@ -233,18 +265,22 @@ def test_export_needs_no_data_when_the_run_has_labels(run_dir, tmp_path):
     result = cli_run("export", "--model-dir", moved, "--base-dir", tmp_path / "saved", "--json")
     assert result.exit_code == 0, result.output
     assert "random-pixel" in json.loads(result.stdout)["checked_on"]
-    int8 = cli_run("export", "--model-dir", moved, "--format", "tflite", "--quantize", "int8",
-                   "--output", tmp_path / "m.tflite")
+    int8 = cli_run(
+        "export", "--model-dir", moved, "--format", "tflite", "--quantize", "int8", "--output", tmp_path / "m.tflite"
+    )
     assert int8.exit_code == 2
     one_error_line(int8, "int8 needs calibration images")
     assert not (tmp_path / "m.tflite").exists()
 
 
-@pytest.mark.parametrize("setup, fragment", [
-    ("no_model", "has no trained model"),
-    ("missing", "Run directory not found"),
-    ("not_a_run", "is not a run directory: no config.json"),
-])
+@pytest.mark.parametrize(
+    "setup, fragment",
+    [
+        ("no_model", "has no trained model"),
+        ("missing", "Run directory not found"),
+        ("not_a_run", "is not a run directory: no config.json"),
+    ],
+)
 def test_run_dir_without_a_finished_model_is_refused(run_dir, tmp_path, setup, fragment):
     target = tmp_path / "run"
     if setup != "missing":
@@ -281,7 +317,7 @@ def test_evaluation_view_is_the_data_pipeline_view(tmp_path):
         (folder / "a.png").write_bytes(tf.io.encode_png(rng.integers(0, 256, (45, 61, 3), np.uint8)).numpy())
     for augment, size, name in (("cifar", 32, "cifar"), ("imagenet", 40, "imagenet")):
         config = DataConfig(dataset="folder", data_dir=str(tmp_path), augment=augment)
-        (images, _), = make_dataset(config, "val", image_size=size, batch_size=1, training=False)
+        ((images, _),) = make_dataset(config, "val", image_size=size, batch_size=1, training=False)
         view = export_lib.evaluation_view(name, size)(tf.constant(decode(str(tmp_path / "val" / "only" / "a.png"))))
         np.testing.assert_array_equal(view.numpy(), images.numpy()[0])
 
@@ -298,8 +334,9 @@ def test_tflite_every_format_agrees_with_keras(run_dir, trained, val_files, tmp_
     reports = {}
     for quantize in export_lib.QUANTIZATIONS:
         out = tmp_path / f"{quantize}.tflite"
-        reports[quantize] = report = export_lib.export_tflite(run_dir, out, quantize=quantize, max_accuracy_drop=100,
-                                                              log=quiet)
+        reports[quantize] = report = export_lib.export_tflite(
+            run_dir, out, quantize=quantize, max_accuracy_drop=100, log=quiet
+        )
         assert out.stat().st_size == report["size_bytes"] > 0
         assert report["eval_images"] == 200 and 0 <= report["accuracy"] <= 1
         interpreter = Interpreter(model_path=str(out))  # the device runtime, without our runner
@@ -345,25 +382,43 @@ def test_int8_that_loses_accuracy_is_refused_and_not_written(run_dir, tmp_path):
     for i in range(8):
         (dark / f"{i}.png").write_bytes(tf.io.encode_png(rng.integers(0, 3, (32, 32, 3), np.uint8)).numpy())
     out = tmp_path / "int8.tflite"
-    result = cli_run("export", "--model-dir", run_dir, "--format", "tflite", "--quantize", "int8",
-                     "--calibration-data", dark, "--output", out, "--max-accuracy-drop", "1")
+    result = cli_run(
+        "export",
+        "--model-dir",
+        run_dir,
+        "--format",
+        "tflite",
+        "--quantize",
+        "int8",
+        "--calibration-data",
+        dark,
+        "--output",
+        out,
+        "--max-accuracy-drop",
+        "1",
+    )
     assert result.exit_code == 1, result.output
     one_error_line(result, "points below the Keras model's")
     assert "was not written" in result.stderr
     assert sorted(os.listdir(tmp_path)) == ["dark"]
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--quantize", "int8", "--calibration-data", "EMPTY"], "No images"),
-    (["--quantize", "int8", "--calibration-data", "MISSING"], "expected a folder of images"),
-    (["--quantize", "float16", "--calibration-data", "EMPTY"], "only int8 is calibrated"),
-    (["--output", "model.bin"], "expected a path ending in .tflite"),
-    (["--quantize", "int4"], "'--quantize'"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--quantize", "int8", "--calibration-data", "EMPTY"], "No images"),
+        (["--quantize", "int8", "--calibration-data", "MISSING"], "expected a folder of images"),
+        (["--quantize", "float16", "--calibration-data", "EMPTY"], "only int8 is calibrated"),
+        (["--output", "model.bin"], "expected a path ending in .tflite"),
+        (["--quantize", "int4"], "'--quantize'"),
+    ],
+)
 def test_tflite_bad_options(run_dir, tmp_path, args, fragment):
     (tmp_path / "empty").mkdir()
-    args = [{"EMPTY": tmp_path / "empty", "MISSING": tmp_path / "missing", "model.bin": tmp_path / "model.bin"}
-            .get(a, a) for a in args]
+    args = [
+        {"EMPTY": tmp_path / "empty", "MISSING": tmp_path / "missing", "model.bin": tmp_path / "model.bin"}.get(a, a)
+        for a in args
+    ]
     result = cli_run("export", "--model-dir", run_dir, "--format", "tflite", "--base-dir", tmp_path / "out", *args)
     assert result.exit_code == 2
     one_error_line(result, fragment)
@@ -388,8 +443,10 @@ def test_predict_saved_model_and_tflite(exported, trained, run_dir, val_files, t
         assert entry["predictions"][0]["label"] == trained.class_names[probs.argmax()]
         assert entry["predictions"][0]["probability"] == pytest.approx(probs.max(), abs=1e-4)
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert errors == [f"Error: {tmp_path / 'notes.txt'}: not a JPEG, PNG, GIF or BMP image",
-                      f"Error: {tmp_path / 'missing.jpg'}: No such file or directory"]
+    assert errors == [
+        f"Error: {tmp_path / 'notes.txt'}: not a JPEG, PNG, GIF or BMP image",
+        f"Error: {tmp_path / 'missing.jpg'}: No such file or directory",
+    ]
 
     tflite = tmp_path / "m.tflite"
     export_lib.export_tflite(run_dir, tflite, log=quiet)
@@ -400,8 +457,14 @@ def test_predict_saved_model_and_tflite(exported, trained, run_dir, val_files, t
     assert lines[1].split()[:2] == ["1.", trained.class_names[expected[0].argmax()]]
 
 
-@pytest.mark.parametrize("model, fragment", [("missing", "Model not found"), ("dir", "is neither a SavedModel"),
-                                             ("file", "expected a SavedModel folder or a .tflite file")])
+@pytest.mark.parametrize(
+    "model, fragment",
+    [
+        ("missing", "Model not found"),
+        ("dir", "is neither a SavedModel"),
+        ("file", "expected a SavedModel folder or a .tflite file"),
+    ],
+)
 def test_predict_bad_model(tmp_path, val_files, model, fragment):
     path = tmp_path / model
     if model == "dir":
@@ -416,8 +479,24 @@ def test_predict_bad_model(tmp_path, val_files, model, fragment):
 @pytest.mark.slow
 def test_train_export_flag_exports_after_training(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = cli_run("train", "--dataset", "digits", "--depth", "8", "--width", "0.25", "--image-size", "16",
-                     "--epochs", "1", "--batch-size", "64", "--model-dir", "run", "--export")
+    result = cli_run(
+        "train",
+        "--dataset",
+        "digits",
+        "--depth",
+        "8",
+        "--width",
+        "0.25",
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--model-dir",
+        "run",
+        "--export",
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "labels.txt").read_text().split() == [str(d) for d in range(10)]
     assert (tmp_path / "saved_models" / "resnet8_w0.25" / "1" / "saved_model.pb").exists()
@@ -439,9 +518,14 @@ def test_serve_script_command(exported, tmp_path):
     base = exported["model_base_path"]
     env = dict(os.environ, PATH=f"{fake_bin}:{os.environ['PATH']}")
     local = subprocess.run([script, "--dry-run", base], env=env, capture_output=True, text=True, check=True)
-    assert local.stdout.split() == ["tensorflow_model_server", "--port=8500", "--rest_api_port=8501",
-                                    "--model_name=resnet8_w0.25", f"--model_base_path={os.path.abspath(base)}",
-                                    "--file_system_poll_wait_seconds=5"]
+    assert local.stdout.split() == [
+        "tensorflow_model_server",
+        "--port=8500",
+        "--rest_api_port=8501",
+        "--model_name=resnet8_w0.25",
+        f"--model_base_path={os.path.abspath(base)}",
+        "--file_system_poll_wait_seconds=5",
+    ]
     env = dict(os.environ, PATH="/usr/bin:/bin", MODEL_NAME="cifar", REST_PORT="9001")
     docker = subprocess.run([script, "--dry-run", base], env=env, capture_output=True, text=True, check=True)
     assert "-p 9001:8501" in docker.stdout and "target=/models/cifar" in docker.stdout
@@ -458,7 +542,6 @@ def test_rest_client_request_is_served_by_the_signature(exported, trained, val_f
     import threading
 
     import tensorflow as tf
-
     from conftest import REPO
 
     sys.path.insert(0, str(REPO / "scripts"))
@@ -476,8 +559,10 @@ def test_rest_client_request_is_served_by_the_signature(exported, trained, val_f
             signature = loaded.signatures[body["signature_name"]]
             images = [base64.b64decode(instance["b64"]) for instance in body["instances"]]
             outputs = {k: v.numpy().tolist() for k, v in signature(image_bytes=tf.constant(images)).items()}
-            rows = [{k: [x.decode() if isinstance(x, bytes) else x for x in v[i]] for k, v in outputs.items()}
-                    for i in range(len(images))]
+            rows = [
+                {k: [x.decode() if isinstance(x, bytes) else x for x in v[i]] for k, v in outputs.items()}
+                for i in range(len(images))
+            ]
             data = json.dumps({"predictions": rows}).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
@@ -491,8 +576,18 @@ def test_rest_client_request_is_served_by_the_signature(exported, trained, val_f
     thread = threading.Thread(target=server.handle_request, daemon=True)  # exactly one request
     thread.start()
     try:
-        code = rest_client.main(["--url", f"http://127.0.0.1:{server.server_port}", "--model", "resnet8_w0.25",
-                                 "--version", "1", val_files[0], val_files[5]])
+        code = rest_client.main(
+            [
+                "--url",
+                f"http://127.0.0.1:{server.server_port}",
+                "--model",
+                "resnet8_w0.25",
+                "--version",
+                "1",
+                val_files[0],
+                val_files[5],
+            ]
+        )
     finally:
         thread.join(30)
         server.server_close()
@@ -510,10 +605,20 @@ def test_benchmark_export_quick(tmp_path):
     """scripts/benchmark_export.py --quick prints one JSON line per format and a summary (minutes on a busy machine)."""
     from conftest import REPO
 
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark_export.py"), "--quick"],
-                            capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark_export.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [r.get("format") for r in records[:-1]] == ["keras", "saved_model", "tflite_float32", "tflite_float16",
-                                                       "tflite_dynamic", "tflite_int8"]
+    assert [r.get("format") for r in records[:-1]] == [
+        "keras",
+        "saved_model",
+        "tflite_float32",
+        "tflite_float16",
+        "tflite_dynamic",
+        "tflite_int8",
+    ]
     assert all(r["latency_ms_median"] > 0 for r in records[:-1]) and records[-1]["summary"]

@@ -39,8 +39,12 @@ def pretrained(tmp_path_factory):
 
 
 def weights_of(model, prefix=""):
-    return {f"{layer.name}/{i}": w.numpy().copy() for layer in model.layers if layer.name.startswith(prefix)
-            for i, w in enumerate(layer.weights)}
+    return {
+        f"{layer.name}/{i}": w.numpy().copy()
+        for layer in model.layers
+        if layer.name.startswith(prefix)
+        for i, w in enumerate(layer.weights)
+    }
 
 
 def finetune_run(pretrained, model_dir, data=THREE, **options):
@@ -55,13 +59,24 @@ def source_model(pretrained):
     return keras.saving.load_model(pretrained / "model.keras", safe_mode=True, compile=False)
 
 
-@pytest.mark.parametrize("config", [
-    TINY,
-    ModelConfig(depth=8, width=0.25, image_size=16, num_classes=4, variant="v2", shortcut="B", dropout=0.1),
-    ModelConfig(depth=50, variant="v1.5", width=0.125, image_size=32, stem="imagenet"),
-    ModelConfig(depth=50, variant="v2", width=0.125, image_size=32, stem="imagenet", layout="keras",
-                input_mean=(127.5,) * 3, input_std=(127.5,) * 3),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        TINY,
+        ModelConfig(depth=8, width=0.25, image_size=16, num_classes=4, variant="v2", shortcut="B", dropout=0.1),
+        ModelConfig(depth=50, variant="v1.5", width=0.125, image_size=32, stem="imagenet"),
+        ModelConfig(
+            depth=50,
+            variant="v2",
+            width=0.125,
+            image_size=32,
+            stem="imagenet",
+            layout="keras",
+            input_mean=(127.5,) * 3,
+            input_std=(127.5,) * 3,
+        ),
+    ],
+)
 def test_infer_config_reads_our_models(config):
     assert finetune.infer_config(build_model(config)) == config
 
@@ -79,8 +94,9 @@ def test_finetuning_options_are_validated():
         TrainConfig(epochs=3, head_epochs=3, init_from="imagenet")
     with pytest.raises(ConfigError, match="freeze='stages-4'"):
         TrainConfig(init_from="imagenet", freeze="stages-4")
-    config = TrainConfig(epochs=4, init_from="/x", freeze="stem", bn_policy="frozen", head_epochs=1,
-                         backbone_lr_multiplier=0.1)
+    config = TrainConfig(
+        epochs=4, init_from="/x", freeze="stem", bn_policy="frozen", head_epochs=1, backbone_lr_multiplier=0.1
+    )
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
@@ -115,8 +131,17 @@ def test_backbone_lr_multiplier_scales_the_backbone_updates(pretrained, tmp_path
     same_batches = dataclasses.replace(THREE, augment="none", deterministic=True)
     moves = {}
     for multiplier in (1.0, 0.25):
-        model = finetune_run(pretrained, tmp_path / f"m{multiplier}", data=same_batches, epochs=1, steps_per_epoch=1, momentum=0.0,
-                             weight_decay=0.0, bn_policy="frozen", backbone_lr_multiplier=multiplier)
+        model = finetune_run(
+            pretrained,
+            tmp_path / f"m{multiplier}",
+            data=same_batches,
+            epochs=1,
+            steps_per_epoch=1,
+            momentum=0.0,
+            weight_decay=0.0,
+            bn_policy="frozen",
+            backbone_lr_multiplier=multiplier,
+        )
         after = weights_of(model, "conv")
         moves[multiplier] = np.concatenate([(after[k] - before[k]).ravel() for k in before if "_conv/" in k])
     assert np.abs(moves[1.0]).max() > 0
@@ -132,8 +157,9 @@ def test_two_phase_run_resumes_in_the_right_phase(pretrained, tmp_path):
     run = tmp_path / "two-phase"
     init = finetune.normalize_source(str(pretrained))
     config = finetune.model_config_for(init, num_classes=3)
-    train_config = TrainConfig(epochs=3, head_epochs=2, batch_size=32, learning_rate=0.05, steps_per_epoch=2,
-                               init_from=init)
+    train_config = TrainConfig(
+        epochs=3, head_epochs=2, batch_size=32, learning_rate=0.05, steps_per_epoch=2, init_from=init
+    )
     messages = []
 
     def stop_after_first_epoch(message):
@@ -145,7 +171,9 @@ def test_two_phase_run_resumes_in_the_right_phase(pretrained, tmp_path):
         reader = tf.train.load_checkpoint(str(run / "checkpoints" / f"ckpt-{number}"))
         shapes = reader.get_variable_to_shape_map()
         # the model's variables are saved under the optimizer's list of the variables it trains
-        keys = sorted(k for k in shapes if "_trainable_variables/" in k and "OPTIMIZER" not in k and len(shapes[k]) == 4)
+        keys = sorted(
+            k for k in shapes if "_trainable_variables/" in k and "OPTIMIZER" not in k and len(shapes[k]) == 4
+        )
         assert keys
         return [reader.get_tensor(k) for k in keys]
 
@@ -167,8 +195,20 @@ def test_two_phase_run_resumes_in_the_right_phase(pretrained, tmp_path):
 @pytest.mark.slow
 def test_cli_finetunes_from_a_run_and_refuses_bad_sources(pretrained, tmp_path):
     base = ["train", "--dataset", "digits", "--batch-size", "64", "--epochs", "1"]
-    ok = CliRunner().invoke(cli, base + ["--init-from", str(pretrained), "--freeze", "stages-2-3",
-                                         "--head-epochs", "0", "--model-dir", str(tmp_path / "ok")])
+    ok = CliRunner().invoke(
+        cli,
+        base
+        + [
+            "--init-from",
+            str(pretrained),
+            "--freeze",
+            "stages-2-3",
+            "--head-epochs",
+            "0",
+            "--model-dir",
+            str(tmp_path / "ok"),
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     assert "Initialised" in ok.output and "freeze=stages-2-3" in ok.output
     cases = [

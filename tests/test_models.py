@@ -6,7 +6,15 @@ import keras
 import numpy as np
 import pytest
 
-from resnet_keras import ConfigError, ModelConfig, PRESETS, build_model, count_multiply_adds, count_parameters, create_model
+from resnet_keras import (
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    build_model,
+    count_multiply_adds,
+    count_parameters,
+    create_model,
+)
 from resnet_keras.blocks import ZeroPadShortcut, basic_block, bottleneck_block
 
 # torchvision's trainable counts (1000 classes, 224x224); He et al. Table 1 FLOPs (multiply-adds).
@@ -38,8 +46,12 @@ def test_v2_parameter_difference_is_only_batch_norm():
     v1, v2 = (build_model(ModelConfig(depth=50, variant=v)) for v in ("v1", "v2"))
 
     def non_bn(model):
-        return sum(int(np.prod(w.shape)) for layer in model.layers
-                   if not isinstance(layer, keras.layers.BatchNormalization) for w in layer.trainable_weights)
+        return sum(
+            int(np.prod(w.shape))
+            for layer in model.layers
+            if not isinstance(layer, keras.layers.BatchNormalization)
+            for w in layer.trainable_weights
+        )
 
     assert non_bn(v1) == non_bn(v2)
     assert count_parameters(v2)[0] == 25_549_352
@@ -49,7 +61,7 @@ def test_v2_parameter_difference_is_only_batch_norm():
 def test_cifar_option_a_parameter_counts_match_the_paper(depth):
     model = create_model(f"resnet{depth}")
     assert count_parameters(model)[0] == CIFAR_PARAMS[depth]
-    conv_and_dense = [l for l in model.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
+    conv_and_dense = [ly for ly in model.layers if isinstance(ly, (keras.layers.Conv2D, keras.layers.Dense))]
     assert len(conv_and_dense) == depth  # 6n+2 weighted layers, no projection convs
 
 
@@ -64,33 +76,47 @@ def test_option_b_adds_projections_only_where_dimensions_change():
     # Two projections (16->32, 32->64), each a 1x1 conv and a BN.
     extra = 16 * 32 + 2 * 32 + 32 * 64 + 2 * 64
     assert count_parameters(b)[0] - count_parameters(a)[0] == extra
-    assert {l.name for l in b.layers} >= {"conv3_block1_0_conv", "conv4_block1_0_bn"}
-    assert "conv2_block1_0_conv" not in {l.name for l in b.layers}
+    assert {ly.name for ly in b.layers} >= {"conv3_block1_0_conv", "conv4_block1_0_bn"}
+    assert "conv2_block1_0_conv" not in {ly.name for ly in b.layers}
 
 
 def test_layer_names_follow_the_paper_stages():
-    names = [l.name for l in create_model("resnet50").layers]
-    for name in ["conv1_conv", "conv1_bn", "pool1_pool", "conv2_block1_0_conv", "conv2_block1_1_conv",
-                 "conv2_block1_3_bn", "conv2_block1_add", "conv2_block1_out", "conv5_block3_out",
-                 "avg_pool", "predictions"]:
+    names = [ly.name for ly in create_model("resnet50").layers]
+    for name in [
+        "conv1_conv",
+        "conv1_bn",
+        "pool1_pool",
+        "conv2_block1_0_conv",
+        "conv2_block1_1_conv",
+        "conv2_block1_3_bn",
+        "conv2_block1_add",
+        "conv2_block1_out",
+        "conv5_block3_out",
+        "avg_pool",
+        "predictions",
+    ]:
         assert name in names
-    v2_names = {l.name for l in create_model("resnet50_v2").layers}
+    v2_names = {ly.name for ly in create_model("resnet50_v2").layers}
     assert {"conv2_block1_preact_bn", "conv3_block1_0_conv", "post_bn", "post_relu"} <= v2_names
 
 
-@pytest.mark.parametrize("variant, strided", [("v1", "conv3_block1_1_conv"), ("v1.5", "conv3_block1_2_conv"),
-                                             ("v2", "conv3_block1_2_conv")])
+@pytest.mark.parametrize(
+    "variant, strided", [("v1", "conv3_block1_1_conv"), ("v1.5", "conv3_block1_2_conv"), ("v2", "conv3_block1_2_conv")]
+)
 def test_bottleneck_stride_placement(variant, strided):
     model = build_model(ModelConfig(depth=50, variant=variant, image_size=64, stem="imagenet"))
-    strides = {l.name: l.strides for l in model.layers if isinstance(l, keras.layers.Conv2D)}
+    strides = {ly.name: ly.strides for ly in model.layers if isinstance(ly, keras.layers.Conv2D)}
     assert strides[strided] == (2, 2)
-    assert [name for name, s in strides.items() if s == (2, 2) and name.startswith("conv3_block1_")
-            and not name.endswith("_0_conv")] == [strided]
+    assert [
+        name
+        for name, s in strides.items()
+        if s == (2, 2) and name.startswith("conv3_block1_") and not name.endswith("_0_conv")
+    ] == [strided]
 
 
 def test_convolutions_have_no_bias_and_head_outputs_float32_logits():
     model = create_model("resnet20")
-    assert all(not l.use_bias for l in model.layers if isinstance(l, keras.layers.Conv2D))
+    assert all(not ly.use_bias for ly in model.layers if isinstance(ly, keras.layers.Conv2D))
     assert model.get_layer("predictions").activation is keras.activations.linear
     assert model.output.dtype == "float32"
 
@@ -131,7 +157,7 @@ def test_zero_init_residual_makes_every_block_start_as_identity():
 
 def test_weight_decay_applies_to_kernels_only():
     model = create_model("resnet20", weight_decay=1e-4)
-    regularised = [l.name for l in model.layers if getattr(l, "kernel_regularizer", None) is not None]
+    regularised = [ly.name for ly in model.layers if getattr(ly, "kernel_regularizer", None) is not None]
     assert len(regularised) == 20  # 19 convs and the dense layer
     assert not any(isinstance(model.get_layer(n), keras.layers.BatchNormalization) for n in regularised)
     model(np.zeros((1, 32, 32, 3), "float32"))
@@ -141,7 +167,7 @@ def test_weight_decay_applies_to_kernels_only():
 
 def test_dropout_sits_before_the_head():
     model = create_model("resnet20", dropout=0.3)
-    names = [l.name for l in model.layers]
+    names = [ly.name for ly in model.layers]
     assert names[-3:] == ["avg_pool", "dropout", "predictions"]
 
 
@@ -178,41 +204,67 @@ def test_keras_round_trip_with_safe_mode(tmp_path, name):
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
-    assert [l.name for l in loaded.layers] == [l.name for l in model.layers]
+    assert [ly.name for ly in loaded.layers] == [ly.name for ly in model.layers]
 
 
 def test_config_json_round_trip_and_resolved_defaults():
     config = ModelConfig(depth=56)
-    assert (config.family, config.shortcut, config.stem, config.image_size, config.num_classes) == \
-        ("cifar", "A", "small", 32, 10)
+    assert (config.family, config.shortcut, config.stem, config.image_size, config.num_classes) == (
+        "cifar",
+        "A",
+        "small",
+        32,
+        10,
+    )
     assert ModelConfig.from_json(config.to_json()) == config
     assert json.loads(config.to_json())["depth"] == 56
     big = ModelConfig(depth=50)
-    assert (big.family, big.shortcut, big.stem, big.image_size, big.num_classes) == \
-        ("imagenet", "B", "imagenet", 224, 1000)
+    assert (big.family, big.shortcut, big.stem, big.image_size, big.num_classes) == (
+        "imagenet",
+        "B",
+        "imagenet",
+        224,
+        1000,
+    )
     assert ModelConfig(depth=50, family="cifar").stages[0].blocks == 8
     assert ModelConfig(depth=50, image_size=64).stem == "small"
 
 
 def test_presets_cover_the_paper():
-    for name in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet20", "resnet32",
-                 "resnet44", "resnet56", "resnet110", "resnet1202", "resnet50_v1.5", "resnet50_v2"]:
+    for name in [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "resnet20",
+        "resnet32",
+        "resnet44",
+        "resnet56",
+        "resnet110",
+        "resnet1202",
+        "resnet50_v1.5",
+        "resnet50_v2",
+    ]:
         assert name in PRESETS
     assert ModelConfig.preset("resnet110").stages[0].blocks == 18
     assert ModelConfig.preset("resnet1202").stages[0].blocks == 200
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(depth=51), "depth=51"),
-    (dict(depth=50, family="imagenet", variant="v3"), "variant='v3'"),
-    (dict(depth=20, width=0), "width=0"),
-    (dict(depth=20, shortcut="C"), "shortcut='C'"),
-    (dict(depth=26, family="imagenet"), "ImageNet family"),
-    (dict(depth=50, image_size=16, stem="imagenet"), "image_size=16"),
-    (dict(depth=20, num_classes=0), "num_classes=0"),
-    (dict(depth=20, dropout=1.0), "dropout=1.0"),
-    (dict(depth=20, input_mean=(1.0,)), "input_mean"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(depth=51), "depth=51"),
+        (dict(depth=50, family="imagenet", variant="v3"), "variant='v3'"),
+        (dict(depth=20, width=0), "width=0"),
+        (dict(depth=20, shortcut="C"), "shortcut='C'"),
+        (dict(depth=26, family="imagenet"), "ImageNet family"),
+        (dict(depth=50, image_size=16, stem="imagenet"), "image_size=16"),
+        (dict(depth=20, num_classes=0), "num_classes=0"),
+        (dict(depth=20, dropout=1.0), "dropout=1.0"),
+        (dict(depth=20, input_mean=(1.0,)), "input_mean"),
+    ],
+)
 def test_bad_configs_name_the_field_and_what_is_accepted(kwargs, message):
     with pytest.raises(ConfigError, match="expected") as error:
         ModelConfig(**kwargs)
@@ -236,8 +288,10 @@ def test_fused_batch_norm_matches_keras_batch_norm_in_training(policy):
     previous = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(policy)
     try:
-        ours, theirs = FusedBatchNormalization(momentum=0.9, epsilon=1e-5), keras.layers.BatchNormalization(
-            momentum=0.9, epsilon=1e-5)
+        ours, theirs = (
+            FusedBatchNormalization(momentum=0.9, epsilon=1e-5),
+            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+        )
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
     x = tf.cast(tf.random.stateless_normal([8, 5, 5, 6], [1, 2]) * 3 + 1, ours.compute_dtype)

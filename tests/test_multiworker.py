@@ -27,8 +27,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "scripts", "launch_workers.py")
 PYTHON = sys.executable
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", PYTHONPATH=REPO)
-MODEL = ["--depth", "8", "--width", "0.25", "--image-size", "32", "--batch-size", "32", "--seed", "0",
-         "--deterministic"]
+MODEL = [
+    "--depth",
+    "8",
+    "--width",
+    "0.25",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "32",
+    "--seed",
+    "0",
+    "--deterministic",
+]
 
 
 def cluster(workers, index, kind="worker"):
@@ -36,8 +47,17 @@ def cluster(workers, index, kind="worker"):
 
 
 def train_args(shared_data, model_dir, epochs):
-    return ["--dataset", "folder", "--data-dir", str(shared_data / "cifar10-mini"), *MODEL,
-            "--epochs", str(epochs), "--model-dir", str(model_dir)]
+    return [
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(shared_data / "cifar10-mini"),
+        *MODEL,
+        "--epochs",
+        str(epochs),
+        "--model-dir",
+        str(model_dir),
+    ]
 
 
 def history(model_dir):
@@ -72,15 +92,22 @@ def test_worker_info_reads_tf_config_and_elects_the_chief(monkeypatch):
     assert (info.task_type, info.task_id, info.num_workers, info.is_chief) == ("worker", 1, 2, False)
     monkeypatch.setenv("TF_CONFIG", cluster(two, 0))
     assert worker_info().is_chief  # no chief job: worker 0 is the chief, as in TensorFlow
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"], "worker": two},
-                                                "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"], "worker": two}, "task": {"type": "worker", "index": 0}})
+    )
     assert not worker_info().is_chief and worker_info().num_workers == 3
 
 
-@pytest.mark.parametrize("value, message", [
-    (None, "needs TF_CONFIG"), ("{not json", "not valid JSON"), ('{"cluster": {}}', "'cluster' and a 'task'"),
-    (cluster(["localhost"], 0), "host:port"), (cluster(["localhost:1"], 3), "is not a chief or worker"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (None, "needs TF_CONFIG"),
+        ("{not json", "not valid JSON"),
+        ('{"cluster": {}}', "'cluster' and a 'task'"),
+        (cluster(["localhost"], 0), "host:port"),
+        (cluster(["localhost:1"], 3), "is not a chief or worker"),
+    ],
+)
 def test_bad_tf_config_is_a_usage_error(monkeypatch, value, message):
     if value is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -100,16 +127,18 @@ def test_worker_timeout_setting(monkeypatch):
 
 def test_cli_multi_worker_without_tf_config_is_one_line_exit_2(tmp_path, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    result = CliRunner().invoke(cli, ["train", "--dataset", "digits", "--strategy", "multi-worker",
-                                      "--model-dir", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        cli, ["train", "--dataset", "digits", "--strategy", "multi-worker", "--model-dir", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "TF_CONFIG" in result.output
     assert not (tmp_path / "run").exists()
 
 
 def test_launcher_refuses_a_strategy_option():
-    done = subprocess.run([PYTHON, LAUNCHER, "--", "--strategy", "mirrored"], capture_output=True, text=True,
-                          env=ENV, timeout=60)
+    done = subprocess.run(
+        [PYTHON, LAUNCHER, "--", "--strategy", "mirrored"], capture_output=True, text=True, env=ENV, timeout=60
+    )
     assert done.returncode == 2 and "--strategy" in done.stderr
 
 
@@ -134,8 +163,13 @@ def test_two_workers_agree_with_each_other_and_with_one_process_of_two_replicas(
     terms, but a different kernel) and Eigen's threaded convolutions, hence a tolerance.
     """
     run, scratch = tmp_path / "mw", tmp_path / "scratch"
-    done = subprocess.run(launch(train_args(shared_data, run, 1)), capture_output=True, text=True, timeout=400,
-                          env=dict(ENV, RESNET_KERAS_WORKER_SCRATCH=str(scratch)))
+    done = subprocess.run(
+        launch(train_args(shared_data, run, 1)),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=dict(ENV, RESNET_KERAS_WORKER_SCRATCH=str(scratch)),
+    )
     assert done.returncode == 0, done.stdout[-3000:]
     assert "[launcher] all 2 workers finished" in done.stdout
     assert re.search(r"\[worker 1\] epoch 1/1", done.stdout) and re.search(r"\[worker 0\] epoch 1/1", done.stdout)
@@ -154,7 +188,7 @@ def test_two_workers_agree_with_each_other_and_with_one_process_of_two_replicas(
         from resnet_keras.data import DataConfig
         from resnet_keras.train import TrainConfig, train
         train(ModelConfig(depth=8, width=0.25, image_size=32, num_classes=10),
-              DataConfig(dataset="folder", data_dir={str(shared_data / 'cifar10-mini')!r}, deterministic=True),
+              DataConfig(dataset="folder", data_dir={str(shared_data / "cifar10-mini")!r}, deterministic=True),
               TrainConfig(epochs=1, batch_size=32, seed=0, strategy="mirrored"), {str(single)!r}, log=print)
     """)
     done = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=ENV, timeout=300)
@@ -171,9 +205,16 @@ def start_workers(args, timeout):
     """Two `train --strategy multi-worker` processes on free localhost ports, as a scheduler starts them."""
     peers = [f"localhost:{port}" for port in load_launcher().free_ports(2)]
     command = [PYTHON, "-m", "resnet_keras.cli", "train", "--strategy", "multi-worker", *args]
-    return [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=dict(ENV, TF_CONFIG=cluster(peers, index), **{WORKER_TIMEOUT_ENV: str(timeout)}))
-            for index in range(2)]
+    return [
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(ENV, TF_CONFIG=cluster(peers, index), **{WORKER_TIMEOUT_ENV: str(timeout)}),
+        )
+        for index in range(2)
+    ]
 
 
 @pytest.mark.slow
@@ -212,8 +253,15 @@ def test_sigkill_one_worker_the_other_fails_and_the_same_command_resumes(tmp_pat
 def test_a_worker_whose_peer_never_starts_fails_within_the_timeout(tmp_path, shared_data):
     peers = [f"localhost:{port}" for port in load_launcher().free_ports(2)]  # nobody listens on the second
     env = dict(ENV, TF_CONFIG=cluster(peers, 0), **{WORKER_TIMEOUT_ENV: "10"})
-    command = [PYTHON, "-m", "resnet_keras.cli", "train", "--strategy", "multi-worker",
-               *train_args(shared_data, tmp_path / "run", 1)]
+    command = [
+        PYTHON,
+        "-m",
+        "resnet_keras.cli",
+        "train",
+        "--strategy",
+        "multi-worker",
+        *train_args(shared_data, tmp_path / "run", 1),
+    ]
     started = time.time()
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     elapsed = time.time() - started

@@ -47,7 +47,12 @@ def history(model_dir):
 def test_train_config_recipe_defaults_and_round_trip():
     paper = TrainConfig(batch_size=256)
     assert (paper.epochs, paper.learning_rate, paper.nesterov, paper.label_smoothing, paper.warmup_epochs) == (
-        182, pytest.approx(0.2), False, 0.0, 0)
+        182,
+        pytest.approx(0.2),
+        False,
+        0.0,
+        0,
+    )
     short = TrainConfig(recipe="short", epochs=20)
     assert short.nesterov and short.label_smoothing == 0.1 and short.warmup_epochs == 2
     # The budget values measured on CIFAR-10 (ResNet-20, 6 epochs: 80.7 % vs 77.9 % with the paper's).
@@ -60,8 +65,17 @@ def test_train_config_recipe_defaults_and_round_trip():
         assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
-@pytest.mark.parametrize("field, value", [("recipe", "fast"), ("epochs", 0), ("batch_size", 1.5),
-                                          ("mixed_precision", "int8"), ("strategy", "tpu"), ("label_smoothing", 1)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("recipe", "fast"),
+        ("epochs", 0),
+        ("batch_size", 1.5),
+        ("mixed_precision", "int8"),
+        ("strategy", "tpu"),
+        ("label_smoothing", 1),
+    ],
+)
 def test_train_config_rejects_bad_values(field, value):
     with pytest.raises(ConfigError, match=f"Received: {field}="):
         TrainConfig(**{field: value})
@@ -102,8 +116,13 @@ def test_low_rate_start_only_for_the_paper_recipe_on_deep_cifar_nets():
 
 def test_train_refuses_a_config_for_the_other_family(tmp_path):
     with pytest.raises(UsageError, match="family"):
-        train(ModelConfig.preset("resnet18", width=0.25, image_size=32, num_classes=10), DIGITS,
-              TrainConfig(epochs=1), tmp_path / "run", log=quiet)
+        train(
+            ModelConfig.preset("resnet18", width=0.25, image_size=32, num_classes=10),
+            DIGITS,
+            TrainConfig(epochs=1),
+            tmp_path / "run",
+            log=quiet,
+        )
 
 
 def test_low_rate_start_runs_at_a_tenth_until_train_error_is_below_80_percent(tmp_path):
@@ -162,7 +181,11 @@ def test_run_directory_contents(digits_run):
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert set(json.loads((model_dir / "metrics.json").read_text())) >= {
-        "final_val_accuracy", "best_val_accuracy", "wall_seconds", "images_per_second"}
+        "final_val_accuracy",
+        "best_val_accuracy",
+        "wall_seconds",
+        "images_per_second",
+    }
     import resnet_keras.blocks  # noqa: F401  registers ZeroPadShortcut
 
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
@@ -201,8 +224,13 @@ def test_resume_continues_after_the_last_epoch_and_refuses_other_configs(tmp_pat
     with pytest.raises(UsageError, match=r"train\.learning_rate.*--overwrite"):
         train(TINY, DIGITS, TrainConfig(epochs=2, batch_size=64, learning_rate=0.05), model_dir, log=quiet)
     with pytest.raises(UsageError, match=r"model\.depth"):
-        train(ModelConfig(depth=14, width=0.25, image_size=16, num_classes=10), DIGITS,
-              TrainConfig(epochs=2, **FAST), model_dir, log=quiet)
+        train(
+            ModelConfig(depth=14, width=0.25, image_size=16, num_classes=10),
+            DIGITS,
+            TrainConfig(epochs=2, **FAST),
+            model_dir,
+            log=quiet,
+        )
 
     # A run directory written before newer config fields existed still resumes when they keep defaults.
     configs = json.loads((model_dir / "config.json").read_text())
@@ -267,14 +295,24 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
 def test_exploding_learning_rate_fails_cleanly(tmp_path):
     with pytest.raises(TrainingFailure, match="loss became NaN at epoch"):
-        train(TINY, DIGITS, TrainConfig(epochs=3, batch_size=64, learning_rate=1e10, weight_decay=0.0),
-              tmp_path, log=quiet)
+        train(
+            TINY,
+            DIGITS,
+            TrainConfig(epochs=3, batch_size=64, learning_rate=1e10, weight_decay=0.0),
+            tmp_path,
+            log=quiet,
+        )
 
 
 def test_num_classes_must_match_the_dataset(tmp_path):
     with pytest.raises(UsageError, match="num_classes=5"):
-        train(ModelConfig(depth=8, width=0.25, image_size=16, num_classes=5), DIGITS, TrainConfig(epochs=1),
-              tmp_path, log=quiet)
+        train(
+            ModelConfig(depth=8, width=0.25, image_size=16, num_classes=5),
+            DIGITS,
+            TrainConfig(epochs=1),
+            tmp_path,
+            log=quiet,
+        )
 
 
 @pytest.mark.slow
@@ -282,8 +320,9 @@ def test_num_classes_must_match_the_dataset(tmp_path):
 def test_mixed_precision_and_xla_train(tmp_path, precision, xla):
     import keras
 
-    metrics = train(TINY, DIGITS, TrainConfig(epochs=1, mixed_precision=precision, xla=xla, **FAST), tmp_path,
-                    log=quiet)
+    metrics = train(
+        TINY, DIGITS, TrainConfig(epochs=1, mixed_precision=precision, xla=xla, **FAST), tmp_path, log=quiet
+    )
     assert math.isfinite(metrics["final_loss"]) and metrics["final_accuracy"] > 0.1
     assert keras.mixed_precision.dtype_policy().name == "float32"  # the global policy is restored
 
@@ -301,7 +340,7 @@ def test_cli_train_and_evaluate(tmp_path):
     assert "epoch 1/1" in result.output and "Done:" in result.output
     result = run("evaluate", "--model-dir", str(tmp_path / "run"), "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output[result.output.index("{"):])["examples"] == 359
+    assert json.loads(result.output[result.output.index("{") :])["examples"] == 359
 
 
 def test_cli_bad_depth_is_one_line_exit_2(tmp_path):
@@ -345,22 +384,22 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
         model = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
         try:
             train(model, DataConfig(dataset="digits"), TrainConfig(epochs=1, batch_size=33, strategy="mirrored"),
-                  {str(tmp_path / 'bad')!r}, log=lambda m: None)
+                  {str(tmp_path / "bad")!r}, log=lambda m: None)
             refused = None
         except UsageError as error:
             refused = str(error)
         try:
             train(model, DataConfig(dataset="digits"), TrainConfig(epochs=1, strategy="mirrored", xla=True),
-                  {str(tmp_path / 'xla')!r}, log=lambda m: None)
+                  {str(tmp_path / "xla")!r}, log=lambda m: None)
             xla_refused = None
         except UsageError as error:
             xla_refused = str(error)
         metrics = train(model, DataConfig(dataset="digits"),
                         TrainConfig(epochs=1, batch_size=64, learning_rate=0.1, strategy="mirrored"),
-                        {str(tmp_path / 'run')!r}, log=lambda m: None)
-        weights = keras.saving.load_model({str(tmp_path / 'run' / 'model.keras')!r}).get_weights()
-        print(json.dumps(dict(replicas=metrics["replicas"], loss=metrics["final_loss"], refused=refused, xla_refused=xla_refused,
-                              finite=all(bool(np.isfinite(w).all()) for w in weights))))
+                        {str(tmp_path / "run")!r}, log=lambda m: None)
+        weights = keras.saving.load_model({str(tmp_path / "run" / "model.keras")!r}).get_weights()
+        print(json.dumps(dict(replicas=metrics["replicas"], loss=metrics["final_loss"], refused=refused,
+                              xla_refused=xla_refused, finite=all(bool(np.isfinite(w).all()) for w in weights))))
     """)
     done = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=ENV, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -373,8 +412,18 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
 @pytest.mark.slow
 def test_sigkill_mid_training_then_the_same_command_resumes(tmp_path):
     model_dir = tmp_path / "run"
-    command = [PYTHON, "-m", "resnet_keras.cli", "train", *TINY_CLI[:-1], "32", "--epochs", "6",
-               "--model-dir", str(model_dir)]
+    command = [
+        PYTHON,
+        "-m",
+        "resnet_keras.cli",
+        "train",
+        *TINY_CLI[:-1],
+        "32",
+        "--epochs",
+        "6",
+        "--model-dir",
+        str(model_dir),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV)
     deadline = time.time() + 120
     while not (model_dir / "checkpoints" / "checkpoint").exists():

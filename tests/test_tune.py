@@ -16,18 +16,28 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-import resnet_keras.errors
 from click.testing import CliRunner
 
+from resnet_keras import tune as tune_lib
 from resnet_keras.cli import cli
 from resnet_keras.errors import ConfigError, UsageError
-from resnet_keras import tune as tune_lib
 from resnet_keras.tune import Architecture, LogRange, SearchSpace, TuneConfig
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--depths", "8", "--widths", "0.125,0.25", "--shortcuts", "A", "--epochs-per-trial", "1",
-        "--steps-per-epoch", "2", "--batch-size", "16"]
+TINY = [
+    "--depths",
+    "8",
+    "--widths",
+    "0.125,0.25",
+    "--shortcuts",
+    "A",
+    "--epochs-per-trial",
+    "1",
+    "--steps-per-epoch",
+    "2",
+    "--batch-size",
+    "16",
+]
 
 
 def quiet(_line):
@@ -65,7 +75,12 @@ def test_parsers_accept_lists_ranges_and_counts():
     assert tune_lib.parse_floats("0.5,1,2", "widths") == (0.5, 1.0, 2.0)
     assert tune_lib.parse_floats("0.01:0.4", "lrs", allow_range=True) == LogRange(0.01, 0.4)
     assert [tune_lib.parse_count(v, "max_params") for v in ("250k", "1.5M", "2G", 300000, "1,000")] == [
-        250_000, 1_500_000, 2_000_000_000, 300_000, 1000]
+        250_000,
+        1_500_000,
+        2_000_000_000,
+        300_000,
+        1000,
+    ]
     for bad in ("lots", "-5", "0"):
         with pytest.raises(UsageError, match="max_params"):
             tune_lib.parse_count(bad, "max_params")
@@ -78,7 +93,12 @@ def test_parsers_accept_lists_ranges_and_counts():
 def test_space_defaults_per_family_and_validation():
     cifar = SearchSpace()
     assert (cifar.family, cifar.depths, cifar.widths, cifar.shortcuts, cifar.image_size) == (
-        "cifar", (20, 32, 44, 56, 110), (0.5, 1.0, 2.0), ("A", "B"), 32)
+        "cifar",
+        (20, 32, 44, 56, 110),
+        (0.5, 1.0, 2.0),
+        ("A", "B"),
+        32,
+    )
     assert isinstance(cifar.learning_rates, LogRange) and isinstance(cifar.weight_decays, LogRange)
     imagenet = SearchSpace(depths=(18, 34))
     assert (imagenet.family, imagenet.image_size) == ("imagenet", 224)
@@ -97,18 +117,31 @@ def test_space_defaults_per_family_and_validation():
 def test_hypermodel_maps_hyperparameters_to_model_config():
     import keras_tuner
 
-    space = SearchSpace(depths=(20, 32), widths=(0.5, 1), learning_rates=(0.05, 0.1), weight_decays=LogRange(1e-5, 1e-3))
+    space = SearchSpace(
+        depths=(20, 32), widths=(0.5, 1), learning_rates=(0.05, 0.1), weight_decays=LogRange(1e-5, 1e-3)
+    )
     hypermodel = tune_lib._hypermodel_class()(space, num_classes=7)
     hp = keras_tuner.HyperParameters()
     hp.values.update(depth=32, width=0.5, shortcut="B", learning_rate=0.1, weight_decay=3e-4)
     plan = hypermodel.build(hp)
     config = plan.model_config
     assert (config.depth, config.family, config.width, config.shortcut, config.num_classes, config.image_size) == (
-        32, "cifar", 0.5, "B", 7, 32)
+        32,
+        "cifar",
+        0.5,
+        "B",
+        7,
+        32,
+    )
     assert (plan.learning_rate, plan.weight_decay) == (0.1, 3e-4)
     names = {p.name: type(p).__name__ for p in hp.space}
-    assert names == {"depth": "Choice", "width": "Choice", "shortcut": "Choice", "learning_rate": "Choice",
-                     "weight_decay": "Float"}
+    assert names == {
+        "depth": "Choice",
+        "width": "Choice",
+        "shortcut": "Choice",
+        "learning_rate": "Choice",
+        "weight_decay": "Float",
+    }
 
     # Under a cost limit the architecture is one choice over the feasible candidates only.
     feasible = [Architecture(20, 0.5, "A"), Architecture(32, 0.5, "A")]
@@ -122,8 +155,10 @@ def test_hypermodel_maps_hyperparameters_to_model_config():
 
 def test_cost_limit_keeps_feasible_candidates_smallest_first():
     space = SearchSpace(depths=(20, 32), widths=(0.5, 1.0), shortcuts=("A",))
-    costs = {a.label: {"params": a.depth * a.width * 1000, "multiply_adds": a.depth * a.width * 1e6}
-             for a in space.architectures()}
+    costs = {
+        a.label: {"params": a.depth * a.width * 1000, "multiply_adds": a.depth * a.width * 1e6}
+        for a in space.architectures()
+    }
     ok = tune_lib.feasible_architectures(space, costs, max_params=20_000, max_flops=None)
     assert [a.label for a in ok] == ["resnet20-w0.5-A", "resnet32-w0.5-A", "resnet20-w1-A"]
     with pytest.raises(UsageError, match="no candidate meets the cost limit --max-flops 1,000 .*resnet20-w0.5-A"):
@@ -133,16 +168,25 @@ def test_cost_limit_keeps_feasible_candidates_smallest_first():
 def test_a_bigger_max_trials_extends_a_search_but_other_changes_do_not():
     old = {"space": {"depths": [20]}, "tune": {"tuner": "random", "max_trials": 5}}
     assert tune_lib._differences(old, {"space": {"depths": [20]}, "tune": {"tuner": "random", "max_trials": 9}}) == []
-    assert tune_lib._differences(old, {"space": {"depths": [20, 32]}, "tune": {"tuner": "hyperband", "max_trials": 5}}) == [
-        "space.depths: [20] -> [20, 32]", "tune.tuner: 'random' -> 'hyperband'"]
+    assert tune_lib._differences(
+        old, {"space": {"depths": [20, 32]}, "tune": {"tuner": "hyperband", "max_trials": 5}}
+    ) == ["space.depths: [20] -> [20, 32]", "tune.tuner: 'random' -> 'hyperband'"]
 
 
 # ----------------------------------------------------------------------------- bad input on the command line
 
 
 def test_empty_space_is_exit_2_before_reading_data(tmp_path):
-    result = tune_cli("--depths", ",", "--dataset", "folder", "--data-dir", str(tmp_path / "missing"),
-                      "--results-dir", str(tmp_path / "r"))
+    result = tune_cli(
+        "--depths",
+        ",",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        str(tmp_path / "missing"),
+        "--results-dir",
+        str(tmp_path / "r"),
+    )
     assert result.exit_code == 2
     assert result.output.strip() == "Error: empty search space: --depths gives no values."
     assert not (tmp_path / "r").exists()
@@ -151,8 +195,10 @@ def test_empty_space_is_exit_2_before_reading_data(tmp_path):
 def test_cost_limit_nothing_meets_is_exit_2(tmp_path, shared_data):
     result = tune_cli(*data_args(shared_data), *TINY, "--max-params", "1k", "--results-dir", str(tmp_path / "r"))
     assert result.exit_code == 2, result.output
-    assert "Error: no candidate meets the cost limit --max-params 1,000 (the smallest, resnet8-w0.125-A, has 1,356" \
+    assert (
+        "Error: no candidate meets the cost limit --max-params 1,000 (the smallest, resnet8-w0.125-A, has 1,356"
         in result.output
+    )
     assert "Traceback" not in result.output
     assert not list((tmp_path / "r" / "kerastuner").glob("trial_*"))  # nothing trained
 
@@ -166,8 +212,7 @@ def test_a_folder_that_is_not_a_search_is_refused(tmp_path, shared_data):
     assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
 
 
-def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_search(tmp_path, shared_data,
-                                                                                      monkeypatch):
+def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_search(tmp_path, shared_data, monkeypatch):
     # The training loop raises TrainingFailure when the loss becomes NaN; stand in for it so that
     # real KerasTuner bookkeeping is tested without training.
     import resnet_keras.train
@@ -185,8 +230,11 @@ def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_sea
 
     result = tune_cli(*args, "--max-trials", "5", "--results-dir", str(tmp_path / "five"))
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1].startswith(
-        "Error: the search stopped after consecutive failed trials (last: ")
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .startswith("Error: the search stopped after consecutive failed trials (last: ")
+    )
     assert "loss became NaN" in result.output.strip().splitlines()[-1]
 
 
@@ -195,7 +243,8 @@ def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_sea
 
 @pytest.mark.slow
 def test_random_search_ranks_trials_resumes_refuses_another_search_and_its_best_config_trains(
-        tmp_path, shared_data, monkeypatch):
+    tmp_path, shared_data, monkeypatch
+):
     # One test, so pytest-xdist never runs this search twice on two workers.
     results = tmp_path / "random"
     args = [*data_args(shared_data), *TINY, "--max-trials", "2", "--results-dir", str(results)]
@@ -246,12 +295,16 @@ def test_random_search_ranks_trials_resumes_refuses_another_search_and_its_best_
 
     # `train --config best.yaml` trains the best trial's network with its learning rate and decay.
     model_dir = tmp_path / "best"
-    result = CliRunner().invoke(cli, ["train", "--config", str(results / "best.yaml"), "--batch-size", "64",
-                                      "--model-dir", str(model_dir)])
+    result = CliRunner().invoke(
+        cli, ["train", "--config", str(results / "best.yaml"), "--batch-size", "64", "--model-dir", str(model_dir)]
+    )
     assert result.exit_code == 0, result.output
     run = json.loads((model_dir / "config.json").read_text())
     assert (run["model"]["depth"], run["model"]["width"], run["model"]["shortcut"]) == (
-        best["depth"], best["width"], best["shortcut"])
+        best["depth"],
+        best["width"],
+        best["shortcut"],
+    )
     assert run["train"]["learning_rate"] == pytest.approx(best["lr"])
     assert run["model"]["weight_decay"] == pytest.approx(best["weight_decay"])
     assert run["data"]["data_dir"] == best["data_dir"] and history_epochs(model_dir) == [1]
@@ -281,19 +334,24 @@ def test_hyperband_promotes_a_trial_and_trains_on_from_its_checkpoint(tmp_path, 
     assert (source["epochs"], promoted["epochs"]) == (1, 2)
     assert (promoted["depth"], promoted["learning_rate"]) == (source["depth"], source["learning_rate"])
     trials = tmp_path / "hb" / "kerastuner"
-    with open(trials / f"trial_{promoted['trial']}" / "run" / "history.csv") as a, \
-            open(trials / f"trial_{source['trial']}" / "run" / "history.csv") as b:
+    with (
+        open(trials / f"trial_{promoted['trial']}" / "run" / "history.csv") as a,
+        open(trials / f"trial_{source['trial']}" / "run" / "history.csv") as b,
+    ):
         promoted_history, source_history = list(csv.DictReader(a)), list(csv.DictReader(b))
     assert [int(r["epoch"]) for r in promoted_history] == [1, 2]
     assert promoted_history[0] == source_history[0]  # epoch 1 was not retrained
     assert json.loads((tmp_path / "hb" / "costs.json").read_text()).keys() == {
-        "resnet8-w0.125-A", "resnet8-w0.25-A", "resnet14-w0.125-A", "resnet14-w0.25-A"}
+        "resnet8-w0.125-A",
+        "resnet8-w0.25-A",
+        "resnet14-w0.125-A",
+        "resnet14-w0.25-A",
+    }
 
 
 @pytest.mark.slow
 def test_bayesian_search_fits_its_gaussian_process_after_the_initial_points(tmp_path, shared_data):
-    tune = TuneConfig(tuner="bayesian", epochs_per_trial=1, max_trials=3, initial_points=2,
-                      objective="val_loss")
+    tune = TuneConfig(tuner="bayesian", epochs_per_trial=1, max_trials=3, initial_points=2, objective="val_loss")
     result = _search(shared_data, tmp_path / "bo", tune, learning_rates=LogRange(0.01, 0.2))
     assert [r["status"] for r in result.rows] == ["COMPLETED"] * 3
     losses = [r["objective"] for r in result.rows]
@@ -305,12 +363,32 @@ def test_bayesian_search_fits_its_gaussian_process_after_the_initial_points(tmp_
 @pytest.mark.slow
 def test_a_search_killed_mid_trial_resumes_that_trial_and_keeps_the_finished_one(tmp_path, shared_data):
     results = tmp_path / "killed"
-    args = [*data_args(shared_data), "--depths", "8", "--widths", "0.125,0.25", "--shortcuts", "A",
-            "--epochs-per-trial", "2", "--steps-per-epoch", "2", "--batch-size", "16", "--max-trials", "2",
-            "--results-dir", str(results)]
+    args = [
+        *data_args(shared_data),
+        "--depths",
+        "8",
+        "--widths",
+        "0.125,0.25",
+        "--shortcuts",
+        "A",
+        "--epochs-per-trial",
+        "2",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "16",
+        "--max-trials",
+        "2",
+        "--results-dir",
+        str(results),
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "resnet_keras.cli", "tune", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnet_keras.cli", "tune", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     marker = results / "kerastuner" / "trial_1" / "run" / "checkpoints" / "checkpoint"
     try:
         deadline = time.monotonic() + 300
@@ -356,15 +434,30 @@ def _gone(pid):
 def test_a_chief_and_two_workers_complete_a_search_together(tmp_path, shared_data):
     results = tmp_path / "dist"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, str(REPO / "scripts" / "tune_distributed.py"), "--workers", "2", "--timeout", "400", "--",
-           *data_args(shared_data), *TINY, "--max-trials", "4", "--results-dir", str(results)]
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "tune_distributed.py"),
+        "--workers",
+        "2",
+        "--timeout",
+        "400",
+        "--",
+        *data_args(shared_data),
+        *TINY,
+        "--max-trials",
+        "4",
+        "--results-dir",
+        str(results),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=460)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(_pids(proc.stdout)) == 3 and all(_gone(pid) for pid in _pids(proc.stdout))
     rows = read_trials(results)  # written by the chief from its oracle
     assert len(rows) == 4 and {r["status"] for r in rows} == {"COMPLETED"}
     assert {r["worker"] for r in rows} == {"tuner0", "tuner1"}  # both workers ran trials
-    statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in results.glob("kerastuner/trial_*/trial.json")}
+    statuses = {
+        p.parent.name: json.loads(p.read_text())["status"] for p in results.glob("kerastuner/trial_*/trial.json")
+    }
     assert statuses == {f"trial_{i}": "COMPLETED" for i in range(4)}
     assert "[tuner0] [trial " in proc.stdout and "[tuner1] [trial " in proc.stdout
     assert "[chief] Wrote " in proc.stdout and (results / "best.yaml").exists()
@@ -372,8 +465,19 @@ def test_a_chief_and_two_workers_complete_a_search_together(tmp_path, shared_dat
 
 def test_the_distributed_script_stops_every_process_on_timeout(tmp_path, shared_data):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, str(REPO / "scripts" / "tune_distributed.py"), "--workers", "2", "--timeout", "2", "--",
-           *data_args(shared_data), *TINY, "--results-dir", str(tmp_path / "r")]
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "tune_distributed.py"),
+        "--workers",
+        "2",
+        "--timeout",
+        "2",
+        "--",
+        *data_args(shared_data),
+        *TINY,
+        "--results-dir",
+        str(tmp_path / "r"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 124, proc.stdout
     assert "timeout after 2 s; stopping the search" in proc.stdout

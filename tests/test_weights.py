@@ -30,8 +30,9 @@ def randomized_keras_app(app, *, seed=0, include_top=True):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n), rng.normal(0, 0.5, n),
-                               rng.uniform(0.5, 2.0, n)])
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n), rng.normal(0, 0.5, n), rng.uniform(0.5, 2.0, n)]
+            )
         elif isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
             layer.bias.assign(rng.normal(0, 0.2, layer.bias.shape))
     return model
@@ -111,7 +112,11 @@ def test_keras_layout_strides_last_block_and_keeps_total_stride():
     config = weights.model_config_for("resnet50v2", image_size=SIZE, include_top=False)
     model = build_model(config)
     assert [tuple(model.output[k].shape[1:3]) for k in ("conv2", "conv3", "conv4", "conv5")] == [
-        (8, 8), (4, 4), (2, 2), (2, 2)]  # keras' ResNetV2: each stage downsamples at its end
+        (8, 8),
+        (4, 4),
+        (2, 2),
+        (2, 2),
+    ]  # keras' ResNetV2: each stage downsamples at its end
     assert model.get_layer("conv2_block3_2_conv").strides == (2, 2)
     assert model.get_layer("conv2_block1_2_conv").strides == (1, 1)
     assert model.get_layer("conv1_conv").use_bias and model.get_layer("conv2_block1_3_conv").use_bias
@@ -121,8 +126,11 @@ def test_keras_layout_strides_last_block_and_keeps_total_stride():
 def test_wrong_architecture_is_refused_before_anything_is_loaded():
     keras_model = weights.build_keras_app("resnet50", image_size=SIZE)
     ours = build_model(weights.model_config_for("resnet101", image_size=SIZE))
-    with pytest.raises(UsageError, match=r"ResNet50 \(107 weighted layers\) do not fit resnet101 \(209\): "
-                       r"conv4_block\d+_\w+ and 101 more not in the weights"):
+    with pytest.raises(
+        UsageError,
+        match=r"ResNet50 \(107 weighted layers\) do not fit resnet101 \(209\): "
+        r"conv4_block\d+_\w+ and 101 more not in the weights",
+    ):
         weights.convert_weights(keras_model, "resnet50", ours)
 
 
@@ -185,7 +193,9 @@ def test_imagenet_offline_says_so_at_once(tmp_path, monkeypatch):
     assert time.perf_counter() - start < 5
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "no network" in lines[0] and "resnet101v2_weights_tf_dim_ordering_tf_kernels.h5" in lines[0]
+    assert (
+        len(lines) == 1 and "no network" in lines[0] and "resnet101v2_weights_tf_dim_ordering_tf_kernels.h5" in lines[0]
+    )
     assert not (tmp_path / "x.keras").exists()
 
 
@@ -201,8 +211,9 @@ def test_weights_file_of_another_depth_is_refused(resnet50_file, tmp_path):
     output = tmp_path / "r101.keras"
     result = CliRunner().invoke(cli, ["convert", "resnet101", "--weights", str(path), "--output", str(output)])
     assert result.exit_code == 2
-    assert result.output.strip() == (f"Error: {path} holds keras.applications ResNet50 weights; "
-                                     "expected keras.applications ResNet101")
+    assert result.output.strip() == (
+        f"Error: {path} holds keras.applications ResNet50 weights; expected keras.applications ResNet101"
+    )
     assert not output.exists()
 
 
