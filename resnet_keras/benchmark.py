@@ -128,13 +128,13 @@ def step_stats(times_s: list[float], batch: int) -> dict[str, Any]:
         batch_size=batch,
         steps=len(ms),
         images_per_sec=round(batch / med * 1e3, 2),
-        step_ms_median=round(med, 2),
-        step_ms_p10=round(p10, 2),
-        step_ms_p90=round(p90, 2),
-        step_ms_iqr=round(q3 - q1, 2),
-        step_ms_min=round(ms.min(), 2),
-        step_ms_max=round(ms.max(), 2),
-        step_ms=[round(t, 2) for t in ms],
+        step_ms_median=round(med, 3),
+        step_ms_p10=round(p10, 3),
+        step_ms_p90=round(p90, 3),
+        step_ms_iqr=round(q3 - q1, 3),
+        step_ms_min=round(ms.min(), 3),
+        step_ms_max=round(ms.max(), 3),
+        step_ms=[round(t, 3) for t in ms],
     )
 
 
