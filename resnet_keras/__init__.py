@@ -21,8 +21,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "config": ["ModelConfig"],
-    "errors": ["ConfigError", "DataError", "ResNetKerasError", "TrainingFailure", "UsageError"],
+    "config": ["DataConfig", "ModelConfig", "TrainConfig"],
+    "errors": ["ConfigError", "DataError", "ExportFailure", "ResNetKerasError", "TrainingFailure", "UsageError"],
     "models": [
         "build_backbone",
         "build_classifier",
@@ -43,6 +43,8 @@ _EXPORTS = {
         "resnet110",
         "resnet1202",
     ],
+    "recipes": ["RECIPES", "Recipe"],
+    "rundir": ["RunDir"],
     "specs": ["PRESETS", "StageSpec"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -37,11 +37,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from resnet_keras.config import ModelConfig
+from resnet_keras.config import PRECISIONS, ModelConfig
 from resnet_keras.errors import UsageError, expect, is_int
 
 MODES = ("train", "infer")
-PRECISIONS = ("none", "float16", "bfloat16")
 
 # NVIDIA DeepLearningExamples, TensorFlow/Classification/ConvNets/resnet50v1.5/README.md,
 # "Training performance results" (TF 20.06-tf1 NGC container, images/s averaged over an epoch).
@@ -136,10 +135,6 @@ def step_stats(times_s: list[float], batch: int) -> dict[str, Any]:
         step_ms_max=round(ms.max(), 3),
         step_ms=[round(t, 3) for t in ms],
     )
-
-
-def _policy(precision: str) -> str:
-    return {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[precision]
 
 
 # ----------------------------------------------------------------------------- data
@@ -245,7 +240,7 @@ def anchor_for(model_config: ModelConfig) -> tuple[str, Callable[[], Any]]:
 # ----------------------------------------------------------------------------- runners
 
 
-class _Ours:
+class TrainStepRunner:
     """Our model, optimizer and the training step of `train.py`, built as `train()` builds them."""
 
     def __init__(self, model_config: ModelConfig, bench: BenchmarkConfig, batch: int, data_config):
@@ -253,9 +248,11 @@ class _Ours:
         import tensorflow as tf
 
         from resnet_keras import data as data_lib
+        from resnet_keras.config import TrainConfig
         from resnet_keras.distribute import check_global_batch, make_strategy
-        from resnet_keras.models import build_model
-        from resnet_keras.train import TrainConfig, make_schedule, make_train_step
+        from resnet_keras.models import build_model, dtype_policy
+        from resnet_keras.recipes import make_schedule
+        from resnet_keras.trainer import make_train_step
 
         # The defaults of `resnet-keras train` (paper recipe: weight decay 1e-4, SGD momentum 0.9).
         train_config = TrainConfig(
@@ -271,21 +268,16 @@ class _Ours:
         check_global_batch(batch, self.strategy)
         keras.utils.set_random_seed(bench.seed)
         # As in train(): the dtype policy holds while the model and optimizer are built.
-        previous = keras.mixed_precision.dtype_policy()
-        keras.mixed_precision.set_dtype_policy(_policy(bench.precision))
-        try:
-            with self.strategy.scope():
-                self.model = build_model(model_config)
-                optimizer = keras.optimizers.SGD(
-                    learning_rate=make_schedule(train_config, 1000),
-                    momentum=train_config.momentum,
-                    nesterov=train_config.nesterov,
-                )
-                if bench.precision == "float16":
-                    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-                optimizer.build(self.model.trainable_variables)
-        finally:
-            keras.mixed_precision.set_dtype_policy(previous)
+        with dtype_policy(PRECISIONS[bench.precision]), self.strategy.scope():
+            self.model = build_model(model_config)
+            optimizer = keras.optimizers.SGD(
+                learning_rate=make_schedule(train_config, 1000),
+                momentum=train_config.momentum,
+                nesterov=train_config.nesterov,
+            )
+            if bench.precision == "float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer.build(self.model.trainable_variables)
         self.step_fn = make_train_step(
             self.model,
             optimizer,
@@ -336,11 +328,11 @@ class _KerasAnchor:
         import keras
         import tensorflow as tf
 
+        from resnet_keras.models import dtype_policy
+
         self.name, self.batch = label, batch
         keras.utils.set_random_seed(bench.seed)
-        previous = keras.mixed_precision.dtype_policy()
-        keras.mixed_precision.set_dtype_policy(_policy(bench.precision))
-        try:
+        with dtype_policy(PRECISIONS[bench.precision]):
             self.model = build()
             # Under mixed_float16, compile wraps SGD in a LossScaleOptimizer by itself.
             self.model.compile(
@@ -348,8 +340,6 @@ class _KerasAnchor:
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 jit_compile=bench.xla,
             )
-        finally:
-            keras.mixed_precision.set_dtype_policy(previous)
         size = model_config.image_size
         self.x = tf.random.stateless_uniform([batch, size, size, 3], [bench.seed, 1], 0, 255)
         self.y = tf.random.stateless_uniform([batch], [bench.seed, 2], 0, model_config.num_classes, tf.int32)
@@ -370,7 +360,7 @@ def _timed(call) -> float:
     return time.perf_counter() - start
 
 
-def _alternate(runners, mode: str, steps: int, warmup: int) -> dict[str, list[float]]:
+def alternate(runners, mode: str, steps: int, warmup: int) -> dict[str, list[float]]:
     """Times `mode` of each runner in rounds (A, B, A, B, ...); warm-up rounds are not kept."""
     times = {runner.name: [] for runner in runners}
     for index in range(warmup + steps):
@@ -409,7 +399,7 @@ def _memory_child(spec_json: str) -> None:
             _, synthetic = data_config_for(
                 dataclasses.replace(bench, data="synthetic"), model_config.num_classes, batch
             )
-            runner = _Ours(model_config, bench, batch, synthetic)
+            runner = TrainStepRunner(model_config, bench, batch, synthetic)
         else:
             runner = _KerasAnchor(*anchor_for(model_config), model_config, bench, batch)
         for _ in range(3):
@@ -463,7 +453,7 @@ def measure_peak_memory(kind: str, model_config: ModelConfig, bench: BenchmarkCo
 # ----------------------------------------------------------------------------- profile
 
 
-def profile_train_steps(runner: _Ours, logdir: str | os.PathLike, steps: int = 3, top: int = 15) -> dict:
+def profile_train_steps(runner: TrainStepRunner, logdir: str | os.PathLike, steps: int = 3, top: int = 15) -> dict:
     """Traces `steps` training steps with the TensorFlow profiler into `logdir` (open it with
     TensorBoard's profile plugin or xprof); returns the step time and the `top` op types by time."""
     import tensorflow as tf
@@ -490,9 +480,9 @@ def op_time_by_type(xplane_path: str | os.PathLike, steps: int = 1) -> tuple[flo
     few cluster ops (`_XlaRun`). Op times of parallel threads add up, so `share` is a fraction
     of the summed op time, not of the step. Rows: {"op", "ms_per_step", "share", "count"}.
     """
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    from resnet_keras import tf_compat
 
-    space = xplane_pb2.XSpace()
+    space = tf_compat.xplane_proto().XSpace()
     space.ParseFromString(Path(xplane_path).read_bytes())
     totals: dict[str, list[float]] = {}
     step_ps = 0
@@ -541,7 +531,7 @@ def run(
     import numpy as np
     import tensorflow as tf
 
-    from resnet_keras.distribute import onednn_enabled
+    from resnet_keras.tf_compat import onednn_enabled
 
     began, load_before = time.perf_counter(), os.getloadavg()
     batch = bench.resolved_batch(model_config)
@@ -557,13 +547,13 @@ def run(
         emit(row)
         return row
 
-    ours = _Ours(model_config, bench, batch, synthetic_data)
+    ours = TrainStepRunner(model_config, bench, batch, synthetic_data)
     runners = [ours]
     if bench.compare:
         runners.append(_KerasAnchor(*anchor_for(model_config), model_config, bench, batch))
     params = {runner.name: int(runner.model.count_params()) for runner in runners}
     for mode in bench.modes:
-        times = _alternate(runners, mode, bench.steps, bench.warmup)
+        times = alternate(runners, mode, bench.steps, bench.warmup)
         for runner in runners:
             extra = dict(params=params[runner.name])
             if mode == "train":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from resnet_keras import tf_compat
 from resnet_keras.errors import ConfigError
 
 # Batch norm as in the paper's Caffe/Torch code: running averages with momentum 0.9.
@@ -123,13 +124,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
         import tensorflow as tf
 
         x = tf.cast(inputs, "float32")  # as Keras does: statistics in float32 under mixed precision
-        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x,
-            tf.cast(self.gamma, "float32"),
-            tf.cast(self.beta, "float32"),
-            epsilon=self.epsilon,
-            data_format="NHWC",
-            is_training=True,
+        y, mean, variance = tf_compat.fused_batch_norm_training(
+            x, tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"), self.epsilon
         )
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), "float32")
         variance = variance * (count - 1.0) / tf.maximum(count, 1.0)

@@ -12,8 +12,14 @@ import sys
 
 import click
 
-from resnet_keras import __version__, specs
+from resnet_keras import __version__, recipes, specs
+from resnet_keras import tune as tune_lib
+from resnet_keras.benchmark import MODES as BENCHMARK_MODES
+from resnet_keras.config import PRECISIONS, SHORTCUTS, STRATEGIES
 from resnet_keras.errors import ResNetKerasError
+from resnet_keras.export import EXPORT_FORMATS, QUANTIZATIONS
+from resnet_keras.finetune import BN_POLICIES, FREEZE_POLICIES
+from resnet_keras.rundir import WEIGHTS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
 
@@ -150,17 +156,23 @@ def _options(*options):
 
 
 _schedule_options = _options(
-    click.option("--label-smoothing", type=float, help="Label smoothing (default 0 paper, 0.1 short)."),
+    click.option(
+        "--label-smoothing",
+        type=float,
+        help="Label smoothing (default: the recipe's; "
+        + recipes.default_help("label_smoothing", per_family=False)
+        + ").",
+    ),
     click.option(
         "--warmup-epochs",
         type=float,
-        help="Linear warm-up epochs (default 0 paper; short: 0.5 under 10 epochs, else epochs/10 up to 5).",
+        help="Linear warm-up epochs (default: the recipe's; short: 0.5 under 10 epochs, else epochs/10 up to 5).",
     ),
 )
 _runtime_options = _options(
     click.option(
         "--mixed-precision",
-        type=click.Choice(["none", "float16", "bfloat16"]),
+        type=click.Choice(list(PRECISIONS)),
         default="none",
         show_default=True,
         help="Mixed-precision compute dtype.",
@@ -187,18 +199,58 @@ _data_options = _options(
 )
 
 
+CONFIG_FILE_LIMIT = 1024 * 1024  # bytes; an option file is a few hundred
+
+
 def _read_config_file(path: str) -> dict:
-    """A YAML or JSON mapping of option names (dashes or underscores) to values."""
+    """A YAML or JSON mapping of option names (dashes or underscores) to values.
+
+    Anchors and aliases are refused: a few nested aliases expand to gigabytes ("billion laughs").
+    """
     import yaml  # YAML is a superset of JSON
 
+    def bad(reason: str):
+        return click.BadParameter(f"cannot read {path}: {reason}", param_hint="--config")
+
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise click.BadParameter(f"cannot read {path}: {error}", param_hint="--config") from None
+        with open(path, "rb") as handle:
+            raw = handle.read(CONFIG_FILE_LIMIT + 1)
+        if len(raw) > CONFIG_FILE_LIMIT:
+            raise bad(f"larger than {CONFIG_FILE_LIMIT // 1024} KB; expected a short YAML or JSON file of options")
+        text = raw.decode("utf-8")
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise bad("YAML aliases (*name) are not accepted in option files; write the values out")
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise bad(" ".join(str(error).split())[:300]) from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a mapping of option names to values", param_hint="--config")
     return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def _config_value(ctx: click.Context, key: str, value):
+    """A --config value checked as the command line would check it: the option's own click type.
+
+    A flag takes only true/false (YAML's "false" in quotes is a string, and bool("false") is True);
+    a list is kept for options that take comma-separated lists (tune's --depths, ...).
+    """
+    param = next((p for p in ctx.command.params if p.name == key), None)
+    if param is None or value is None:
+        return value
+    hint = f"{key} in --config"
+    if getattr(param, "is_flag", False) or param.type is click.BOOL:
+        if not isinstance(value, bool):
+            raise click.BadParameter(f"{value!r} is not true or false", param_hint=hint)
+        return value
+    if isinstance(value, (list, tuple)) and isinstance(param.type, click.types.StringParamType):
+        return value
+    if isinstance(value, (bool, list, tuple, dict)) or (
+        param.type is click.INT and isinstance(value, float) and not value.is_integer()
+    ):
+        raise click.BadParameter(f"{value!r} is not a valid {param.type.name}", param_hint=hint)
+    return param.type.convert(value, param, ctx)
 
 
 def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...]) -> dict:
@@ -216,7 +268,7 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
     merged = dict(params)
     for key, value in values.items():
         if ctx.get_parameter_source(key) != ParameterSource.COMMANDLINE:
-            merged[key] = value
+            merged[key] = _config_value(ctx, key, value)
     return merged
 
 
@@ -232,36 +284,34 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.option("--family", type=click.Choice(specs.FAMILIES), help="Network family (default from the depth).")
 @click.option("--variant", type=click.Choice(specs.VARIANTS), help="v1 (paper), v1.5 or v2 (pre-activation).")
 @click.option("--width", type=float, help="Width multiplier on every stage's channels.")
-@click.option("--shortcut", type=click.Choice(["A", "B"]), help="A: zero-padded identity; B: projection.")
+@click.option("--shortcut", type=click.Choice(SHORTCUTS), help="A: zero-padded identity; B: projection.")
 @click.option("--image-size", type=int, help="Input size (default: the family's, 32 for digits).")
 @_source_options
 @click.option(
     "--recipe",
-    type=click.Choice(["paper", "short"]),
+    type=click.Choice(recipes.names()),
     default="paper",
     show_default=True,
-    help="paper: step schedule (sec. 4.2); short: warm-up + cosine, Nesterov, label smoothing.",
+    help="; ".join(f"{r.name}: {r.summary}" for r in recipes.RECIPES.values()) + ".",
 )
-@click.option("--epochs", type=int, help="Epochs (paper: 182 CIFAR, 90 ImageNet; short: 30).")
+@click.option("--epochs", type=int, help="Epochs (" + recipes.default_help("epochs") + ").")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch size.")
 @click.option(
     "--lr",
     type=float,
-    help="Peak learning rate (default 0.1 x batch / 128, ImageNet / 256; 0.2 x batch / 128 "
-    "for the short recipe on CIFAR nets).",
+    help="Peak learning rate (default: the recipe's rate at its reference batch, scaled linearly with "
+    "--batch-size; " + recipes.default_help("learning_rate") + "; per 128 images CIFAR, 256 ImageNet).",
 )
 @click.option(
     "--low-lr-start/--no-low-lr-start",
     default=None,
     help="Start at lr/10 until train error < 80% (default: paper recipe, CIFAR depth >= 110).",
 )
-@click.option(
-    "--weight-decay", type=float, help="L2 weight decay (default 1e-4; 5e-4 for the short recipe on CIFAR nets)."
-)
+@click.option("--weight-decay", type=float, help="L2 weight decay (" + recipes.default_help("weight_decay") + ").")
 @_schedule_options
 @click.option(
     "--strategy",
-    type=click.Choice(["auto", "one-device", "mirrored", "multi-worker"]),
+    type=click.Choice(STRATEGIES),
     default="auto",
     show_default=True,
     help="tf.distribute strategy; multi-worker reads the cluster from TF_CONFIG.",
@@ -288,14 +338,14 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 )
 @click.option(
     "--freeze",
-    type=click.Choice(["none", "stem", "stages-2-3", "backbone"]),
+    type=click.Choice(FREEZE_POLICIES),
     default="none",
     show_default=True,
     help="Layers that stay fixed while fine-tuning (--init-from).",
 )
 @click.option(
     "--bn-policy",
-    type=click.Choice(["train", "frozen"]),
+    type=click.Choice(BN_POLICIES),
     default="train",
     show_default=True,
     help="frozen: every BatchNorm in inference mode with the pretrained statistics.",
@@ -371,7 +421,7 @@ def train(ctx, **params):
     train_config = make_train_config(probe.family)
     info = describe(data_config)  # the classifier's outputs come from the dataset
     overrides = dict(model_overrides, num_classes=info.num_classes)
-    if train_config.init_from:  # issue 8: the architecture is the pretrained source's
+    if train_config.init_from:  # fine-tuning: the architecture is the pretrained source's
         model_config = _finetune_model_config(p, train_config.init_from, info.num_classes)
     else:
         model_config = (
@@ -397,7 +447,7 @@ def train(ctx, **params):
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Batch size.")
 @click.option(
     "--weights",
-    type=click.Choice(["final", "best"]),
+    type=click.Choice(WEIGHTS),
     default="final",
     show_default=True,
     help="final: model.keras; best: the best val-accuracy weights.",
@@ -407,11 +457,10 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
     """Evaluate a trained run: top-1/top-5, loss, per-class accuracy, confusion matrix (confusion.png)."""
     import dataclasses
 
-    from resnet_keras.data import DataConfig
-    from resnet_keras.train import evaluate as run_evaluation
-    from resnet_keras.train import load_run_config
+    from resnet_keras.evaluate import evaluate as run_evaluation
+    from resnet_keras.rundir import RunDir
 
-    data_config = DataConfig.from_dict(load_run_config(model_dir)["data"])
+    data_config = RunDir(model_dir).data_config()
     changes = {key: value for key, value in dict(dataset=dataset, data_dir=data_dir).items() if value is not None}
     if changes:
         data_config = dataclasses.replace(data_config, **changes)
@@ -435,10 +484,10 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["saved_model", "tflite"]),
+    type=click.Choice(list(EXPORT_FORMATS)),
     default="saved_model",
     show_default=True,
-    help="saved_model: TF Serving layout; tflite: one .tflite file.",
+    help="; ".join(f"{name}: {what}" for name, what in EXPORT_FORMATS.items()) + ".",
 )
 @click.option(
     "--base-dir",
@@ -450,7 +499,7 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
 @click.option("--output", type=click.Path(dir_okay=False), help="TFLite file path (default under --base-dir).")
 @click.option(
     "--quantize",
-    type=click.Choice(["none", "float16", "dynamic", "int8"]),
+    type=click.Choice(QUANTIZATIONS),
     default="none",
     show_default=True,
     help="TFLite weights/activations: float32, float16 weights, int8 weights, full int8.",
@@ -475,7 +524,7 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
 )
 @click.option(
     "--weights",
-    type=click.Choice(["final", "best"]),
+    type=click.Choice(WEIGHTS),
     default="final",
     show_default=True,
     help="final: model.keras; best: the best val-accuracy weights.",
@@ -567,7 +616,7 @@ def predict(model, images, top_k, as_json):
 @click.option("--batch-size", type=int, help="Global batch (default 128 up to 64 pixels, 16 above).")
 @click.option(
     "--precision",
-    type=click.Choice(["none", "float16", "bfloat16"]),
+    type=click.Choice(list(PRECISIONS)),
     default="none",
     show_default=True,
     help="Mixed-precision compute dtype (float16 with loss scaling).",
@@ -583,7 +632,7 @@ def predict(model, images, top_k, as_json):
 @click.option(
     "--mode",
     "modes",
-    type=click.Choice(["train", "infer"]),
+    type=click.Choice(BENCHMARK_MODES),
     multiple=True,
     help="Measure only this (repeatable; default both).",
 )
@@ -754,7 +803,7 @@ _TUNE_KEYS = (
 )
 @click.option(
     "--tuner",
-    type=click.Choice(["random", "hyperband", "bayesian"]),
+    type=click.Choice(tune_lib.TUNERS),
     default="random",
     show_default=True,
     help="KerasTuner oracle.",
@@ -772,7 +821,7 @@ _TUNE_KEYS = (
 @click.option("--steps-per-epoch", type=int, help="Train steps per epoch (default: the whole train split).")
 @click.option(
     "--objective",
-    type=click.Choice(["val_accuracy", "val_loss"]),
+    type=click.Choice(list(tune_lib.OBJECTIVES)),
     default="val_accuracy",
     show_default=True,
     help="What the search optimises (the best epoch's value).",
@@ -799,7 +848,7 @@ _TUNE_KEYS = (
 @_source_options
 @click.option(
     "--recipe",
-    type=click.Choice(["paper", "short"]),
+    type=click.Choice(recipes.names()),
     default="paper",
     show_default=True,
     help="Training recipe of every trial.",
@@ -808,7 +857,7 @@ _TUNE_KEYS = (
 @_schedule_options
 @click.option(
     "--strategy",
-    type=click.Choice(["auto", "one-device", "mirrored"]),
+    type=click.Choice([name for name in STRATEGIES if name != "multi-worker"]),
     default="auto",
     show_default=True,
     help="tf.distribute strategy of each trial.",
@@ -832,13 +881,12 @@ def tune(ctx, **params):
     distributed search, run scripts/tune_distributed.py (KerasTuner chief and workers).
     """
     p = _merge_config_file(ctx, params, _TUNE_KEYS)
-    from resnet_keras import tune as tune_lib
     from resnet_keras.data import DataConfig
 
     space = tune_lib.SearchSpace(
         depths=tune_lib.parse_ints(p["depths"], "depths") if p["depths"] is not None else None,
         widths=tune_lib.parse_floats(p["widths"], "widths") if p["widths"] is not None else tune_lib.DEFAULT_WIDTHS,
-        shortcuts=tuple(str(s).upper() for s in tune_lib._split(p["shortcuts"]))
+        shortcuts=tuple(str(s).upper() for s in tune_lib.split_list(p["shortcuts"]))
         if p["shortcuts"] is not None
         else ("A", "B"),
         **{
@@ -948,7 +996,7 @@ def tune(ctx, **params):
         click.echo(f"Exported the best trial ({result.best_run}) to {report['path']}")
 
 
-# ----------------------------------------------------------------------------- pretrained weights (issue 8)
+# ----------------------------------------------------------------------------- pretrained weights
 
 
 def _finetune_options(p: dict) -> dict:

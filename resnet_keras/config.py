@@ -1,8 +1,13 @@
-"""Model configuration: a frozen dataclass that validates itself and round-trips to JSON.
+"""The three configurations of a run: frozen dataclasses that validate themselves and round-trip to JSON.
 
-Family-dependent defaults (shortcut option, stem, input size, classes) are left as
-`None` and resolved in `__post_init__`, so `to_dict()` always holds concrete values
-and `ModelConfig.from_dict(config.to_dict()) == config`.
+- `ModelConfig`: which network (depth, family, variant, width, ...).
+- `DataConfig`: where the images come from and how they are read.
+- `TrainConfig`: how to train (recipe, epochs, batch, optimizer settings, strategy, fine-tuning).
+
+Defaults that depend on something else (the family, the recipe) are left as `None` and resolved
+in `__post_init__`, so `to_dict()` always holds concrete values and
+`Config.from_dict(config.to_dict()) == config`. A run directory keeps all three in `config.json`.
+Nothing here imports TensorFlow, so the CLI validates options before paying for it.
 """
 
 from __future__ import annotations
@@ -11,14 +16,14 @@ import dataclasses
 import json
 from typing import Any
 
-from resnet_keras import specs
-from resnet_keras.errors import ConfigError, expect, is_int
+from resnet_keras import recipes, specs
+from resnet_keras.errors import ConfigError, expect, is_int, is_number
 
 SHORTCUTS = ("A", "B")
 STEMS = ("imagenet", "small")
 # "paper": stride on each stage's first block, bias-free convs. "keras": keras.applications'
 # ResNetV2 (pre-activation only): stride on the last block of the stage before, biases on
-# conv1 and on the convs that add into the residual stream. For exact weight import (issue 8).
+# conv1 and on the convs that add into the residual stream, for exact import of its weights.
 LAYOUTS = ("paper", "keras")
 
 # ImageNet channel statistics in 0-255 pixel units (the inputs of every model are raw pixels).
@@ -189,3 +194,194 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         return cls.from_dict(json.loads(text))
+
+
+def _from_dict(cls, data: Any, what: str):
+    """cls(**data), refusing keys the dataclass does not have (ConfigError naming them)."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(known)) if isinstance(data, dict) else data
+    if not isinstance(data, dict) or unknown:
+        raise ConfigError(f"Received: unknown {what} config keys {unknown!r}; expected keys among {known}.")
+    return cls(**data)
+
+
+# -- data ----------------------------------------------------------------------------------
+
+# "auto" resolves per dataset and image size (`preprocessing.view_family`).
+AUGMENTATIONS = ("auto", "cifar", "imagenet", "none")
+SEED_LIMIT = 2**32  # what TensorFlow's and NumPy's seeds accept
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are read; plain data, JSON round-trippable.
+
+    ``dataset`` is a TFDS name, "folder" (``data_dir`` holds ``<split>/<class>/<image>`` or
+    ``<class>/<image>``), "digits" (scikit-learn's) or "synthetic". ``val_split=None`` uses the
+    dataset's "validation"/"val" split if it has one, else holds out ``validation_fraction`` of
+    ``train_split`` (the paper's 45k/5k on CIFAR-10). ``augment="auto"`` means "cifar" for
+    ``image_size <= 64`` and "imagenet" above, except "none" for digits.
+    """
+
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    train_split: str = "train"
+    val_split: str | None = None
+    validation_fraction: float = 0.1
+    augment: str = "auto"
+    cache: bool = True
+    shuffle_buffer: int = 10_000
+    seed: int = 0
+    deterministic: bool = False
+    skip_corrupt: bool = False
+    synthetic_examples: int = 1024
+    synthetic_classes: int = 10
+
+    def __post_init__(self):
+        def check(names, ok, expected):
+            for name in names:
+                expect(ok(getattr(self, name)), name, getattr(self, name), expected)
+
+        check(("dataset", "train_split"), lambda v: isinstance(v, str) and v, "a non-empty string")
+        check(
+            ("data_dir", "val_split"), lambda v: v is None or (isinstance(v, str) and v), "None or a non-empty string"
+        )
+        check(("validation_fraction",), lambda v: is_number(v) and 0 < v < 1, "a number strictly between 0 and 1")
+        check(("augment",), lambda v: v in AUGMENTATIONS, f"one of {AUGMENTATIONS}")
+        check(("cache", "deterministic", "skip_corrupt"), lambda v: isinstance(v, bool), "True or False")
+        check(("seed",), lambda v: is_int(v) and 0 <= v < SEED_LIMIT, "an integer in [0, 2**32)")
+        check(("shuffle_buffer",), lambda v: is_int(v) and v >= 1, "an integer >= 1")
+        check(("synthetic_examples", "synthetic_classes"), lambda v: is_int(v) and v >= 2, "an integer >= 2")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DataConfig:
+        return _from_dict(cls, data, "data")
+
+
+# -- training ------------------------------------------------------------------------------
+
+# "auto": every GPU of this machine (MirroredStrategy) or the one device; "multi-worker" reads TF_CONFIG.
+STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
+# --mixed-precision name -> Keras dtype policy. bfloat16 keeps float32's exponent range: no loss scaling.
+PRECISIONS = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+# The paper's ResNet-110 start: a tenth of the rate until the training error is below 80 %.
+LOW_LR_FACTOR = 0.1
+LOW_LR_UNTIL_ERROR = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train; `None` fields resolve to the recipe's value (`recipes.RECIPES`) for `family`.
+
+    family ("cifar" or "imagenet", the model's) picks the recipe's per-family values; `train`
+    refuses a model of the other family. batch_size is global (split over the replicas).
+    learning_rate defaults to the recipe's rate scaled from its reference batch (paper: 0.1 x
+    batch / 128 on CIFAR, / 256 on ImageNet). weight_decay is L2 applied inside the model
+    (`ModelConfig.weight_decay`). steps_per_epoch defaults to num_train // batch_size. xla
+    compiles the step (`jit_compile`); off by default because XLA's CPU convolutions do not use
+    oneDNN (half the speed here) and it fails under MirroredStrategy across logical CPUs.
+    low_lr_start (None: the recipe decides; paper: CIFAR nets of 110+ layers) trains at a
+    tenth of the rate until the training error is below 80 %. The fine-tuning fields
+    (init_from, freeze, bn_policy, backbone_lr_multiplier, head_epochs) are described and
+    validated in `resnet_keras.finetune`.
+    """
+
+    recipe: str = "paper"
+    family: str = "cifar"
+    epochs: int | None = None
+    batch_size: int = 128
+    learning_rate: float | None = None
+    momentum: float = 0.9
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    label_smoothing: float | None = None
+    strategy: str = "auto"
+    mixed_precision: str = "none"
+    xla: bool = False
+    seed: int = 0
+    steps_per_epoch: int | None = None
+    low_lr_start: bool | None = None
+    init_from: str | None = None
+    freeze: str = "none"
+    bn_policy: str = "train"
+    backbone_lr_multiplier: float = 1.0
+    head_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        expect(self.recipe in recipes.RECIPES, "recipe", self.recipe, " or ".join(map(repr, recipes.RECIPES)))
+        expect(self.family in recipes.FAMILIES, "family", self.family, " or ".join(map(repr, recipes.FAMILIES)))
+        recipe = recipes.RECIPES[self.recipe]
+        expect(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        epochs = self.epochs if self.epochs is not None else recipe.epochs[self.family]
+        expect(is_int(epochs) and epochs >= 1, "epochs", epochs, "an integer >= 1")
+        object.__setattr__(self, "epochs", epochs)
+        defaults = dict(
+            learning_rate=lambda: recipe.learning_rate_for(self.family, self.batch_size),
+            weight_decay=lambda: recipe.weight_decay[self.family],
+            nesterov=lambda: recipe.nesterov,
+            warmup_epochs=lambda: recipe.warmup_epochs(epochs),
+            label_smoothing=lambda: recipe.label_smoothing,
+        )
+        for key, default in defaults.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, default())
+        expect(
+            is_number(self.learning_rate) and self.learning_rate > 0,
+            "learning_rate",
+            self.learning_rate,
+            "a number > 0",
+        )
+        expect(is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        expect(isinstance(self.nesterov, bool), "nesterov", self.nesterov, "True or False")
+        expect(
+            is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0"
+        )
+        expect(
+            is_number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
+            "warmup_epochs",
+            self.warmup_epochs,
+            f"a number in [0, epochs={self.epochs})",
+        )
+        expect(
+            is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+            "label_smoothing",
+            self.label_smoothing,
+            "a number in [0, 1)",
+        )
+        expect(self.strategy in STRATEGIES, "strategy", self.strategy, "one of " + ", ".join(STRATEGIES))
+        expect(
+            self.mixed_precision in PRECISIONS,
+            "mixed_precision",
+            self.mixed_precision,
+            "one of " + ", ".join(PRECISIONS),
+        )
+        expect(isinstance(self.xla, bool), "xla", self.xla, "True or False")
+        expect(is_int(self.seed) and 0 <= self.seed < SEED_LIMIT, "seed", self.seed, "an integer in [0, 2**32)")
+        expect(
+            self.steps_per_epoch is None or (is_int(self.steps_per_epoch) and self.steps_per_epoch >= 1),
+            "steps_per_epoch",
+            self.steps_per_epoch,
+            "None or an integer >= 1",
+        )
+        expect(self.low_lr_start in (None, True, False), "low_lr_start", self.low_lr_start, "None, True or False")
+        from resnet_keras import finetune
+
+        finetune.validate(self)
+
+    def uses_low_lr_start(self, model_config: ModelConfig) -> bool:
+        """Whether training starts at a tenth of the rate (paper recipe: CIFAR ResNet-110 and deeper)."""
+        if self.low_lr_start is not None:
+            return self.low_lr_start
+        depth = recipes.RECIPES[self.recipe].low_lr_start_depth
+        return depth is not None and model_config.family == "cifar" and model_config.depth >= depth
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, data, "train")

@@ -23,12 +23,14 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Callable
 
 import tensorflow as tf
 
+from resnet_keras import tf_compat
+from resnet_keras.config import STRATEGIES
 from resnet_keras.errors import ConfigError, TrainingFailure, UsageError
 
-STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 # Seconds a worker waits for its peers (cluster start-up, each collective, heartbeats) before it
 # fails instead of hanging; `RESNET_KERAS_WORKER_TIMEOUT` overrides it. Generous by default,
 # because the first collective also waits for the slowest worker to build its input pipeline.
@@ -38,23 +40,10 @@ DEFAULT_WORKER_TIMEOUT = 600.0
 _MULTI_WORKER: list = []
 
 
-def onednn_enabled() -> bool | None:
-    """Whether TensorFlow's oneDNN CPU kernels are on in this process (None: unknown).
-
-    `import resnet_keras` turns them on unless `TF_ENABLE_ONEDNN_OPTS` says otherwise, but only
-    if TensorFlow was not imported first; benchmarks record the answer next to their figures.
-    """
-    try:
-        from tensorflow.python.util import _pywrap_util_port  # no public API reports it
-    except ImportError:
-        return None
-    return bool(_pywrap_util_port.IsMklEnabled())
-
-
 def onednn_hint() -> str | None:
     """One line for the log when oneDNN is off by accident (TensorFlow imported before us), else None."""
     # `import resnet_keras` set "1"; anything else is the user's own choice and needs no note.
-    if onednn_enabled() is not False or os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "1":
+    if tf_compat.onednn_enabled() is not False or os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "1":
         return None
     if tf.config.list_physical_devices("GPU"):
         return None
@@ -194,31 +183,9 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
         return _MULTI_WORKER[0]
     info = worker_info()
     timeout = worker_timeout()
-    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
-    from tensorflow.python.distribute import multi_worker_util
-    from tensorflow.python.eager import context
-
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    cluster_spec = resolver.cluster_spec()
-    # What MWMS configures itself (collective_all_reduce_strategy.py), plus the timeouts: its own
-    # call leaves them at 0, which means "wait for ever" for registration.
-    ms = int(timeout * 1000)
-    context.context().configure_coordination_service(
-        service_type="standalone",
-        service_leader=multi_worker_util.coordination_leader(cluster_spec),
-        cluster_register_timeout_in_ms=ms,
-        heartbeat_timeout_in_ms=min(ms, 30_000),
-        shutdown_barrier_timeout_in_ms=ms,
-        coordinated_jobs=[
-            coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
-            for job in ("chief", "worker")
-            if job in cluster_spec.jobs
-        ],
-    )
-    service = context.context().coordination_service
-    # Connect() waits for every task to register, at most cluster_register_timeout; without the
-    # barrier a missing peer leaves the others waiting for device propagation (an hour).
-    service.cluster_register_with_barrier = True
+    # What MWMS configures itself, plus the timeouts: its own call leaves them at 0 ("wait for ever").
+    tf_compat.configure_coordination_service(resolver.cluster_spec(), int(timeout * 1000))
     # Not `poll_for_error_from_service_at_startup`: with the service-to-client connection MWMS uses,
     # TF 2.21 aborts every collective with "Should not use error polling from service" (measured).
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
@@ -276,3 +243,72 @@ def input_options(strategy: tf.distribute.Strategy) -> tf.distribute.InputOption
     if isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
         return tf.distribute.InputOptions(experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
     return None
+
+
+# ----------------------------------------------------------------------------- the same loop on every worker
+# Every worker runs the same loop and so calls the same collectives in the same order; only the
+# chief writes the run directory, the others write the same files to scratch (RunDir.worker_scratch).
+
+# What a lost, killed or unreachable peer raises out of a collective or the coordination service.
+_PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "AbortedError", "CancelledError", "InternalError")
+
+
+def agreed_checkpoint(strategy, manager, run_dir, resuming: bool) -> str | None:
+    """The checkpoint every worker restores: the chief's latest, its epoch all-reduced from replica 0
+    (the chief), so workers never read a run directory the chief is still preparing."""
+    latest = manager.latest_checkpoint if resuming else None
+    if strategy.num_replicas_in_sync == 1 or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return latest
+    epoch = int(latest.rsplit("-", 1)[1]) if latest and is_chief(strategy) else 0
+
+    def chief_value():
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return tf.where(tf.equal(replica, 0), tf.constant(epoch, tf.int64), tf.constant(0, tf.int64))
+
+    broadcast = tf.function(
+        lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(chief_value), axis=None), autograph=False
+    )
+    epoch = int(broadcast())
+    return str(run_dir.checkpoint_dir / f"ckpt-{epoch}") if epoch else None
+
+
+def replica_statistics_sync(strategy, model) -> Callable[[], None]:
+    """A function that sets every replica's copy of the BatchNorm moving statistics to their mean.
+
+    Keras 3 BN moving statistics are MirroredVariables with aggregation NONE: each replica updates
+    its own copy from its own batches and a save keeps one copy, so workers would end an epoch
+    with different weights. Averaging before validation and checkpoints keeps all workers (and a
+    single process with the same replicas) identical, as Keras 2's ON_READ/MEAN variables did.
+    """
+    variables = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+    if strategy.num_replicas_in_sync == 1 or not variables:
+        return lambda: None
+
+    def replica_fn():
+        context = tf.distribute.get_replica_context()
+        means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in variables])
+        for variable, mean in zip(variables, means):
+            variable.assign(mean)
+
+    sync = tf.function(lambda: strategy.run(replica_fn), autograph=False)
+    return peer_guard(sync, strategy)
+
+
+def peer_guard(function: Callable, strategy) -> Callable:
+    """`function` with the errors of a lost peer turned into one TrainingFailure line (exit 1)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return function
+
+    def guarded(*args):
+        try:
+            return function(*args)
+        except tf.errors.OpError as error:
+            if type(error).__name__ not in _PEER_ERRORS:
+                raise
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise TrainingFailure(
+                f"lost contact with another worker ({type(error).__name__}: {reason}); restart every worker "
+                "with the same command to resume from the last saved epoch"
+            ) from None
+
+    return guarded

@@ -2,8 +2,13 @@
 
 `UsageError` is a user mistake (bad option, missing folder, unknown dataset): exit
 code 2. `TrainingFailure` is a run that started and could not finish (a loss that
-became NaN): exit code 1. Library code never calls `sys.exit` or imports click.
+became NaN), `ExportFailure` an export that was written but failed its check against
+the Keras model (nothing is published): exit code 1. Library code never calls
+`sys.exit` or imports click.
 """
+
+import math
+import numbers
 
 
 class ResNetKerasError(Exception):
@@ -32,6 +37,12 @@ class TrainingFailure(ResNetKerasError):
     exit_code = 1
 
 
+class ExportFailure(ResNetKerasError):
+    """An export was converted but disagrees with the Keras model or loses too much accuracy."""
+
+    exit_code = 1
+
+
 def expect(ok: bool, field: str, value, expected: str) -> None:
     """Raises ConfigError("Received: field=value; expected ...") unless `ok`."""
     if not ok:
@@ -39,5 +50,15 @@ def expect(ok: bool, field: str, value, expected: str) -> None:
 
 
 def is_int(value) -> bool:
-    """An int that is not a bool (True is an int in Python)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (Python's or NumPy's) that is not a bool (True is an int in Python)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (or its type name): what one-line errors quote."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -10,8 +10,9 @@ model itself normalises raw pixels):
 
 * ``serving_default``: ``image`` uint8 ``[batch, H, W, 3]`` raw RGB pixels at the model's input size.
 * ``serving_bytes``: ``image_bytes`` tf.string ``[batch]`` encoded JPEG/PNG/GIF/BMP of any size,
-  decoded to RGB and resized or centre-cropped exactly as ``data.make_dataset`` does at evaluation
-  (the same functions run), which is what TF Serving's REST API receives as ``{"b64": ...}``.
+  decoded to RGB and resized or centre-cropped exactly as the input pipeline does at evaluation
+  (the same `resnet_keras.preprocessing` functions run), which is what TF Serving's REST API
+  receives as ``{"b64": ...}``.
 
 Both return ``probabilities`` float32 ``[batch, C]`` (softmax of the logits), ``top_k_indices`` int32,
 ``top_k_labels`` string and ``top_k_probabilities`` float32, each ``[batch, min(5, C)]``. The labels
@@ -43,7 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from resnet_keras.config import ModelConfig
-from resnet_keras.errors import TrainingFailure, UsageError, expect, is_int
+from resnet_keras.errors import ExportFailure, UsageError, expect, first_line, is_int
+from resnet_keras.files import fsync_tree, publish_dir, write_atomic
+from resnet_keras.rundir import WEIGHTS, RunDir
 
 PIXELS_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
@@ -51,6 +54,11 @@ PIXELS_INPUT = "image"
 BYTES_INPUT = "image_bytes"
 OUTPUTS = ("probabilities", "top_k_indices", "top_k_labels", "top_k_probabilities")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+# `resnet-keras export --format` choices: what each writes.
+EXPORT_FORMATS = {
+    "saved_model": "a versioned SavedModel in the layout TF Serving watches",
+    "tflite": "one .tflite file (float32 or quantized) with a JSON sidecar",
+}
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "export.json"
 MAX_TOP_K = 5
@@ -84,89 +92,32 @@ class TrainedRun:
 # ----------------------------------------------------------------------------- loading a run
 
 
-def run_class_names(model_dir: Path, data_config, num_classes: int) -> tuple[str, ...]:
-    """Class names of a run: its ``labels.txt`` (written by ``train``) or else the dataset's listing.
-
-    Runs trained before labels.txt existed fall back to ``data.describe`` of the run's data,
-    which needs the data; a UsageError says so when it cannot be read.
-    """
-    labels_file = model_dir / LABELS_FILE
-    if labels_file.exists():
-        names = tuple(labels_file.read_text(encoding="utf-8").splitlines())
-    else:
-        from resnet_keras import data as data_lib
-
-        try:
-            names = tuple(data_lib.describe(data_config).class_names)
-        except UsageError as error:
-            raise UsageError(
-                f"{model_dir} has no {LABELS_FILE} and its dataset cannot be read for the class "
-                f"names ({error}); write the {num_classes} class names, one per line, to "
-                f"{labels_file}"
-            ) from error
-    if len(names) != num_classes:
-        raise UsageError(f"{model_dir}: {len(names)} class names for a model with {num_classes} outputs")
-    bad = [name for name in names if not name or "\n" in name or "\r" in name]
-    if bad:
-        raise UsageError(f"{model_dir}: class names must be non-empty single lines; received {bad[:3]!r}")
-    return names
-
-
 def load_run(model_dir: str | os.PathLike, weights: str = "final") -> TrainedRun:
     """The run's model as float32 (a mixed-precision run is copied into a float32 build).
 
     Raises UsageError for a directory that is not a run or holds no finished model.
     """
-    expect(weights in ("final", "best"), "weights", weights, "'final' or 'best'")
-    from resnet_keras.data import DataConfig
-    from resnet_keras.train import _load_trained_model, load_run_config
+    from resnet_keras import preprocessing
 
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise UsageError(f"Run directory not found: {model_dir}")
-    configs = load_run_config(model_dir)
-    model_config = ModelConfig.from_dict(configs["model"])
-    data_config = DataConfig.from_dict(configs["data"])
-    class_names = run_class_names(model_dir, data_config, model_config.num_classes)
-    trained = _load_trained_model(model_dir, model_config, weights)
-    weights_file = "model.keras" if weights == "final" and (model_dir / "model.keras").exists() else "best.weights.h5"
+    expect(weights in WEIGHTS, "weights", weights, "'final' or 'best'")
+    from resnet_keras.models import build_model, dtype_policy
 
-    import keras
-
-    from resnet_keras.data import _augment_family
-    from resnet_keras.models import build_model
-
-    previous = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy("float32")
-    try:
+    run = RunDir(model_dir)
+    model_config, data_config = run.model_config(), run.data_config()
+    class_names = run.class_names(model_config.num_classes, data_config)
+    trained = run.load_model(weights, model_config)
+    with dtype_policy("float32"):
         model = build_model(model_config)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
     model.set_weights(trained.get_weights())  # same builder, same variable order
     return TrainedRun(
-        model_dir,
+        run.path,
         model_config,
         data_config,
         model,
         class_names,
-        weights_file,
-        _augment_family(data_config, model_config.image_size),
+        run.weights_file(weights),
+        preprocessing.view_family(data_config, model_config.image_size),
     )
-
-
-def evaluation_view(preprocessing: str, image_size: int) -> Callable:
-    """uint8 ``[h, w, 3]`` -> float32 ``[image_size, image_size, 3]`` raw pixels: the evaluation view of
-    ``data.make_dataset`` (same functions), so training, evaluation and serving see the same pixels."""
-    import tensorflow as tf
-
-    from resnet_keras.data import _centre_view, _resize_to
-
-    def view(image):
-        if preprocessing == "imagenet":
-            return tf.ensure_shape(_centre_view(image, image_size), [image_size, image_size, 3])
-        return tf.cast(_resize_to(image, image_size), tf.float32)
-
-    return view
 
 
 # ----------------------------------------------------------------------------- SavedModel
@@ -176,6 +127,8 @@ def _build_archive(run: TrainedRun, labels_path: Path):
     """A Keras ExportArchive with the two serving signatures."""
     import tensorflow as tf
     from keras.export import ExportArchive
+
+    from resnet_keras import preprocessing
 
     size = run.model_config.image_size
     table = tf.lookup.StaticHashTable(
@@ -189,7 +142,7 @@ def _build_archive(run: TrainedRun, labels_path: Path):
         default_value="",
     )
     model, top_k = run.model, run.top_k
-    view = evaluation_view(run.preprocessing, size)
+    view = preprocessing.eval_view(run.preprocessing, size)
 
     def outputs(pixels):
         probabilities = tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
@@ -206,7 +159,7 @@ def _build_archive(run: TrainedRun, labels_path: Path):
 
     def serve_bytes(image_bytes):
         def decode(data):
-            return view(tf.io.decode_image(data, channels=3, expand_animations=False))
+            return view(preprocessing.decode_image(data))
 
         pixels = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         return outputs(pixels)
@@ -219,23 +172,6 @@ def _build_archive(run: TrainedRun, labels_path: Path):
     )
     archive.add_endpoint(BYTES_SIGNATURE, serve_bytes, [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
     return archive
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flushes every file and directory under root to disk (rename alone does not order the data)."""
-    for parent, _, names in os.walk(root):
-        for name in names:
-            with open(os.path.join(parent, name), "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(Path(parent))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -314,6 +250,8 @@ def _check_saved_model(path: Path, run: TrainedRun, sample) -> dict:
     import numpy as np
     import tensorflow as tf
 
+    from resnet_keras import preprocessing
+
     if sample is None:  # no data: random pixels still check that the graph computes the same function
         images = np.random.default_rng(0).integers(0, 256, (16,) + (run.model_config.image_size,) * 2 + (3,))
         images, source = images.astype(np.float32), "16 random-pixel images (the run's data was not readable)"
@@ -329,12 +267,12 @@ def _check_saved_model(path: Path, run: TrainedRun, sample) -> dict:
     png = tf.io.encode_png(tf.constant(pixels[0]))
     via_bytes = loaded.signatures[BYTES_SIGNATURE](**{BYTES_INPUT: tf.stack([png])})["probabilities"].numpy()
     size = run.model_config.image_size
-    viewed = evaluation_view(run.preprocessing, size)(tf.constant(pixels[0]))
+    viewed = preprocessing.eval_view(run.preprocessing, size)(tf.constant(pixels[0]))
     direct = _keras_probabilities(run.model, viewed[None].numpy())
     bytes_difference = float(np.abs(via_bytes - direct).max())
     del loaded
     if difference > SAVED_MODEL_TOLERANCE or bytes_difference > SAVED_MODEL_TOLERANCE or labels != expected_labels:
-        raise TrainingFailure(
+        raise ExportFailure(
             f"the exported SavedModel disagrees with the Keras model (max |p difference| "
             f"{difference:.3g}, via image bytes {bytes_difference:.3g}); nothing was exported"
         )
@@ -357,7 +295,7 @@ def export_saved_model(
     ``version`` defaults to one more than the highest existing version (1 for the first). An
     existing version is refused (UsageError) unless ``overwrite``. Before the rename, the written
     model is loaded back and compared with the Keras model on the run's validation images (random
-    pixels when the data is not readable); a mismatch raises TrainingFailure and leaves nothing.
+    pixels when the data is not readable); a mismatch raises ExportFailure and leaves nothing.
     """
     expect(version is None or (is_int(version) and version >= 1), "version", version, "an integer >= 1")
     run = load_run(model_dir, weights)
@@ -399,8 +337,8 @@ def export_saved_model(
         )
         (tmp / "assets.extra").mkdir(exist_ok=True)
         (tmp / "assets.extra" / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        _fsync_tree(tmp)
-        _publish(tmp, final, overwrite)
+        fsync_tree(tmp)
+        publish_dir(tmp, final, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -420,20 +358,6 @@ def export_saved_model(
         weights=run.weights_file,
         **check,
     )
-
-
-def _publish(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Renames the finished tmp folder to the version path (atomic on one filesystem)."""
-    old = None
-    if final.exists():
-        if not overwrite:
-            raise UsageError(f"{final} appeared during the export; nothing was overwritten")
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.rename(final, old)
-    os.rename(tmp, final)
-    _fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- TFLite
@@ -495,7 +419,7 @@ def _calibration_images(run: TrainedRun, calibration_data: str | os.PathLike | N
     import numpy as np
     import tensorflow as tf
 
-    from resnet_keras import data as data_lib
+    from resnet_keras import preprocessing
     from resnet_keras.errors import DataError
 
     if calibration_data is None:
@@ -509,15 +433,15 @@ def _calibration_images(run: TrainedRun, calibration_data: str | os.PathLike | N
     root = Path(calibration_data)
     if not root.is_dir():
         raise UsageError(f"Received: calibration_data={str(root)!r}; expected a folder of images")
-    files = [path for path in data_lib._list_images(root) if data_lib._is_image(path)]
+    files = [path for path in preprocessing.list_image_files(root) if preprocessing.is_image_file(path)]
     if not files:
-        raise UsageError(f"No images ({', '.join(data_lib.IMAGE_EXTENSIONS)}) under calibration folder {root}")
+        raise UsageError(f"No images ({', '.join(preprocessing.IMAGE_EXTENSIONS)}) under calibration folder {root}")
     files = [files[i] for i in np.random.default_rng(0).permutation(len(files))[:limit]]
-    view = evaluation_view(run.preprocessing, run.model_config.image_size)
+    view = preprocessing.eval_view(run.preprocessing, run.model_config.image_size)
     images = []
     for path in files:
         try:
-            images.append(view(tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)).numpy())
+            images.append(view(preprocessing.decode_image(tf.io.read_file(path))).numpy())
         except tf.errors.InvalidArgumentError:
             continue
     if not images:
@@ -558,8 +482,7 @@ def _convert(run: TrainedRun, quantize: str, calibration, scratch: Path) -> byte
     try:
         return converter.convert()
     except Exception as error:  # noqa: BLE001 - the converter raises many kinds; report one line
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise TrainingFailure(f"TFLite conversion ({quantize}) failed: {first}") from error
+        raise ExportFailure(f"TFLite conversion ({quantize}) failed: {first_line(error)}") from error
 
 
 def default_tflite_path(base_dir: str | os.PathLike, run_name: str, quantize: str) -> Path:
@@ -584,7 +507,7 @@ def export_tflite(
 
     Measures on the run's validation split (first ``eval_samples`` images, all by default):
     the Keras float32 accuracy, this file's accuracy and their top-1 agreement. Refuses
-    (TrainingFailure, exit 1, no file written) when the accuracy is more than ``max_accuracy_drop``
+    (ExportFailure, exit 1, no file written) when the accuracy is more than ``max_accuracy_drop``
     percentage points below Keras. int8 needs calibration images (UsageError without them) and
     the validation data (it is the check that int8 is still good).
     """
@@ -656,7 +579,7 @@ def export_tflite(
         )
         drop = 100 * (keras_accuracy - accuracy)
         if drop > max_accuracy_drop:
-            raise TrainingFailure(
+            raise ExportFailure(
                 f"{quantize} TFLite accuracy {100 * accuracy:.2f}% is {drop:.2f} points below the Keras model's "
                 f"{100 * keras_accuracy:.2f}% on {len(labels)} validation images (limit --max-accuracy-drop "
                 f"{max_accuracy_drop:g}); {output} was not written"
@@ -671,8 +594,8 @@ def export_tflite(
         source_run=str(Path(model_dir).resolve()),
     )
     output.parent.mkdir(parents=True, exist_ok=True)
-    _write_file_atomic(output, blob)
-    _write_file_atomic(output.with_name(output.name + ".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
+    write_atomic(output, blob)
+    write_atomic(output.with_name(output.name + ".json"), json.dumps(sidecar, indent=2) + "\n")
     measured = (
         f"; on {report['eval_images']} validation images: accuracy {100 * report['accuracy']:.2f}% "
         f"(Keras {100 * report['keras_accuracy']:.2f}%), top-1 agreement {100 * report['top1_agreement']:.1f}%"
@@ -681,16 +604,3 @@ def export_tflite(
     )
     log(f"Exported {run.name} TFLite ({quantize}) to {output} ({len(blob) / 1e6:.3f} MB){measured}.")
     return report
-
-
-def _write_file_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

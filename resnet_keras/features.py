@@ -58,7 +58,7 @@ def load_source(
     if resolved.kind == "keras":
         values, _ = weights_lib.load_keras_weights(resolved.keras_source, include_top=False, log=log)
     else:
-        values = finetune._read_our_weights(resolved)
+        values = finetune.read_our_weights(resolved)
     config = resolved.config
     if image_size is not None:
         config = dataclasses.replace(config, image_size=image_size)
@@ -81,7 +81,7 @@ def export_features(
     import keras
     import tensorflow as tf
 
-    from resnet_keras.export import _publish
+    from resnet_keras.files import publish_dir
 
     output = Path(output)
     if output.exists() and not overwrite:
@@ -109,7 +109,7 @@ def export_features(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         archive.write_out(str(tmp), verbose=False)
-        _publish(tmp, output, overwrite)  # the old export is moved aside only once the new one is complete
+        publish_dir(tmp, output, overwrite=overwrite)  # the old export is moved aside only once the new one is complete
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     dims = model.output["embedding"].shape[-1]

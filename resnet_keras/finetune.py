@@ -23,7 +23,6 @@ Policies (Keras transfer-learning guide, https://keras.io/guides/transfer_learni
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Callable
@@ -151,18 +150,20 @@ def resolve(init_from: str, *, depth: int | None = None, variant: str | None = N
             "a .keras file or a run directory"
         )
     if path.is_dir():
-        config_file = path / "config.json"
-        if not config_file.is_file():
+        from resnet_keras.rundir import RunDir
+
+        run = RunDir(path)
+        if not run.is_run():
             raise UsageError(
-                f"Received: init_from={init_from!r}, a folder that is not a run directory (no config.json)"
+                f"Received: init_from={init_from!r}, a folder that is not a run directory (no {RunDir.CONFIG})"
             )
-        config = ModelConfig.from_dict(json.loads(config_file.read_text())["model"])
-        for name in ("model.keras", "best.weights.h5"):
-            if (path / name).is_file():
-                return Source("ours", config, str(path / name))
+        config = run.model_config()
+        for name in (RunDir.FINAL_MODEL, RunDir.BEST_WEIGHTS):
+            if run.file(name).is_file():
+                return Source("ours", config, str(run.file(name)))
         raise UsageError(
             f"Received: init_from={init_from!r}, a run directory with no trained weights "
-            "(model.keras or best.weights.h5); train it first"
+            f"({RunDir.FINAL_MODEL} or {RunDir.BEST_WEIGHTS}); train it first"
         )
     if path.suffix == ".keras":
         return Source("ours", infer_config(_load_keras_file(path)), str(path))
@@ -177,7 +178,7 @@ def resolve(init_from: str, *, depth: int | None = None, variant: str | None = N
 def _load_keras_file(path: Path):
     import keras
 
-    import resnet_keras.blocks  # noqa: F401  registers ZeroPadShortcut for loading
+    import resnet_keras.blocks  # noqa: F401  registers the custom layers (ZeroPadShortcut) for loading
 
     try:
         return keras.saving.load_model(str(path), safe_mode=True, compile=False)
@@ -278,7 +279,7 @@ def read_init_weights(
     if source.kind == "keras":
         values, _ = weights_lib.load_keras_weights(source.keras_source, include_top=False, log=log)
     else:
-        values = _read_our_weights(source)
+        values = read_our_weights(source)
     values = {name: v for name, v in values.items() if name not in HEAD_LAYERS}
     target = build_model(dataclasses.replace(model_config, include_top=True))
     expected = {
@@ -299,7 +300,7 @@ def read_init_weights(
     return values
 
 
-def _read_our_weights(source: Source) -> dict[str, list[np.ndarray]]:
+def read_our_weights(source: Source) -> dict[str, list[np.ndarray]]:
     if source.path.endswith(".keras"):
         model = _load_keras_file(Path(source.path))
     else:

@@ -11,6 +11,7 @@ logits from a Dense layer named `predictions`; softmax belongs to the loss and t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from typing import Any
@@ -197,3 +198,15 @@ def describe(config: ModelConfig) -> dict[str, Any]:
         "total_params": total,
         "multiply_adds": count_multiply_adds(model),
     }
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Builds models under the Keras dtype policy `name` ("float32", "mixed_float16", ...), then
+    restores the previous global policy (Keras reads it when each layer is created)."""
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)

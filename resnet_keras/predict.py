@@ -2,7 +2,7 @@
 
 A SavedModel runs its ``serving_bytes`` signature, so decoding, resizing and cropping happen in
 the exported graph, exactly as TF Serving would do them. A .tflite file takes pixels: the same
-evaluation view (``export.evaluation_view``) is applied here, with the preprocessing and labels
+evaluation view (``preprocessing.eval_view``) is applied here, with the preprocessing and labels
 read from the ``<file>.tflite.json`` sidecar written by the export (without it: indices as labels
 and a plain resize, with a note).
 """
@@ -63,9 +63,11 @@ class _TFLitePredictor:
     def __init__(self, path: Path):
         import tensorflow as tf
 
-        from resnet_keras.export import TFLiteRunner, evaluation_view
+        from resnet_keras.export import TFLiteRunner
+        from resnet_keras.preprocessing import decode_image, eval_view
 
         self.tf = tf
+        self.decode_image = decode_image
         self.path = path
         try:
             self.runner = TFLiteRunner(model_path=str(path))
@@ -80,12 +82,12 @@ class _TFLitePredictor:
         else:
             self.labels, preprocessing = [str(i) for i in range(num_classes)], "none"
             self.notes.append(f"Note: {sidecar} is missing: labels are class indices and images are only resized.")
-        self.view = evaluation_view(preprocessing, self.runner.image_size)
+        self.view = eval_view(preprocessing, self.runner.image_size)
 
     def __call__(self, data: bytes):
         tf = self.tf
         try:
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            image = self.decode_image(data)
         except tf.errors.InvalidArgumentError as error:
             raise ValueError(NOT_AN_IMAGE) from error
         return self.runner(self.view(image).numpy()[None])[0]
@@ -114,7 +116,7 @@ def predict(
     """
     import numpy as np
 
-    from resnet_keras.data import _is_image
+    from resnet_keras.preprocessing import is_image_file
 
     expect(is_int(top_k) and top_k >= 1, "top_k", top_k, "an integer >= 1")
     predictor = load_predictor(model)
@@ -127,7 +129,7 @@ def predict(
         try:
             with open(image, "rb") as handle:
                 data = handle.read()
-            if not _is_image(image):
+            if not is_image_file(image):
                 raise ValueError(NOT_AN_IMAGE)
             probabilities = predictor(data)
         except (OSError, ValueError) as error:

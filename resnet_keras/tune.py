@@ -7,7 +7,7 @@ of `resnet-keras train`, through `train.train` (never `model.fit`, which fails u
 MultiWorkerMirroredStrategy, keras-team/keras#20585).
 
 * `ResNetHyperModel.build(hp)` only maps hyperparameters to a `TrialPlan` (model config, learning
-  rate, weight decay); training stays in train.py (house style 9).
+  rate, weight decay); training stays in train.py, as KerasTuner's HyperModel/Tuner split intends.
 * `ResNetTuner.run_trial` trains the plan into ``<project>/trial_<id>/run`` (a normal run directory)
   and returns the best epoch's val accuracy / val loss plus the model's size and cost.
 * A cost limit (`max_params`, `max_flops` in multiply-adds, counted on built models) never trains
@@ -47,9 +47,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from resnet_keras import specs
+from resnet_keras import plots, specs
 from resnet_keras.config import SHORTCUTS, ModelConfig
-from resnet_keras.errors import ResNetKerasError, TrainingFailure, UsageError, expect, is_int
+from resnet_keras.errors import ResNetKerasError, TrainingFailure, UsageError, expect, is_int, is_number
+from resnet_keras.files import write_atomic
+from resnet_keras.rundir import RunDir
 
 TUNERS = ("random", "hyperband", "bayesian")
 # Objective -> KerasTuner direction; both are the best epoch's value, as KerasTuner's own Tuner scores.
@@ -70,7 +72,7 @@ class LogRange:
 
     def __post_init__(self):
         expect(
-            _is_number(self.low) and _is_number(self.high) and 0 < self.low < self.high,
+            is_number(self.low) and is_number(self.high) and 0 < self.low < self.high,
             "range",
             f"{self.low}:{self.high}",
             "low:high with 0 < low < high",
@@ -80,11 +82,7 @@ class LogRange:
         return {"log_range": [float(self.low), float(self.high)]}
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _split(value) -> list:
+def split_list(value) -> list:
     if value is None:
         return []
     if isinstance(value, str):
@@ -97,7 +95,7 @@ def _split(value) -> list:
 def parse_ints(value, field: str) -> tuple[int, ...]:
     """ "20,32,44", [20, 32] or 20 -> (20, 32, ...); UsageError for anything else."""
     out = []
-    for item in _split(value):
+    for item in split_list(value):
         try:
             number = int(str(item))
         except ValueError:
@@ -118,7 +116,7 @@ def parse_floats(value, field: str, *, allow_range: bool = False) -> tuple[float
             raise UsageError(f"Received: {field}={value!r}; expected low:high, e.g. 0.01:0.4.") from None
         return LogRange(low, high)
     out = []
-    for item in _split(value):
+    for item in split_list(value):
         try:
             number = float(str(item))
         except ValueError:
@@ -194,7 +192,7 @@ class SearchSpace:
         if self.depths is None:
             object.__setattr__(self, "depths", DEFAULT_DEPTHS[family])
         object.__setattr__(self, "depths", tuple(self.depths))
-        object.__setattr__(self, "widths", tuple(float(w) if _is_number(w) else w for w in self.widths))
+        object.__setattr__(self, "widths", tuple(float(w) if is_number(w) else w for w in self.widths))
         object.__setattr__(self, "shortcuts", tuple(str(s).upper() for s in self.shortcuts))
         for field in ("depths", "widths", "shortcuts", "learning_rates", "weight_decays"):
             value = getattr(self, field)
@@ -202,17 +200,17 @@ class SearchSpace:
                 flag = "--" + field.replace("_", "-").replace("learning-rates", "lrs")
                 raise UsageError(f"empty search space: {flag} gives no values.")
         expect(all(is_int(d) for d in self.depths), "depths", self.depths, "integers")
-        expect(all(_is_number(w) for w in self.widths), "widths", self.widths, "numbers")
+        expect(all(is_number(w) for w in self.widths), "widths", self.widths, "numbers")
         if not isinstance(self.learning_rates, LogRange):
             expect(
-                all(_is_number(v) and v > 0 for v in self.learning_rates),
+                all(is_number(v) and v > 0 for v in self.learning_rates),
                 "learning_rates",
                 self.learning_rates,
                 "numbers > 0",
             )
         if not isinstance(self.weight_decays, LogRange):
             expect(
-                all(_is_number(v) and v >= 0 for v in self.weight_decays),
+                all(is_number(v) and v >= 0 for v in self.weight_decays),
                 "weight_decays",
                 self.weight_decays,
                 "numbers >= 0",
@@ -344,7 +342,7 @@ def _hypermodel_class():
     import keras_tuner
 
     class ResNetHyperModel(keras_tuner.HyperModel):
-        """Maps hyperparameters to a `TrialPlan`; training stays in `train.train` (house style 9).
+        """Maps hyperparameters to a `TrialPlan`; training stays in `train.train` (the tuner runs it).
 
         `architectures`: None for independent ``depth``, ``width`` and ``shortcut`` choices, or the
         feasible candidates under a cost limit as one ``architecture`` choice ordered by size.
@@ -453,7 +451,7 @@ def _tuner_class():
                 import keras
 
                 keras.backend.clear_session()  # the next trial builds a fresh model and graph
-            history = train_lib._read_history(run_dir / "history.csv")
+            history = RunDir(run_dir).read_history()
             if plan.architecture.label not in self.costs:  # counted once per architecture, not per trial
                 self.costs[plan.architecture.label] = measure(plan.model_config)
             cost = self.costs[plan.architecture.label]
@@ -469,7 +467,7 @@ def _tuner_class():
         def _continue_from(self, past_id: str, initial_epoch: int, run_dir: Path) -> None:
             """Hyperband promotes `past_id`: start from a copy of its run (train resumes when epochs grow)."""
             past = Path(self.get_trial_dir(past_id)) / "run"
-            if not (past / "checkpoints").is_dir():
+            if not RunDir(past).checkpoint_dir.is_dir():
                 self.log(f"trial {past_id}'s run is not on this machine; training from scratch")
                 return
             tmp = run_dir.with_name(".run.copy")
@@ -480,12 +478,7 @@ def _tuner_class():
 
         def load_model(self, trial):
             """The trial's final trained model (`get_best_models` works on a finished search)."""
-            import keras
-
-            import resnet_keras.blocks  # noqa: F401  registers ZeroPadShortcut
-
-            path = Path(self.get_trial_dir(trial.trial_id)) / "run" / "model.keras"
-            return keras.saving.load_model(str(path), safe_mode=True, compile=False)
+            return RunDir(Path(self.get_trial_dir(trial.trial_id)) / "run").load_model("final")
 
     return ResNetTuner
 
@@ -556,9 +549,7 @@ def feasible_architectures(
 
 
 def _write_json(path: Path, data) -> None:
-    from resnet_keras.train import _write_atomic
-
-    _write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def role() -> str:
@@ -852,62 +843,6 @@ def _best_yaml(best: dict, space: SearchSpace, data_config, train_config, tune: 
     return header + yaml.safe_dump(config, sort_keys=False)
 
 
-def _plot(path: Path, rows: list[dict], tune: TuneConfig) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from resnet_keras.train import _write_atomic
-
-    done = [r for r in rows if r["objective"] is not None and r["params"]]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    maximise = OBJECTIVES[tune.objective] == "max"
-    for ax, key, label in ((axes[0], "params", "trainable parameters"), (axes[1], "multiply_adds", "multiply-adds")):
-        for shortcut, marker in (("A", "o"), ("B", "s")):
-            pts = [r for r in done if r["shortcut"] == shortcut]
-            if pts:
-                ax.scatter(
-                    [r[key] for r in pts],
-                    [r["objective"] for r in pts],
-                    marker=marker,
-                    alpha=0.8,
-                    label=f"shortcut {shortcut}",
-                )
-        for r in done:
-            ax.annotate(
-                f"{r['depth']}x{r['width']:g}",
-                (r[key], r["objective"]),
-                fontsize=7,
-                textcoords="offset points",
-                xytext=(3, 3),
-            )
-        # The frontier: the best objective reached at or below each size.
-        front, best = [], None
-        for r in sorted(done, key=lambda r: r[key]):
-            if best is None or (r["objective"] > best if maximise else r["objective"] < best):
-                best = r["objective"]
-                front.append((r[key], best))
-        if front:
-            ax.step(
-                [p[0] for p in front],
-                [p[1] for p in front],
-                where="post",
-                color="grey",
-                alpha=0.6,
-                label="best so far by size",
-            )
-        ax.set(xscale="log", xlabel=label, ylabel=tune.objective, title=f"{tune.objective} vs {label}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{tune.tuner} search, {len(done)} completed trials")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    _write_atomic(path, buffer.getvalue())
-
-
 def write_reports(
     tuner,
     space: SearchSpace,
@@ -919,21 +854,22 @@ def write_reports(
     log: Callable[[str], None] = print,
 ) -> SearchResult:
     """trials.csv (ranked), best.yaml and objective_vs_size.png from the oracle's trials."""
-    from resnet_keras.train import _write_atomic
-
     rows = _trial_rows(tuner, space, tune, costs)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=TABLE_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     files = {"trials": results_dir / "trials.csv"}
-    _write_atomic(files["trials"], out.getvalue())
+    write_atomic(files["trials"], out.getvalue())
     best = rows[0] if rows and rows[0]["objective"] is not None else None
     if best:
         files["best"] = results_dir / "best.yaml"
-        _write_atomic(files["best"], _best_yaml(best, space, data_config, train_config, tune))
+        write_atomic(files["best"], _best_yaml(best, space, data_config, train_config, tune))
         files["plot"] = results_dir / "objective_vs_size.png"
-        _plot(files["plot"], rows, tune)
+        write_atomic(
+            files["plot"],
+            plots.objective_vs_size(rows, tune.objective, OBJECTIVES[tune.objective] == "max", tune.tuner),
+        )
     else:
         log("No trial completed; no best.yaml or plot written.")
     best_run = Path(tuner.get_trial_dir(best["trial"])) / "run" if best else None

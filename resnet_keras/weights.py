@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet_keras import network, tf_compat
 from resnet_keras.config import ModelConfig
 from resnet_keras.errors import UsageError
 
@@ -187,20 +188,16 @@ def imagenet_weights_file(app: str, *, include_top: bool = True, log: Callable[[
     """
     app = check_app(app)
     fname = f"{app}_weights_tf_dim_ordering_tf_kernels{'' if include_top else '_notop'}.h5"
-    cached = Path(_keras_home()) / "models" / fname
+    cached = Path(tf_compat.keras_home()) / "models" / fname
     if cached.is_file():
         return str(cached)
-    if not _network_available(WEIGHTS_URL + fname):
+    if not network.network_available(WEIGHTS_URL + fname):
         raise UsageError(
             f"ImageNet weights for {app} are not in the Keras cache ({cached}) and there is no "
             f"network to download them; copy {fname} there (from {WEIGHTS_URL}) or pass the file's path"
         )
-    try:
-        from keras.src.applications.resnet import WEIGHTS_HASHES
-
-        file_hash = WEIGHTS_HASHES[app][0 if include_top else 1]
-    except (ImportError, KeyError):
-        file_hash = None
+    hashes = tf_compat.keras_applications_hashes().get(app)
+    file_hash = hashes[0 if include_top else 1] if hashes else None
     log(f"Downloading {fname} into {cached.parent}")
     import keras
 
@@ -208,40 +205,6 @@ def imagenet_weights_file(app: str, *, include_top: bool = True, log: Callable[[
         return keras.utils.get_file(fname, WEIGHTS_URL + fname, cache_subdir="models", file_hash=file_hash)
     except Exception as error:  # noqa: BLE001 - network and hash failures become one line
         raise UsageError(f"cannot download {WEIGHTS_URL + fname}: {str(error).splitlines()[0]}") from None
-
-
-def _keras_home() -> str:
-    """Keras' cache root, as keras.src.backend.config computes it (without importing Keras)."""
-    home = os.environ.get("KERAS_HOME")
-    if home:
-        return home
-    base = os.path.expanduser("~")
-    return os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
-
-
-def _network_available(url: str, timeout: float = 3.0) -> bool:
-    """True when an HTTPS HEAD request to url gets any answer within timeout seconds.
-
-    A thread bounds the whole probe, DNS included (urllib's timeout does not cover DNS)."""
-    import threading
-    import urllib.error
-    import urllib.request
-
-    reached = []
-
-    def probe():
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
-            reached.append(True)
-        except urllib.error.HTTPError:  # the server answered (e.g. 403/404): the network works
-            reached.append(True)
-        except (OSError, ValueError):
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(reached)
 
 
 # ----------------------------------------------------------------------------- conversion

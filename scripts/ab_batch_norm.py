@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 from resnet_keras import ModelConfig, blocks  # noqa: E402
-from resnet_keras.benchmark import BenchmarkConfig, _alternate, _Ours, data_config_for  # noqa: E402
+from resnet_keras.benchmark import BenchmarkConfig, TrainStepRunner, alternate, data_config_for  # noqa: E402
 
 
 def keras_batch_norm(x, *, zero_gamma=False, name):
@@ -42,14 +42,14 @@ def main():
     fused = blocks.batch_norm
     blocks.batch_norm = keras_batch_norm
     try:
-        keras_bn = _Ours(config, bench, args.batch_size, synthetic)
+        keras_bn = TrainStepRunner(config, bench, args.batch_size, synthetic)
     finally:
         blocks.batch_norm = fused
-    fused_bn = _Ours(config, bench, args.batch_size, synthetic)
+    fused_bn = TrainStepRunner(config, bench, args.batch_size, synthetic)
     keras_bn.name, fused_bn.name = "keras_bn", "fused_bn"
     load = os.getloadavg()
     for mode in args.modes.split(","):
-        times = _alternate([keras_bn, fused_bn], mode, args.steps, 2)
+        times = alternate([keras_bn, fused_bn], mode, args.steps, 2)
         slow, fast = np.median(times["keras_bn"]), np.median(times["fused_bn"])
         paired = np.median([k / f for k, f in zip(times["keras_bn"], times["fused_bn"])])
         print(

@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from resnet_keras import data
+from resnet_keras import network
 from resnet_keras.data import DataConfig, DatasetInfo, describe, make_dataset
 from resnet_keras.errors import ConfigError, DataError, UsageError
 
@@ -358,7 +358,7 @@ def test_tfds_not_prepared_online_downloads(tmp_path, monkeypatch):
         calls.append(self.name)
         raise RuntimeError("checksum mismatch for cifar-10-binary.tar.gz\nmore detail")
 
-    monkeypatch.setattr(data, "_network_available", lambda: True)
+    monkeypatch.setattr(network, "network_available", lambda *args, **kwargs: True)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
     raises_data_error(
         lambda: describe(DataConfig(dataset="cifar10", data_dir=str(tmp_path))),
@@ -376,7 +376,7 @@ def test_unknown_dataset_name():
 
 
 def test_tfds_non_image_dataset_and_bad_version_fail_before_download(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_network_available", lambda: pytest.fail("must not reach the net"))
+    monkeypatch.setattr(network, "network_available", lambda *args, **kwargs: pytest.fail("must not reach the net"))
     raises_data_error(
         lambda: describe(DataConfig(dataset="glue", data_dir=str(tmp_path))),
         "dataset='glue', which is not an image classification dataset",

@@ -21,6 +21,7 @@ from resnet_keras import export as export_lib
 from resnet_keras.cli import cli
 from resnet_keras.config import ModelConfig
 from resnet_keras.data import DataConfig
+from resnet_keras.preprocessing import eval_view
 from resnet_keras.train import TrainConfig, train
 
 TINY = ModelConfig(depth=8, width=0.25, image_size=32, num_classes=10)
@@ -133,7 +134,7 @@ def test_saved_model_loads_without_project_code_and_matches_keras(exported, trai
     assert np.abs(out["a"] - expected).max() <= 1e-4
     assert (out["a"].argmax(-1) == expected.argmax(-1)).all()
     assert np.abs(out["b"][:20] - expected).max() <= 1e-4  # JPEG bytes decode to the same pixels
-    view = export_lib.evaluation_view("cifar", 32)
+    view = eval_view("cifar", 32)
     expected_odd = keras_probabilities(trained, np.stack([view(tf.constant(p)).numpy() for p in odd]))
     assert np.abs(out["b"][20:] - expected_odd).max() <= 1e-4
     labels = [[label.decode() for label in row] for row in out["labels"]]
@@ -246,7 +247,7 @@ def test_a_failed_export_leaves_no_version_and_no_temp(run_dir, tmp_path, monkey
         assert (root / "saved_model.pb").exists()  # fails mid-way: the model is already on disk
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export_lib, "_fsync_tree", disk_full)
+    monkeypatch.setattr(export_lib, "fsync_tree", disk_full)
     with pytest.raises(OSError, match="No space left"):
         export_lib.export_saved_model(run_dir, base, log=quiet)
     assert sorted(p.name for p in model_base.iterdir()) == []
@@ -318,7 +319,7 @@ def test_evaluation_view_is_the_data_pipeline_view(tmp_path):
     for augment, size, name in (("cifar", 32, "cifar"), ("imagenet", 40, "imagenet")):
         config = DataConfig(dataset="folder", data_dir=str(tmp_path), augment=augment)
         ((images, _),) = make_dataset(config, "val", image_size=size, batch_size=1, training=False)
-        view = export_lib.evaluation_view(name, size)(tf.constant(decode(str(tmp_path / "val" / "only" / "a.png"))))
+        view = eval_view(name, size)(tf.constant(decode(str(tmp_path / "val" / "only" / "a.png"))))
         np.testing.assert_array_equal(view.numpy(), images.numpy()[0])
 
 

@@ -276,11 +276,11 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    import resnet_keras.train as train_module
+    import resnet_keras.trainer as trainer_module
 
     poison = tf.Variable(1.0)
-    original = train_module._per_example_loss
-    monkeypatch.setattr(train_module, "_per_example_loss", lambda *args: original(*args) * poison)
+    original = trainer_module.per_example_loss
+    monkeypatch.setattr(trainer_module, "per_example_loss", lambda *args: original(*args) * poison)
 
     def log(message):  # after epoch 1 is checkpointed, the loss turns NaN
         if message.startswith("epoch 1/"):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from resnet_keras import weights
+from resnet_keras import network, weights
 from resnet_keras.cli import cli
 from resnet_keras.errors import UsageError
 from resnet_keras.models import build_model
@@ -174,8 +174,8 @@ def test_convert_weights_file_writes_an_exact_keras_model(resnet50_file, tmp_pat
 @pytest.mark.slow
 def test_imagenet_comes_from_the_keras_cache_without_network(resnet50_file, tmp_path, monkeypatch):
     path, keras_model = resnet50_file
-    monkeypatch.setattr(weights, "_keras_home", lambda: str(path.parent.parent))
-    monkeypatch.setattr(weights, "_network_available", lambda *a, **k: pytest.fail("must not touch the network"))
+    monkeypatch.setenv("KERAS_HOME", str(path.parent.parent))
+    monkeypatch.setattr(network, "network_available", lambda *a, **k: pytest.fail("must not touch the network"))
     output = tmp_path / "cached.keras"
     result = CliRunner().invoke(cli, ["convert", "resnet50", "--output", str(output), "--image-size", str(SIZE)])
     assert result.exit_code == 0, result.output
@@ -186,8 +186,8 @@ def test_imagenet_comes_from_the_keras_cache_without_network(resnet50_file, tmp_
 
 
 def test_imagenet_offline_says_so_at_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(weights, "_keras_home", lambda: str(tmp_path))
-    monkeypatch.setattr(weights, "_network_available", lambda *a, **k: False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(network, "network_available", lambda *a, **k: False)
     start = time.perf_counter()
     result = CliRunner().invoke(cli, ["convert", "resnet101v2", "--output", str(tmp_path / "x.keras")])
     assert time.perf_counter() - start < 5
@@ -201,7 +201,7 @@ def test_imagenet_offline_says_so_at_once(tmp_path, monkeypatch):
 
 def test_network_probe_is_bounded_and_false_offline():
     start = time.perf_counter()
-    assert weights._network_available("https://nonexistent.invalid/x", timeout=1.0) is False
+    assert network.network_available("https://nonexistent.invalid/x", timeout=1.0) is False
     assert time.perf_counter() - start < 2.5
 
 

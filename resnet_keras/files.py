@@ -1,0 +1,67 @@
+"""Durable writes: a file or a folder appears whole under its final name, or not at all.
+
+Everything the package writes for others to read (run-directory files, SavedModel versions
+that TF Serving polls, TFLite files, feature extractors) goes through these: write under a
+hidden temporary name, flush it to disk, then rename, which is atomic on one filesystem. A
+crash or a kill at any point leaves the previous file or folder, never half of a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from resnet_keras.errors import UsageError
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Writes `data` (text as UTF-8) to `path` through a fsynced temporary sibling and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flushes a directory's entries (the names a rename created) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """Flushes every file and directory under root to disk (a rename alone does not order the data)."""
+    for parent, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(parent, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(parent)
+
+
+def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike, *, overwrite: bool) -> None:
+    """Renames the finished folder `tmp` to `final` (atomic on one filesystem).
+
+    An existing `final` is refused unless `overwrite`; then it is moved aside first and deleted
+    only once the new folder is in place.
+    """
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists():
+        if not overwrite:
+            raise UsageError(f"{final} appeared during the export; nothing was overwritten")
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.rename(final, old)
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,215 @@
+"""The concerns of a training run, one `Hook` each (`resnet_keras.trainer`).
+
+`train.train` assembles them in this order, which is the order they run at each call:
+StopOnNaN, LowLrStart, FineTunePhases, ProgressBar, History, TensorBoard, BestWeights,
+Checkpoint, EpochLog, RunSummary. History is written before the checkpoint: a crash between
+the two leaves a history row the checkpoint lacks, and a resume drops it.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from resnet_keras.config import LOW_LR_UNTIL_ERROR
+from resnet_keras.errors import TrainingFailure
+from resnet_keras.rundir import RunDir
+from resnet_keras.trainer import Hook
+
+
+class StopOnNaN(Hook):
+    """Stops with TrainingFailure at the first step whose loss is not finite; the last good
+    checkpoint (named in the message) stays, so the run can be resumed with another setting."""
+
+    def __init__(self, latest_checkpoint: Callable[[], str | None]):
+        self.latest_checkpoint = latest_checkpoint
+
+    def on_train_batch_end(self, epoch, step, values):
+        if not np.isfinite(values[0]):
+            last = self.latest_checkpoint() or "none (no epoch completed)"
+            raise TrainingFailure(f"loss became NaN at epoch {epoch} step {step}; last good checkpoint: {last}")
+
+
+class LowLrStart(Hook):
+    """He et al. 2015, sec. 4.2: ResNet-110 first trains at a tenth of the rate until the training
+    error (over the last 10 steps, all replicas) is below 80 %, then at the full schedule.
+
+    `factor` is the schedule's multiplier variable; it is checkpointed, so the switch survives a resume.
+    """
+
+    def __init__(self, factor, log: Callable[[str], None], window: int = 10):
+        self.factor, self.log = factor, log
+        self.recent = collections.deque(maxlen=window)
+
+    def on_train_begin(self):
+        self.warming_up = float(self.factor.numpy()) < 1.0
+
+    def on_train_batch_end(self, epoch, step, values):
+        if not self.warming_up:
+            return
+        self.recent.append(values[1:])
+        correct, count = np.sum(self.recent, axis=0)
+        if len(self.recent) == self.recent.maxlen and 1 - correct / count < LOW_LR_UNTIL_ERROR:
+            self.factor.assign(1.0)
+            self.warming_up = False
+            self.log(
+                f"low-rate start done at epoch {epoch} step {step}: training error {1 - correct / count:.3f} "
+                f"< {LOW_LR_UNTIL_ERROR}; learning rate back to the full schedule"
+            )
+
+
+class FineTunePhases(Hook):
+    """Head-only epochs, then the freeze and BatchNorm policies (`finetune.FineTunePlan`); a change
+    of trainable variables retraces the step. A resumed run enters the phase of its next epoch."""
+
+    def __init__(self, plan, log: Callable[[str], None]):
+        self.plan, self.log = plan, log
+
+    def on_epoch_begin(self, epoch):
+        if self.plan.set_phase(self.plan.phase_for(epoch)):
+            self.log(self.plan.describe())
+            self.trainer.rebuild_step()
+
+
+class ProgressBar(Hook):
+    """Keras' progress bar with the running loss and accuracy, on an interactive terminal only."""
+
+    def on_epoch_begin(self, epoch):
+        import keras
+
+        self.bar = keras.utils.Progbar(self.trainer.steps_per_epoch, stateful_metrics=["loss", "accuracy"])
+        self.totals = np.zeros(3)
+        print(f"Epoch {epoch}/{self.trainer.epochs}")
+
+    def on_train_batch_end(self, epoch, step, values):
+        self.totals += values
+        loss, correct, count = self.totals
+        self.bar.update(step, [("loss", loss / count), ("accuracy", correct / count)])
+
+    @staticmethod
+    def wanted() -> bool:
+        return sys.stdout.isatty()
+
+
+class History(Hook):
+    """history.csv: one row per epoch, rewritten whole (atomically) after each epoch."""
+
+    def __init__(self, run: RunDir, rows: list[dict]):
+        self.run, self.rows = run, rows
+
+    def on_epoch_end(self, epoch, logs):
+        self.rows.append(dict(logs))
+        self.run.write_history(self.rows)
+
+
+class TensorBoard(Hook):
+    """Scalars per epoch (loss, accuracy, val_loss, val_accuracy, lr) under the run's logs/."""
+
+    KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+
+    def __init__(self, run: RunDir):
+        import tensorflow as tf
+
+        self.tf = tf
+        self.writer = tf.summary.create_file_writer(str(run.file(RunDir.LOGS)))
+
+    def on_epoch_end(self, epoch, logs):
+        with self.writer.as_default(step=epoch):
+            for key in self.KEYS:
+                self.tf.summary.scalar(key, logs[key])
+        self.writer.flush()
+
+
+class BestWeights(Hook):
+    """best.weights.h5: the weights of the epoch with the highest validation accuracy so far."""
+
+    def __init__(self, run: RunDir, best: float):
+        self.run, self.best = run, best
+
+    def on_epoch_end(self, epoch, logs):
+        if logs["val_accuracy"] > self.best:
+            self.best = logs["val_accuracy"]
+            self.run.save_best_weights(self.trainer.model)
+
+
+class Checkpoint(Hook):
+    """The epoch's checkpoint (model, optimizer, epoch counter); the manager keeps the last two."""
+
+    def __init__(self, manager, epoch_variable):
+        self.manager, self.epoch_variable = manager, epoch_variable
+
+    def on_epoch_end(self, epoch, logs):
+        self.epoch_variable.assign(epoch)
+        self.manager.save(checkpoint_number=epoch)
+
+
+class EpochLog(Hook):
+    """One line per epoch through `log`."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+
+    def on_epoch_end(self, epoch, logs):
+        self.log(
+            f"epoch {epoch}/{self.trainer.epochs}: loss {logs['loss']:.4f} accuracy {logs['accuracy']:.4f} "
+            f"val_loss {logs['val_loss']:.4f} val_accuracy {logs['val_accuracy']:.4f} lr {logs['lr']:.4g} "
+            f"({logs['seconds']:.1f} s)"
+        )
+
+
+class RunSummary(Hook):
+    """At the end: model.keras, curves.png and metrics.json (the returned summary).
+
+    A rerun of a finished run trains nothing; it keeps the metrics.json of the runs that trained
+    (their timings) instead of overwriting it with empty ones.
+    """
+
+    def __init__(self, run: RunDir, history: list[dict], describe: dict, log: Callable[[str], None]):
+        self.run, self.history, self.describe, self.log = run, history, describe, log
+        self.metrics: dict = {}
+
+    def on_train_begin(self):
+        self.wall_start = time.perf_counter()
+
+    def on_train_end(self):
+        trainer = self.trainer
+        if trainer.epochs_run == 0 and self.run.file(RunDir.METRICS).exists():
+            self.log(f"{self.run.path} already trained for {trainer.start_epoch} epochs.")
+            self.metrics = self.run.read_json(RunDir.METRICS)
+            return
+        self.run.save_final_model(trainer.model)
+        history = self.history
+        if history:
+            from resnet_keras import plots
+
+            self.run.write_png(RunDir.CURVES, plots.training_curves(history))
+        final = history[-1] if history else {}
+        best = max(history, key=lambda row: row["val_accuracy"]) if history else {}
+        seconds = trainer.train_seconds
+        self.metrics = dict(
+            **self.describe,
+            epochs=len(history),
+            final_loss=final.get("loss"),
+            final_accuracy=final.get("accuracy"),
+            final_val_loss=final.get("val_loss"),
+            final_val_accuracy=final.get("val_accuracy"),
+            best_val_accuracy=best.get("val_accuracy"),
+            best_epoch=best.get("epoch"),
+            wall_seconds=round(time.perf_counter() - self.wall_start, 3),
+            trained_epochs_this_run=trainer.epochs_run,
+            images_per_second=round(trainer.images_seen / seconds, 2) if seconds else None,
+            total_train_seconds=round(sum(row["seconds"] for row in history), 3),
+        )
+        self.run.write_json(RunDir.METRICS, self.metrics)
+        if trainer.epochs_run == 0:
+            self.log(f"{self.run.path} already trained for {trainer.start_epoch} epochs.")
+        self.log(
+            f"Done: {self.metrics['epochs']} epochs, val accuracy {self.metrics['final_val_accuracy']:.4f} "
+            f"(best {self.metrics['best_val_accuracy']:.4f} at epoch {self.metrics['best_epoch']}), "
+            f"{self.metrics['wall_seconds']:.1f} s, {self.metrics['images_per_second']} images/s; "
+            f"saved {self.run.file(RunDir.FINAL_MODEL)}"
+        )

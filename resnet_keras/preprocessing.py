@@ -1,0 +1,155 @@
+"""The image as the model sees it: files, decoding, and the training and evaluation views.
+
+One owner for every pixel transformation, shared by the input pipeline (`data`), the
+exports (`export`: the serving graph decodes and crops with these functions) and `predict`,
+so training, evaluation and serving see the same pixels. Views follow He et al. 2015:
+
+* ``"cifar"`` (sec. 4.2): "4 pixels are padded on each side, and a 32x32 crop is randomly sampled
+  from the padded image or its horizontal flip. For testing, we only evaluate the single view of
+  the original 32x32 image."
+* ``"imagenet"`` (sec. 3.4): scale augmentation with random crops and horizontal flips. We use the
+  random-resized crop of Szegedy et al. (area 8-100 %, aspect 3/4-4/3) that reimplementations use;
+  evaluation resizes the shorter side to ``image_size / 0.875`` and takes the centre crop, the
+  usual single-crop view (the paper's 10-crop and multi-scale testing are not done here).
+* ``"none"``: resize only.
+
+Images are uint8 RGB ``[h, w, 3]`` until a view turns them into float32 raw pixels in [0, 255];
+normalisation lives in the model, so exported models take raw pixels too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import tensorflow as tf
+
+VIEWS = ("cifar", "imagenet", "none")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# What tf.io.decode_image recognises, by the first bytes of the file.
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+CIFAR_PAD = 4
+CENTRE_CROP_FRACTION = 0.875
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def list_image_files(directory: str | os.PathLike) -> list[str]:
+    """Image files under directory (recursive, by extension, dot-files ignored), sorted."""
+    found = []
+    for parent, _, names in os.walk(directory):
+        found += [
+            os.path.join(parent, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")
+        ]
+    return sorted(found)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether the file starts like a JPEG, PNG, GIF or BMP (what tf.io.decode_image checks)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8).startswith(_MAGIC)
+    except OSError:
+        return False
+
+
+def decode_image(data) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 RGB [h, w, 3] (first frame of a GIF)."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def to_rgb(image) -> tf.Tensor:
+    """uint8 [h, w, 1|3|4] -> [h, w, 3]: grey replicated, alpha dropped."""
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(image)
+    return image[..., :3] if channels == 4 else image
+
+
+# ----------------------------------------------------------------------------- which view
+
+
+def view_family(data_config, image_size: int) -> str:
+    """The view ("cifar", "imagenet" or "none") of `data_config.augment` at `image_size`."""
+    if data_config.augment != "auto":
+        return data_config.augment
+    if data_config.dataset == "digits":
+        # Flips turn digits into other shapes: ResNet-20 reached 98.1 % test accuracy without
+        # augmentation and 94.7 % with "cifar" (15 epochs, measured).
+        return "none"
+    return "cifar" if image_size <= 64 else "imagenet"
+
+
+# ----------------------------------------------------------------------------- evaluation views
+
+
+def resize_to(image, size: int) -> tf.Tensor:
+    """uint8 [h, w, 3] -> uint8 [size, size, 3]; bilinear, skipped when already that size."""
+
+    def resize():
+        return tf.saturate_cast(tf.round(tf.image.resize(image, [size, size], antialias=True)), tf.uint8)
+
+    same = tf.reduce_all(tf.shape(image)[:2] == size)
+    return tf.ensure_shape(tf.cond(same, lambda: image, resize), [size, size, 3])
+
+
+def centre_crop(image, size: int) -> tf.Tensor:
+    """ImageNet evaluation view: shorter side to round(size / 0.875), centre size x size crop, float32."""
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = round(size / CENTRE_CROP_FRACTION) / tf.reduce_min(hw)
+    resized = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), size)
+    image = tf.image.resize(image, resized, antialias=True)
+    top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
+    return tf.image.crop_to_bounding_box(image, top, left, size, size)
+
+
+def eval_view(family: str, image_size: int) -> Callable:
+    """uint8 ``[h, w, 3]`` -> float32 ``[image_size, image_size, 3]`` raw pixels: the evaluation view
+    of `family`, exactly as the input pipeline computes it."""
+
+    def view(image):
+        if family == "imagenet":
+            return tf.ensure_shape(centre_crop(image, image_size), [image_size, image_size, 3])
+        return tf.cast(resize_to(image, image_size), tf.float32)
+
+    return view
+
+
+# ----------------------------------------------------------------------------- training views
+
+
+def cifar_pad_crop_flip(images, key, labels):
+    """Sec. 4.2 on a batch: uint8 [n, s, s, 3] -> float32 [n, s, s, 3], per-image crop and flip.
+
+    One vectorised gather per batch: 94k images/s on 2 cores against 26k for a per-image map,
+    which leaves the cores to the model. `key` is the batch's stateless seed.
+    """
+    n, size = tf.shape(images)[0], images.shape[1]
+    # Zero (black) padding as in common reimplementations; the paper pads after mean subtraction.
+    padded = tf.pad(images, [[0, 0], [CIFAR_PAD, CIFAR_PAD], [CIFAR_PAD, CIFAR_PAD], [0, 0]])
+    offsets = tf.random.stateless_uniform([2, n], tf.stack([key, 0]), 0, 2 * CIFAR_PAD + 1, tf.int32)
+    flip = tf.random.stateless_uniform([n], tf.stack([key, 1])) < 0.5
+    steps = tf.range(size)
+    rows = offsets[0][:, None] + steps
+    cols = offsets[1][:, None] + tf.where(flip[:, None], size - 1 - steps, steps)
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)
+    out = tf.gather(out, cols, axis=2, batch_dims=1)
+    return tf.cast(out, tf.float32), labels
+
+
+def random_resized_crop(image, key, size: int) -> tf.Tensor:
+    """Sec. 3.4 scale augmentation: uint8 [h, w, 3] -> float32 [size, size, 3], random flip."""
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=tf.stack([key, 0]),
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.image.resize(tf.slice(image, begin, crop), [size, size], antialias=True)
+    return tf.image.stateless_random_flip_left_right(image, seed=tf.stack([key, 1]))

@@ -1,0 +1,202 @@
+"""The training loop: epochs of distributed steps, validation, and hooks for everything else.
+
+`Trainer.fit` is the whole loop. What a run does besides stepping (checkpoints, history,
+TensorBoard, best weights, fine-tuning phases, the paper's low-rate start, stopping on NaN,
+the progress bar) is a `Hook` (`resnet_keras.hooks`), called at the same points as Keras
+callbacks: `on_train_begin`, `on_epoch_begin`, `on_train_batch_end`, `on_epoch_end`,
+`on_train_end`. Adding a concern to a run is adding a hook, not editing this loop.
+
+Why a custom loop instead of `model.fit`: Keras 3 `fit` fails under
+MultiWorkerMirroredStrategy (keras-team/keras#20585), and one loop keeps one-device, mirrored
+and multi-worker runs on the same code. Losses follow the `tf.distribute` rules:
+`compute_average_loss` over the *global* batch plus `scale_regularization_loss` of the model's
+L2 terms, so the all-reduced (summed) gradients equal the single-device ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+class Hook:
+    """One concern of a training run. Override the calls you need; `self.trainer` is set by `fit`.
+
+    `on_train_batch_end` gets `values`: float64 [loss sum, correct, count] of the step, summed
+    over replicas. `on_epoch_end` gets the epoch's `logs` (HISTORY_FIELDS of `resnet_keras.rundir`),
+    which hooks may read and extend. A hook that raises stops the run there.
+    """
+
+    trainer: Trainer
+
+    def on_train_begin(self) -> None: ...
+
+    def on_epoch_begin(self, epoch: int) -> None: ...
+
+    def on_train_batch_end(self, epoch: int, step: int, values: np.ndarray) -> None: ...
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None: ...
+
+    def on_train_end(self) -> None: ...
+
+
+class Trainer:
+    """Runs epochs `start_epoch + 1 .. epochs` of `steps_per_epoch` steps.
+
+    make_step() -> step(iterator) -> [loss sum, correct, count] (see `make_train_step`); it is
+    called again by `rebuild_step()` when the trainable variables change. validate() ->
+    (val_loss, val_accuracy) over the whole validation split. before_validation() runs after
+    each epoch's steps (the replicas' BatchNorm statistics are averaged there).
+    """
+
+    def __init__(
+        self,
+        *,
+        model,
+        optimizer,
+        make_step: Callable[[], Callable],
+        iterator,
+        steps_per_epoch: int,
+        epochs: int,
+        validate: Callable[[], tuple[float, float]],
+        before_validation: Callable[[], None] = lambda: None,
+        hooks: Sequence[Hook] = (),
+        log: Callable[[str], None] = print,
+    ):
+        self.model, self.optimizer, self.log = model, optimizer, log
+        self.iterator, self.steps_per_epoch, self.epochs = iterator, steps_per_epoch, epochs
+        self._make_step, self._validate, self._before_validation = make_step, validate, before_validation
+        self.hooks = list(hooks)
+        self.train_step = make_step()
+        self.start_epoch = 0
+        self.epochs_run = 0
+        self.images_seen = 0
+        self.train_seconds = 0.0
+
+    def rebuild_step(self) -> None:
+        """Traces the step again (after a hook changed which variables train)."""
+        self.train_step = self._make_step()
+
+    def _call(self, name: str, *args) -> None:
+        for hook in self.hooks:
+            getattr(hook, name)(*args)
+
+    def fit(self, start_epoch: int = 0) -> None:
+        self.start_epoch = start_epoch
+        for hook in self.hooks:
+            hook.trainer = self
+        self._call("on_train_begin")
+        for epoch in range(start_epoch + 1, self.epochs + 1):
+            self._call("on_epoch_begin", epoch)
+            lr = float(self.optimizer.learning_rate)  # the rate of the epoch's first step
+            started = time.perf_counter()
+            totals = np.zeros(3)
+            for step in range(1, self.steps_per_epoch + 1):
+                values = np.array([float(v) for v in self.train_step(self.iterator)])
+                totals += values
+                self._call("on_train_batch_end", epoch, step, values)
+            seconds = time.perf_counter() - started
+            self.train_seconds += seconds
+            self.images_seen += int(totals[2])
+            self.epochs_run += 1
+            self._before_validation()
+            val_loss, val_accuracy = self._validate()
+            logs = dict(
+                epoch=epoch,
+                loss=float(totals[0] / totals[2]),
+                accuracy=float(totals[1] / totals[2]),
+                val_loss=float(val_loss),
+                val_accuracy=float(val_accuracy),
+                lr=lr,
+                seconds=round(seconds, 3),
+                finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            )
+            self._call("on_epoch_end", epoch, logs)
+        self._call("on_train_end")
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def per_example_loss(tf, labels, logits, num_classes: int, label_smoothing: float):
+    """Softmax cross-entropy from float32 logits and int labels, with optional label smoothing."""
+    targets = tf.one_hot(labels, num_classes, dtype=tf.float32)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+
+
+def make_train_step(
+    model,
+    optimizer,
+    strategy,
+    *,
+    num_classes: int,
+    global_batch: int,
+    label_smoothing: float,
+    loss_scaling: bool,
+    xla: bool,
+    transform_gradients: Callable | None = None,
+):
+    """The training step: `train_step(iterator)` -> summed [loss, correct, count] over the batch.
+
+    One step reads the next (distributed) batch, runs the replica step under `strategy.run` and
+    sums the three float32 scalars over replicas. Shared with `resnet_keras.benchmark`, so the
+    benchmark times exactly the step that training runs. `transform_gradients(grads, variables)`
+    (fine-tuning: a lower rate for the backbone) runs before the update.
+    """
+    import tensorflow as tf
+
+    def step_fn(images, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            per_example = per_example_loss(tf, labels, logits, num_classes, label_smoothing)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(ly, tf.float32) for ly in model.losses]))
+            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        if transform_gradients is not None:
+            grads = transform_gradients(grads, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)  # sums gradients over replicas; unscales
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.reduce_sum(per_example), correct, count
+
+    # No tensor-dependent Python control flow in the steps: AutoGraph is not needed (and it
+    # trips over the closure of these nested functions). XLA compiles the replica step only:
+    # reading the input iterator (IteratorGetNext) has no XLA kernel.
+    replica_step = tf.function(step_fn, jit_compile=True, autograph=False) if xla else step_fn
+
+    @tf.function(autograph=False)
+    def train_step(iterator):
+        results = strategy.run(replica_step, args=next(iterator))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in results]
+
+    return train_step
+
+
+def make_validation(model, dataset, num_classes: int) -> Callable[[], tuple[float, float]]:
+    """validate() -> (mean loss, top-1 accuracy) over every example of `dataset` (a whole pass).
+
+    Runs outside the strategy on the (mirrored) variables, with the last partial batch kept:
+    exact counts on any number of replicas at the cost of not parallelising validation.
+    """
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def val_step(images, labels):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        per_example = per_example_loss(tf, labels, logits, num_classes, 0.0)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        return tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32)
+
+    def validate():
+        totals = np.zeros(3)
+        for images, labels in dataset:
+            totals += [float(v) for v in val_step(images, labels)]
+        return float(totals[0] / max(totals[2], 1)), float(totals[1] / max(totals[2], 1))
+
+    return validate
