@@ -46,20 +46,89 @@ def train(
     `model_config.num_classes` must match the dataset (the CLI takes it from `describe`);
     `train_config.weight_decay` replaces `model_config.weight_decay`. Reruns with the same
     configs resume after the last completed epoch (`epochs` may grow); `overwrite` starts
-    fresh. `hooks` run after the built-in ones at every call. Raises UsageError for a run
-    directory of another config or a batch the replicas cannot split, TrainingFailure when the
-    loss becomes NaN (the last good checkpoint stays).
+    fresh. `hooks` run after the built-in ones at every call. Everything is checked before
+    the first write: a call that fails with UsageError (a run directory of another config, a
+    batch the replicas cannot split or larger than the training split, an image size the
+    pipeline refuses) leaves `model_dir` as it was. TrainingFailure when the loss becomes NaN
+    (the last good checkpoint stays).
     """
-    import keras
-    import tensorflow as tf
-
-    from resnet_keras import data as data_lib
     from resnet_keras import distribute, finetune
-    from resnet_keras import hooks as hooks_lib
-    from resnet_keras.models import build_model, dtype_policy
     from resnet_keras.trainer import Trainer, make_validation
 
     model_config = dataclasses.replace(model_config, weight_decay=float(train_config.weight_decay))
+    setup = _prepare(model_config, data_config, train_config, RunDir(model_dir), log)
+    run, out, strategy = setup.run, setup.out, setup.strategy
+    init_weights = None  # read and checked before anything is written
+    if train_config.init_from and (overwrite or not run.latest_checkpoint()):
+        init_weights = finetune.read_init_weights(train_config.init_from, model_config, log=log)
+    if setup.info.num_train < train_config.batch_size:  # every epoch would be empty: the stream never yields
+        raise UsageError(
+            f"Received: batch_size={train_config.batch_size}; the training split of {data_config.dataset!r} has "
+            f"{setup.info.num_train} images, fewer than one batch: use --batch-size {setup.info.num_train} or less"
+        )
+    resuming = out.check_resumable(setup.configs, overwrite)
+    parts = _build(setup)
+    history: list[dict] = []
+    latest = distribute.peer_guard(distribute.agreed_checkpoint, strategy)(strategy, parts.manager, run, resuming)
+    if latest:
+        parts.checkpoint.restore(latest).assert_existing_objects_matched()
+        # The history may hold an epoch written just before a crash that the checkpoint missed.
+        history = [row for row in run.read_history() if row["epoch"] <= int(parts.epoch.numpy())]
+        log(f"Resuming {run.path} after epoch {int(parts.epoch.numpy())}.")
+    elif init_weights is not None:  # a fresh fine-tuning run starts from the source
+        from resnet_keras.weights import assign
+
+        log(f"Initialised {assign(parts.model, init_weights)} layers from {train_config.init_from} (new head).")
+    start_epoch = int(parts.epoch.numpy())
+    out.start(setup.configs, setup.info.class_names)  # from here on, the folder is a run
+    summary, run_hooks = _hooks(setup, parts, history, log)
+    trainer = Trainer(
+        model=parts.model,
+        optimizer=parts.optimizer,
+        make_step=lambda: distribute.peer_guard(_train_step(setup, parts), strategy),
+        iterator=iter(_train_input(setup, start_epoch)),
+        steps_per_epoch=setup.steps_per_epoch,
+        epochs=train_config.epochs,
+        validate=make_validation(parts.model, setup.val_dataset, model_config.num_classes),
+        before_validation=distribute.replica_statistics_sync(strategy, parts.model),
+        hooks=[*run_hooks, *hooks],
+        log=log,
+    )
+    trainer.fit(start_epoch)
+    return summary.metrics
+
+
+@dataclasses.dataclass
+class _Setup:
+    """A checked run: configs, dataset facts, strategy, where it writes (the chief's run directory,
+    or a worker's scratch copy), and the validation data (built now: it checks the image size)."""
+
+    model_config: ModelConfig
+    data_config: DataConfig
+    train_config: TrainConfig
+    info: Any
+    strategy: Any
+    run: RunDir
+    out: RunDir
+    steps_per_epoch: int
+    val_dataset: Any
+
+    @property
+    def configs(self) -> dict:
+        return {
+            "model": self.model_config.to_dict(),
+            "data": self.data_config.to_dict(),
+            "train": self.train_config.to_dict(),
+        }
+
+
+def _prepare(model_config, data_config, train_config, run: RunDir, log) -> _Setup:
+    """Every check that needs no write: dataset, family, strategy, batch, XLA, validation data."""
+    import tensorflow as tf
+
+    from resnet_keras import data as data_lib
+    from resnet_keras import distribute
+
     info = data_lib.describe(data_config)
     if model_config.num_classes != info.num_classes:
         raise UsageError(
@@ -74,135 +143,130 @@ def train(
     if hint := distribute.onednn_hint():
         log(hint)
     strategy = distribute.make_strategy(train_config.strategy)
-    replicas = strategy.num_replicas_in_sync
-    run = RunDir(model_dir)  # multi-worker: what every worker resumes from; only the chief writes it
     out = run if distribute.is_chief(strategy) else run.worker_scratch(strategy.cluster_resolver.task_id)
     distribute.check_global_batch(train_config.batch_size, strategy)
-    if train_config.xla and replicas > 1 and not tf.config.list_logical_devices("GPU"):
+    if train_config.xla and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
         raise UsageError(
             "Received: xla=True with MirroredStrategy over logical CPUs; XLA cannot compile a step "
             "whose variables live on other devices. Use --no-xla or one device."
         )
-    configs = {"model": model_config.to_dict(), "data": data_config.to_dict(), "train": train_config.to_dict()}
-    # Pretrained weights are read and checked before the run directory is touched.
-    init_weights = None
-    if train_config.init_from and (overwrite or not run.latest_checkpoint()):
-        init_weights = finetune.read_init_weights(train_config.init_from, model_config, log=log)
-    resuming = out.check_resumable(configs, overwrite)
-    out.start(configs, info.class_names)
+    val_dataset = data_lib.make_dataset(
+        data_config,
+        "val",
+        image_size=model_config.image_size,
+        batch_size=train_config.batch_size,
+        training=False,
+        drop_remainder=False,
+    )
+    steps = train_config.steps_per_epoch or max(1, info.num_train // train_config.batch_size)
+    return _Setup(model_config, data_config, train_config, info, strategy, run, out, steps, val_dataset)
 
-    steps_per_epoch = train_config.steps_per_epoch or max(1, info.num_train // train_config.batch_size)
-    global_batch = train_config.batch_size
+
+@dataclasses.dataclass
+class _Parts:
+    model: Any
+    optimizer: Any
+    plan: Any  # finetune.FineTunePlan or None
+    lr_factor: Any  # the schedule's multiplier (the paper's low-rate start)
+    epoch: Any  # completed epochs, checkpointed
+    checkpoint: Any
+    manager: Any
+
+
+def _build(setup: _Setup) -> _Parts:
+    """The model, optimizer and checkpoint, built under the run's dtype policy and strategy."""
+    import keras
+    import tensorflow as tf
+
+    from resnet_keras import finetune
+    from resnet_keras.models import build_model, dtype_policy
+
+    train_config = setup.train_config
     keras.utils.set_random_seed(train_config.seed)
-    low_lr_start = train_config.uses_low_lr_start(model_config)
-    with dtype_policy(PRECISIONS[train_config.mixed_precision]), strategy.scope():
-        model = build_model(model_config)
+    low_lr_start = train_config.uses_low_lr_start(setup.model_config)
+    with dtype_policy(PRECISIONS[train_config.mixed_precision]), setup.strategy.scope():
+        model = build_model(setup.model_config)
         plan = finetune.plan(model, train_config)  # trainable flags are set before the optimizer builds
         lr_factor = tf.Variable(
             LOW_LR_FACTOR if low_lr_start else 1.0, dtype=tf.float32, trainable=False, name="lr_factor"
         )
         optimizer = keras.optimizers.SGD(
-            learning_rate=make_schedule(train_config, steps_per_epoch, lr_factor if low_lr_start else None),
+            learning_rate=make_schedule(train_config, setup.steps_per_epoch, lr_factor if low_lr_start else None),
             momentum=train_config.momentum,
             nesterov=train_config.nesterov,
         )
         if train_config.mixed_precision == "float16":  # bfloat16 needs no loss scaling
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)  # slots exist before restore: immediate restoration
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch, lr_factor=lr_factor)
+    manager = tf.train.CheckpointManager(checkpoint, str(setup.out.checkpoint_dir), max_to_keep=2)
+    return _Parts(model, optimizer, plan, lr_factor, epoch, checkpoint, manager)
 
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, lr_factor=lr_factor)
-    manager = tf.train.CheckpointManager(checkpoint, str(out.checkpoint_dir), max_to_keep=2)
-    history: list[dict] = []
-    latest = distribute.peer_guard(distribute.agreed_checkpoint, strategy)(strategy, manager, run, resuming)
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        # The history may hold an epoch written just before a crash that the checkpoint missed.
-        history = [row for row in run.read_history() if row["epoch"] <= int(epoch_var.numpy())]
-        log(f"Resuming {run.path} after epoch {int(epoch_var.numpy())}.")
-    elif init_weights is not None:  # a fresh fine-tuning run starts from the source
-        from resnet_keras.weights import assign
 
-        log(f"Initialised {assign(model, init_weights)} layers from {train_config.init_from} (new head).")
-    start_epoch = int(epoch_var.numpy())
+def _train_input(setup: _Setup, start_epoch: int):
+    """The distributed training stream; a resumed run starts where the epochs done stopped reading."""
+    from resnet_keras import data as data_lib
+    from resnet_keras import distribute
 
-    def train_input(ctx):
-        # Each step reads one batch per local replica; a resumed run skips what the epochs done read.
-        per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+    def dataset(ctx):
+        per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines  # one batch per local replica
         return data_lib.make_dataset(
-            data_config,
+            setup.data_config,
             "train",
-            image_size=model_config.image_size,
-            batch_size=global_batch,
+            image_size=setup.model_config.image_size,
+            batch_size=setup.train_config.batch_size,
             training=True,
             input_context=ctx,
             repeat=True,
-            skip_batches=start_epoch * steps_per_epoch * per_step,
+            skip_batches=start_epoch * setup.steps_per_epoch * per_step,
         )
 
-    train_ds = strategy.distribute_datasets_from_function(train_input, options=distribute.input_options(strategy))
-    val_ds = data_lib.make_dataset(
-        data_config,
-        "val",
-        image_size=model_config.image_size,
-        batch_size=global_batch,
-        training=False,
-        drop_remainder=False,
+    return setup.strategy.distribute_datasets_from_function(dataset, options=distribute.input_options(setup.strategy))
+
+
+def _train_step(setup: _Setup, parts: _Parts):
+    """The step, traced again when a fine-tuning phase changes the trainable variables."""
+    train_config = setup.train_config
+    return make_train_step(
+        parts.model,
+        parts.optimizer,
+        setup.strategy,
+        num_classes=setup.model_config.num_classes,
+        global_batch=train_config.batch_size,
+        label_smoothing=train_config.label_smoothing,
+        loss_scaling=train_config.mixed_precision == "float16",
+        xla=train_config.xla,
+        transform_gradients=parts.plan.scale_gradients if parts.plan else None,
     )
 
-    def make_step():  # traced again when a fine-tuning phase changes the trainable variables
-        step = make_train_step(
-            model,
-            optimizer,
-            strategy,
-            num_classes=model_config.num_classes,
-            global_batch=global_batch,
-            label_smoothing=train_config.label_smoothing,
-            loss_scaling=train_config.mixed_precision == "float16",
-            xla=train_config.xla,
-            transform_gradients=plan.scale_gradients if plan else None,
-        )
-        return distribute.peer_guard(step, strategy)
 
-    run_hooks = [hooks_lib.StopOnNaN(lambda: manager.latest_checkpoint)]
-    if low_lr_start:
-        run_hooks.append(hooks_lib.LowLrStart(lr_factor, log))
-    if plan:
-        run_hooks.append(hooks_lib.FineTunePhases(plan, log))
-    if hooks_lib.ProgressBar.wanted():
-        run_hooks.append(hooks_lib.ProgressBar())
-    summary = hooks_lib.RunSummary(
-        out,
-        history,
-        dict(
-            model=model_config.name,
-            dataset=data_config.dataset,
-            replicas=replicas,
-            steps_per_epoch=steps_per_epoch,
-            global_batch_size=global_batch,
-        ),
-        log,
+def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log):
+    """The run's hooks, in the order they run (see `resnet_keras.hooks`), and the summary hook."""
+    from resnet_keras import hooks
+
+    out = setup.out
+    run_hooks = [hooks.StopOnNaN(lambda: parts.manager.latest_checkpoint)]
+    if setup.train_config.uses_low_lr_start(setup.model_config):
+        run_hooks.append(hooks.LowLrStart(parts.lr_factor, log))
+    if parts.plan:
+        run_hooks.append(hooks.FineTunePhases(parts.plan, log))
+    if hooks.ProgressBar.wanted():
+        run_hooks.append(hooks.ProgressBar())
+    facts = dict(
+        model=setup.model_config.name,
+        dataset=setup.data_config.dataset,
+        replicas=setup.strategy.num_replicas_in_sync,
+        steps_per_epoch=setup.steps_per_epoch,
+        global_batch_size=setup.train_config.batch_size,
     )
+    summary = hooks.RunSummary(out, history, facts, log)
     run_hooks += [
-        hooks_lib.History(out, history),
-        hooks_lib.TensorBoard(out),
-        hooks_lib.BestWeights(out, max((row["val_accuracy"] for row in history), default=-1.0)),
-        hooks_lib.Checkpoint(manager, epoch_var),
-        hooks_lib.EpochLog(log),
+        hooks.History(out, history),
+        hooks.TensorBoard(out),
+        hooks.BestWeights(out, max((row["val_accuracy"] for row in history), default=-1.0)),
+        hooks.Checkpoint(parts.manager, parts.epoch),
+        hooks.EpochLog(log),
         summary,
-        *hooks,
     ]
-    trainer = Trainer(
-        model=model,
-        optimizer=optimizer,
-        make_step=make_step,
-        iterator=iter(train_ds),
-        steps_per_epoch=steps_per_epoch,
-        epochs=train_config.epochs,
-        validate=make_validation(model, val_ds, model_config.num_classes),
-        before_validation=distribute.replica_statistics_sync(strategy, model),
-        hooks=run_hooks,
-        log=log,
-    )
-    trainer.fit(start_epoch)
-    return summary.metrics
+    return summary, run_hooks
