@@ -6,6 +6,7 @@ line on stderr and an exit code: 2 for a user mistake, 1 for a failed run.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -24,6 +25,15 @@ from resnet_keras.rundir import WEIGHTS
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
 
 
+class _Path(click.Path):
+    """click.Path that refuses an empty value, which would silently mean a default folder."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path; expected a file or folder name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class ResNetGroup(click.Group):
     """A click group whose errors are one line, never a traceback or a usage dump."""
 
@@ -35,12 +45,66 @@ class ResNetGroup(click.Group):
             click.echo(f"Error: {error.format_message()}", err=True)
             sys.exit(error.exit_code)
         except ResNetKerasError as error:
-            click.echo(f"Error: {error}", err=True)
+            _error_line(error)
             sys.exit(error.exit_code)
         except (click.Abort, KeyboardInterrupt):
             click.echo("Aborted.", err=True)
             sys.exit(130)
+        except OSError as error:  # the file system refused: a read-only folder, a file where a folder goes, a full disk
+            where = f": {error.filename}" if error.filename else ""
+            _error_line(f"{error.strerror or error}{where}")
+            sys.exit(2 if error.errno in _USER_ERRNOS else 1)
+        except MemoryError:
+            _error_line("out of memory; use a smaller --batch-size or --image-size")
+            sys.exit(1)
+        except Exception as error:  # noqa: BLE001 - a bug or a library failure: one line, the traceback on request
+            if os.environ.get(TRACEBACK_ENV):
+                raise
+            _error_line(f"{type(error).__name__}: {error} (set {TRACEBACK_ENV}=1 for the traceback)")
+            sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None and not ctx.resilient_parsing and not {"-h", "--help"} & set(rest):
+            _import_tensorflow_quietly()  # every command needs it, its --help does not
+        return name, command, rest
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with file descriptor 2 pointed at /dev/null.
+
+    TensorFlow's C++ start-up lines ("oneDNN custom operations are on", CPU feature notes) are
+    written before its logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot silence them; without
+    this an error of ours would not be the only line on stderr.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    fd = 2  # the process's own stderr, where C++ writes, whatever Python's sys.stderr is now
+    try:
+        sys.stderr.flush()
+        saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no stderr to protect
+        import tensorflow  # noqa: F401
+
+        return
+    try:
+        os.dup2(devnull, fd)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+TRACEBACK_ENV = "RESNET_KERAS_TRACEBACK"
+# errno values that mean the user pointed us at the wrong place (exit 2), not a failed run (exit 1).
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT}
+
+
+def _error_line(message) -> None:
+    """One line on stderr: messages from libraries may hold newlines."""
+    click.echo("Error: " + " ".join(str(message).split())[:2000], err=True)
 
 
 @click.group(cls=ResNetGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -276,7 +340,7 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.option(
     "--config",
     "config",
-    type=click.Path(exists=True, dir_okay=False),
+    type=_Path(exists=True, dir_okay=False),
     help="YAML or JSON file of option values; options on the command line override it.",
 )
 @click.option("--depth", type=int, help="Network depth: 18/34/50/101/152 (ImageNet) or 6n+2 (CIFAR).")
@@ -321,7 +385,7 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @_data_options
 @click.option(
     "--model-dir",
-    type=click.Path(file_okay=False),
+    type=_Path(file_okay=False),
     help="Run directory (default runs/<model>-<dataset>); rerunning resumes it.",
 )
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in --model-dir and start fresh.")
@@ -390,7 +454,8 @@ def train(ctx, **params):
         raise click.UsageError("give --depth or --preset, not both.")
     # Validate the model options before touching any data (which may be slow).
     probe = dict(model_overrides, num_classes=1)
-    probe = ModelConfig.preset(p["preset"], **probe) if p["preset"] else ModelConfig(depth=p["depth"] or 20, **probe)
+    depth = 20 if p["depth"] is None else p["depth"]
+    probe = ModelConfig.preset(p["preset"], **probe) if p["preset"] else ModelConfig(depth=depth, **probe)
     from resnet_keras.data import describe
     from resnet_keras.train import TrainConfig
     from resnet_keras.train import train as run_training
@@ -425,13 +490,13 @@ def train(ctx, **params):
         model_config = _finetune_model_config(p, train_config.init_from, info.num_classes)
     else:
         model_config = (
-            ModelConfig.preset(p["preset"], **overrides)
-            if p["preset"]
-            else ModelConfig(depth=p["depth"] or 20, **overrides)
+            ModelConfig.preset(p["preset"], **overrides) if p["preset"] else ModelConfig(depth=depth, **overrides)
         )
     if model_config.family != train_config.family:  # e.g. --init-from imagenet without --depth
         train_config = make_train_config(model_config.family)
-    model_dir = p["model_dir"] or os.path.join("runs", f"{model_config.name}-{p['dataset'].replace('/', '_')}")
+    model_dir = p["model_dir"]
+    if model_dir is None:
+        model_dir = os.path.join("runs", f"{model_config.name}-{p['dataset'].replace('/', '_')}")
     run_training(model_config, data_config, train_config, model_dir, overwrite=bool(p["overwrite"]), log=click.echo)
     if p.get("export"):
         from resnet_keras.export import export_saved_model
@@ -440,7 +505,7 @@ def train(ctx, **params):
 
 
 @cli.command()
-@click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="A training run directory.")
+@click.option("--model-dir", required=True, type=_Path(file_okay=False), help="A training run directory.")
 @click.option("--dataset", help="Dataset to evaluate on (default: the run's).")
 @click.option("--data-dir", help="Dataset root (default: the run's).")
 @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
@@ -480,7 +545,7 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
 
 
 @cli.command()
-@click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="A training run directory.")
+@click.option("--model-dir", required=True, type=_Path(file_okay=False), help="A training run directory.")
 @click.option(
     "--format",
     "fmt",
@@ -496,7 +561,7 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
     help="Export root: SavedModels go to <base-dir>/<model>/<version>/, TFLite to <base-dir>/tflite/.",
 )
 @click.option("--version", "version", type=click.IntRange(min=1), help="SavedModel version (default: next integer).")
-@click.option("--output", type=click.Path(dir_okay=False), help="TFLite file path (default under --base-dir).")
+@click.option("--output", type=_Path(dir_okay=False), help="TFLite file path (default under --base-dir).")
 @click.option(
     "--quantize",
     type=click.Choice(QUANTIZATIONS),
@@ -504,7 +569,7 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
     show_default=True,
     help="TFLite weights/activations: float32, float16 weights, int8 weights, full int8.",
 )
-@click.option("--calibration-data", type=click.Path(), help="int8: folder of images (default: the run's train split).")
+@click.option("--calibration-data", type=_Path(), help="int8: folder of images (default: the run's train split).")
 @click.option(
     "--calibration-samples",
     type=click.IntRange(min=1),
@@ -577,8 +642,8 @@ def export(
 
 
 @cli.command()
-@click.argument("model", type=click.Path())
-@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.argument("model", type=_Path())
+@click.argument("images", nargs=-1, required=True, type=_Path())
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one entry per image.")
 def predict(model, images, top_k, as_json):
@@ -654,7 +719,7 @@ def predict(model, images, top_k, as_json):
 @click.option(
     "--profile",
     "profile_dir",
-    type=click.Path(file_okay=False),
+    type=_Path(file_okay=False),
     help="Write a TensorFlow profiler trace of 3 training steps here and print the top ops.",
 )
 @click.option(
@@ -713,7 +778,11 @@ def benchmark(
         ).items()
         if value is not None
     }
-    model_config = ModelConfig.preset(preset, **overrides) if preset else ModelConfig(depth=depth or 20, **overrides)
+    model_config = (
+        ModelConfig.preset(preset, **overrides)
+        if preset
+        else ModelConfig(depth=20 if depth is None else depth, **overrides)
+    )
     from resnet_keras.benchmark import BenchmarkConfig
 
     bench = BenchmarkConfig(
@@ -792,13 +861,13 @@ _TUNE_KEYS = (
 @click.option(
     "--config",
     "config",
-    type=click.Path(exists=True, dir_okay=False),
+    type=_Path(exists=True, dir_okay=False),
     help="YAML or JSON file of option values (lists allowed); options on the command line override it.",
 )
 @click.option("--name", help="Search name; results go to runs/tune-<name> (default <dataset>-<tuner>).")
 @click.option(
     "--results-dir",
-    type=click.Path(file_okay=False),
+    type=_Path(file_okay=False),
     help="Results directory (default runs/tune-<name>); rerunning resumes the search.",
 )
 @click.option(
@@ -1036,7 +1105,7 @@ def _finetune_model_config(p: dict, init_from: str, num_classes: int):
 
 @cli.command()
 @click.argument("source")
-@click.option("--output", required=True, type=click.Path(dir_okay=False), help="The .keras file to write.")
+@click.option("--output", required=True, type=_Path(dir_okay=False), help="The .keras file to write.")
 @click.option(
     "--weights",
     "weights_file",
@@ -1068,7 +1137,7 @@ def convert(source, output, weights_file, image_size, overwrite):
 
 @cli.command("export-features")
 @click.argument("source")
-@click.option("--output", required=True, type=click.Path(file_okay=False), help="The SavedModel folder to write.")
+@click.option("--output", required=True, type=_Path(file_okay=False), help="The SavedModel folder to write.")
 @click.option("--image-size", type=int, help="Input size (default: the source's; 224 for keras.applications).")
 @click.option("--depth", type=int, help="With SOURCE 'imagenet': the depth (50, 101, 152).")
 @click.option("--variant", type=click.Choice(["v1", "v2"]), help="With SOURCE 'imagenet': v1 or v2.")

@@ -30,6 +30,8 @@ LAYOUTS = ("paper", "keras")
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
+MAX_IMAGE_SIZE = 4096
+MAX_CLASSES = 1_000_000
 # The ImageNet stem (7x7/2 conv + 3x3/2 max pool) throws away too much of a small image:
 # below this size the family uses the 3x3/1 stem without max pool instead.
 SMALL_STEM_BELOW = 128
@@ -88,24 +90,26 @@ class ModelConfig:
             image_size=image_size,
             stem=self.stem or ("small" if cifar or image_size < SMALL_STEM_BELOW else "imagenet"),
             num_classes=self.num_classes if self.num_classes is not None else (10 if cifar else 1000),
-            width=float(self.width),
-            input_mean=tuple(float(v) for v in self.input_mean),
-            input_std=tuple(float(v) for v in self.input_std),
+            width=float(self.width) if is_number(self.width) else self.width,
+            input_mean=_floats(self.input_mean, "input_mean"),
+            input_std=_floats(self.input_std, "input_std"),
         )
         for key, value in defaults.items():
             object.__setattr__(self, key, value)
         expect(self.shortcut in SHORTCUTS, "shortcut", self.shortcut, "'A' (zero-pad) or 'B' (projection)")
         expect(self.stem in STEMS, "stem", self.stem, " or ".join(map(repr, STEMS)))
-        expect(0 < self.width <= 16, "width", self.width, "a multiplier in (0, 16]")
+        expect(is_number(self.width) and 0 < self.width <= 16, "width", self.width, "a multiplier in (0, 16]")
         expect(
-            isinstance(self.num_classes, int) and self.num_classes >= 1,
+            is_int(self.num_classes) and 1 <= self.num_classes <= MAX_CLASSES,
             "num_classes",
             self.num_classes,
-            "an integer >= 1",
+            f"an integer from 1 to {MAX_CLASSES}",
         )
-        expect(isinstance(self.channels, int) and self.channels >= 1, "channels", self.channels, "an integer >= 1")
-        expect(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a rate in [0, 1)")
-        expect(self.weight_decay >= 0.0, "weight_decay", self.weight_decay, "a value >= 0")
+        expect(is_int(self.channels) and 1 <= self.channels <= 64, "channels", self.channels, "an integer from 1 to 64")
+        expect(is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a rate in [0, 1)")
+        expect(
+            is_number(self.weight_decay) and self.weight_decay >= 0.0, "weight_decay", self.weight_decay, "a value >= 0"
+        )
         for field in ("input_mean", "input_std"):
             value = getattr(self, field)
             expect(len(value) == self.channels, field, value, f"{self.channels} values (one per channel)")
@@ -119,10 +123,11 @@ class ModelConfig:
         )
         minimum = self.output_stride
         expect(
-            isinstance(self.image_size, int) and self.image_size >= minimum,
+            is_int(self.image_size) and minimum <= self.image_size <= MAX_IMAGE_SIZE,
             "image_size",
             self.image_size,
-            f"an integer >= {minimum} for this network (its {self.stem} stem and stages downsample by {minimum})",
+            f"an integer from {minimum} (this network's {self.stem} stem and stages downsample by {minimum}) "
+            f"to {MAX_IMAGE_SIZE} (larger inputs need more memory for one image than a machine has)",
         )
 
     # Derived facts -----------------------------------------------------------------------
@@ -196,6 +201,13 @@ class ModelConfig:
         return cls.from_dict(json.loads(text))
 
 
+def _floats(values: Any, field: str) -> tuple:
+    """A tuple of finite floats, or ConfigError."""
+    ok = isinstance(values, (list, tuple)) and all(is_number(v) for v in values)
+    expect(ok, field, values, "a list of numbers, one per channel")
+    return tuple(float(v) for v in values)
+
+
 def _from_dict(cls, data: Any, what: str):
     """cls(**data), refusing keys the dataclass does not have (ConfigError naming them)."""
     known = [f.name for f in dataclasses.fields(cls)]
@@ -263,6 +275,10 @@ class DataConfig:
 
 # -- training ------------------------------------------------------------------------------
 
+# Upper bounds that keep every count inside the integer types TensorFlow computes steps with.
+MAX_BATCH_SIZE = 2**20
+MAX_EPOCHS = 100_000
+FLOAT32_MAX = 3.4028234663852886e38
 # "auto": every GPU of this machine (MirroredStrategy) or the one device; "multi-worker" reads TF_CONFIG.
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 # --mixed-precision name -> Keras dtype policy. bfloat16 keeps float32's exponent range: no loss scaling.
@@ -315,9 +331,14 @@ class TrainConfig:
         expect(self.recipe in recipes.RECIPES, "recipe", self.recipe, " or ".join(map(repr, recipes.RECIPES)))
         expect(self.family in recipes.FAMILIES, "family", self.family, " or ".join(map(repr, recipes.FAMILIES)))
         recipe = recipes.RECIPES[self.recipe]
-        expect(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        expect(
+            is_int(self.batch_size) and 1 <= self.batch_size <= MAX_BATCH_SIZE,
+            "batch_size",
+            self.batch_size,
+            f"an integer from 1 to {MAX_BATCH_SIZE}",
+        )
         epochs = self.epochs if self.epochs is not None else recipe.epochs[self.family]
-        expect(is_int(epochs) and epochs >= 1, "epochs", epochs, "an integer >= 1")
+        expect(is_int(epochs) and 1 <= epochs <= MAX_EPOCHS, "epochs", epochs, f"an integer from 1 to {MAX_EPOCHS}")
         object.__setattr__(self, "epochs", epochs)
         defaults = dict(
             learning_rate=lambda: recipe.learning_rate_for(self.family, self.batch_size),
@@ -338,7 +359,10 @@ class TrainConfig:
         expect(is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
         expect(isinstance(self.nesterov, bool), "nesterov", self.nesterov, "True or False")
         expect(
-            is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0"
+            is_number(self.weight_decay) and 0 <= self.weight_decay <= FLOAT32_MAX,
+            "weight_decay",
+            self.weight_decay,
+            "a number >= 0 that float32 can hold",
         )
         expect(
             is_number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
@@ -362,10 +386,10 @@ class TrainConfig:
         expect(isinstance(self.xla, bool), "xla", self.xla, "True or False")
         expect(is_int(self.seed) and 0 <= self.seed < SEED_LIMIT, "seed", self.seed, "an integer in [0, 2**32)")
         expect(
-            self.steps_per_epoch is None or (is_int(self.steps_per_epoch) and self.steps_per_epoch >= 1),
+            self.steps_per_epoch is None or (is_int(self.steps_per_epoch) and 1 <= self.steps_per_epoch < 2**31),
             "steps_per_epoch",
             self.steps_per_epoch,
-            "None or an integer >= 1",
+            "None or an integer from 1 to 2**31 - 1",
         )
         expect(self.low_lr_start in (None, True, False), "low_lr_start", self.low_lr_start, "None, True or False")
         from resnet_keras import finetune

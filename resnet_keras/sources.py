@@ -243,6 +243,17 @@ def _folder_source(config: DataConfig) -> Source:
             )
         train_dir = root
     class_names = tuple(d.name for d in _subdirs(train_dir))
+    if len(class_names) < 2:
+        raise DataError(
+            f"{train_dir} has {len(class_names)} class folder ({', '.join(class_names)}); a classifier needs at "
+            f"least 2 (expected {layouts})"
+        )
+    unprintable = [name for name in class_names if not name.isprintable()]
+    if unprintable:
+        raise DataError(
+            f"Class folder names must be printable single lines (they become labels.txt lines and "
+            f"export labels); rename {unprintable[0]!r} in {train_dir}"
+        )
     paths, labels, skipped = _scan_split(train_dir, class_names, config, train_dir)
     val_name = config.val_split or next((n for n in ("validation", "val") if n in split_dirs), None)
     if val_name is None:

@@ -50,11 +50,15 @@ CIFAR_STEM_FILTERS = 16
 CIFAR_PRESET_DEPTHS = (20, 32, 44, 56, 110, 1202)
 
 
+# The paper's deepest net is ResNet-1202 (and worse than ResNet-110); far deeper ones take minutes to build.
+MAX_CIFAR_DEPTH = 3002
+
+
 def cifar_blocks_per_stage(depth: int) -> int:
     """Returns n for a CIFAR depth 6n+2, or raises ConfigError."""
-    if depth < 8 or (depth - 2) % 6:
+    if depth < 8 or (depth - 2) % 6 or depth > MAX_CIFAR_DEPTH:
         raise ConfigError(
-            f"Received: depth={depth} for the CIFAR family; expected 6n+2 with n >= 1 "
+            f"Received: depth={depth} for the CIFAR family; expected 6n+2 with n >= 1 up to {MAX_CIFAR_DEPTH} "
             f"(8, 14, 20, 26, 32, ...; presets {', '.join(map(str, CIFAR_PRESET_DEPTHS))})."
         )
     return (depth - 2) // 6
@@ -64,7 +68,7 @@ def default_family(depth: int) -> str:
     """Resolves the ambiguity of depth alone: Table 1 depths are ImageNet, other 6n+2 are CIFAR."""
     if depth in IMAGENET_DEPTHS:
         return "imagenet"
-    if depth >= 8 and (depth - 2) % 6 == 0:
+    if 8 <= depth <= MAX_CIFAR_DEPTH and (depth - 2) % 6 == 0:
         return "cifar"
     raise ConfigError(
         f"Received: depth={depth}; expected one of {', '.join(map(str, IMAGENET_DEPTHS))} "
