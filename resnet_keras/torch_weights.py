@@ -297,6 +297,8 @@ _CACHE: dict[tuple, dict[str, np.ndarray]] = {}
 
 def _state(path: str) -> dict[str, np.ndarray]:
     """read_state_dict, remembered for the process (a source is resolved, then read)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"weights file {path} does not exist")
     stat = os.stat(path)
     key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
     if key not in _CACHE:
@@ -395,6 +397,11 @@ def create_pretrained(name: str, weights: str, **overrides):
     if name not in specs.PRESETS:
         raise UsageError(f"Received: preset={name!r}; expected one of {', '.join(specs.PRESETS)}")
     preset = specs.PRESETS[name]
+    if not is_torch_source(weights):
+        raise UsageError(
+            f"Received: weights={weights!r}; expected a weight set such as torchvision:IMAGENET1K_V2 or "
+            "timm:a1_in1k (resnet-keras info --weights) or a .safetensors/.pth file"
+        )
     if preset["family"] != "imagenet":
         raise UsageError(f"Received: {name} with weights={weights!r}; pretrained weights exist for ImageNet ResNets")
     source = resolve(weights, depth=preset["depth"])

@@ -277,8 +277,20 @@ def _download_checked(url: str, target: Path) -> str:
     return str(target)
 
 
+# keras.applications' own weights (resnet_keras.weights imports them; named without a hub prefix),
+# with the accuracy in the table of keras.io/api/applications.
+KERAS_APPLICATIONS = {
+    "resnet50": (74.9, 92.1),
+    "resnet101": (76.4, 92.8),
+    "resnet152": (76.6, 93.1),
+    "resnet50v2": (76.0, 93.0),
+    "resnet101v2": (77.2, 93.8),
+    "resnet152v2": (78.0, 94.2),
+}
+
+
 def rows() -> list[dict]:
-    """The registry as rows for `resnet-keras info --weights`."""
+    """The registry, then keras.applications' sets, as rows for `resnet-keras info --weights`."""
     result = []
     for w in REGISTRY.values():
         view = f"resize {w.resize}, crop {w.eval_size}" if w.resize else f"crop {w.crop_pct:g} at {w.eval_size}"
@@ -295,6 +307,23 @@ def rows() -> list[dict]:
                 "file": w.file,
                 "url": w.url,
                 "source": w.source,
+            }
+        )
+    for app, (top1, top5) in KERAS_APPLICATIONS.items():
+        v2 = app.endswith("v2")
+        result.append(
+            {
+                "name": app,
+                "architecture": app[: -len("v2")] + "_v2 (keras layout)" if v2 else app,
+                "top1": top1,
+                "top5": top5,
+                "eval": "224",
+                "default": False,
+                "supported": True,
+                "note": "keras.applications, converted from Caffe" if not v2 else "keras.applications",
+                "file": f"{app}_weights_tf_dim_ordering_tf_kernels.h5",
+                "url": "https://storage.googleapis.com/tensorflow/keras-applications/resnet/",
+                "source": "keras.io/api/applications (ImageNet val)",
             }
         )
     return result
