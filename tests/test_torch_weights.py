@@ -238,6 +238,23 @@ def test_train_init_from_a_named_weight_set(tmp_path, monkeypatch):
     assert json.loads((run / "config.json").read_text())["train"]["init_from"] == "timm:a1_in1k"
 
 
+@pytest.mark.slow
+def test_export_features_of_torch_weights_match_the_reference(resnet18_file, tmp_path):
+    import tensorflow as tf
+
+    path, data = resnet18_file
+    output = tmp_path / "features"
+    result = CliRunner().invoke(cli, ["export-features", str(path), "--output", str(output), "--image-size", str(SIZE)])
+    assert result.exit_code == 0, result.output
+    loaded = tf.saved_model.load(str(output))
+    images = tf.constant(seeded_images(int(data["seed"])))
+    embedding = loaded.signatures["serving_default"](image=images)["embedding"].numpy()
+    stages = loaded.signatures["stage_features"](image=images)
+    assert relative_error(embedding, data["conv5"]) < TOLERANCE
+    for name in ("conv2", "conv3", "conv4"):
+        assert relative_error(stages[f"{name}_pool"].numpy(), data[name]) < TOLERANCE, name
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
