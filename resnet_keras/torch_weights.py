@@ -55,9 +55,14 @@ _VARIANT_KEYS = (
 
 
 def is_torch_source(text: str) -> bool:
-    """A weight-set name (`torchvision:...`, `timm:...`) or a PyTorch/safetensors file name."""
+    """A weight-set name (`torchvision:...`, `timm:...`, `keras-hub:...`), a PyTorch/safetensors
+    file name or a keras-hub preset folder: everything `resolve` takes."""
+    from resnet_keras.keras_hub_weights import is_preset_dir
+
     return isinstance(text, str) and (
-        weight_sets.is_weight_name(text) or Path(text).suffix in PICKLE_SUFFIXES + (SAFETENSORS_SUFFIX,)
+        weight_sets.is_weight_name(text)
+        or Path(text).suffix in PICKLE_SUFFIXES + (SAFETENSORS_SUFFIX,)
+        or is_preset_dir(text)
     )
 
 
@@ -311,7 +316,12 @@ def resolve(source: str, *, depth: int | None = None, log: Callable[[str], None]
     """A weight-set name or file -> TorchSource; the file is found (or downloaded) and read.
 
     `depth`, when given, must be the file's (a tag-only name takes it as its architecture).
+    keras-hub presets (names and folders) go to `keras_hub_weights.resolve`.
     """
+    from resnet_keras import keras_hub_weights
+
+    if source.startswith("keras-hub:") or keras_hub_weights.is_preset_dir(source):
+        return keras_hub_weights.resolve(source, depth=depth, log=log)
     weight_set = None
     if weight_sets.is_weight_name(source):
         weight_set = weight_sets.lookup(source, depth=depth)
@@ -330,6 +340,12 @@ def resolve(source: str, *, depth: int | None = None, log: Callable[[str], None]
 
 def load_weights(source: TorchSource, *, include_top: bool | None = None) -> dict[str, list[np.ndarray]]:
     """Our layer weights for `source.config` (without the head if `include_top` is False)."""
+    if not isinstance(source, TorchSource):  # a keras_hub_weights.KerasHubSource
+        from resnet_keras.keras_hub_weights import load_weights as load_preset
+
+        return {
+            k: [np.asarray(v, np.float32) for v in vs] for k, vs in load_preset(source, include_top=include_top).items()
+        }
     top = source.config.include_top if include_top is None else include_top and source.config.include_top
     config = dataclasses.replace(source.config, include_top=top)
     return convert_state_dict(_state(source.path), config, source.label)

@@ -29,7 +29,7 @@ from pathlib import Path
 from resnet_keras.config import IMAGENET_MEAN, IMAGENET_STD
 from resnet_keras.errors import UsageError
 
-HUBS = ("torchvision", "timm")
+HUBS = ("torchvision", "timm", "keras-hub")
 TORCHVISION_URL = "https://download.pytorch.org/models/"
 HF_URL = "https://huggingface.co/"
 # torchvision's recipes (its docs: references/classification) and timm's results table
@@ -67,6 +67,8 @@ class WeightSet:
 
     @property
     def name(self) -> str:
+        if self.hub == "keras-hub":  # keras-hub names presets, not architectures
+            return f"{self.hub}:{self.tag}"
         return f"{self.hub}:{self.arch}.{self.tag}"
 
     @property
@@ -110,7 +112,28 @@ def _timm(arch, tag, top1, top5, eval_size, crop_pct, *, default=False, unsuppor
     )
 
 
+def _keras_hub(depth, preset, timm_top1, timm_top5, *, unsupported=None, family="resnetv1"):
+    handle = f"keras/{family}/keras/{preset}/3"
+    return WeightSet(
+        "keras-hub",
+        f"resnet{depth}",
+        preset,
+        handle,
+        f"kaggle://{handle}",
+        timm_top1,
+        timm_top5,
+        224,
+        crop_pct=0.95,
+        interpolation="bicubic",
+        source="keras-hub converts timm's weights (tools/checkpoint_conversion/convert_resnet_checkpoints.py)",
+        unsupported=unsupported,
+    )
+
+
 _RESNET_D = "ResNet-D (deep 3x3 stem, average-pool shortcut) is not in our zoo yet"
+_KERAS_HUB_V2 = (
+    "keras-hub's ResNetV2 pads its first max pool with -inf where our v2 stem pads with zeros, so it is not exact"
+)
 _SE = "SE-ResNet (squeeze-and-excitation blocks) is not in our zoo yet"
 # torchvision 0.29's ResNet*_Weights enums (checked by scripts/make_torch_fixtures.py) and timm's
 # results-imagenet.csv. timm's A1 weights are evaluated at 288 pixels too (a few tenths higher);
@@ -136,6 +159,13 @@ REGISTRY: dict[str, WeightSet] = {
         _timm("resnet152", "a1h_in1k", 82.818, 96.124, 224, 0.95),
         _timm("resnet50d", "ra2_in1k", 80.546, 95.160, 224, 0.875, unsupported=_RESNET_D),
         _timm("seresnet50", "ra2_in1k", 80.260, 95.068, 224, 0.875, unsupported=_SE),
+        # keras-hub's ResNet presets are timm's resnet*.a1_in1k (v1) and resnetv2_*.a1h_in1k weights.
+        _keras_hub(18, "resnet_18_imagenet", 71.504, 90.086),
+        _keras_hub(50, "resnet_50_imagenet", 80.382, 94.598),
+        _keras_hub(101, "resnet_101_imagenet", 81.494, 95.164),
+        _keras_hub(152, "resnet_152_imagenet", 81.998, 95.294),
+        _keras_hub(50, "resnet_v2_50_imagenet", 80.410, 95.082, unsupported=_KERAS_HUB_V2, family="resnetv2"),
+        _keras_hub(101, "resnet_v2_101_imagenet", 82.042, 95.866, unsupported=_KERAS_HUB_V2, family="resnetv2"),
     )
 }
 
@@ -154,6 +184,13 @@ def lookup(name: str, *, depth: int | None = None) -> WeightSet:
     if not is_weight_name(name):
         raise UsageError(f"Received: weights={name!r}; expected HUB:ARCH.TAG with HUB one of {', '.join(HUBS)}")
     hub, rest = name.split(":", 1)
+    if hub == "keras-hub":
+        found = REGISTRY.get(name)
+        if found is None or (depth is not None and found.depth != depth):
+            presets = ", ".join(w.tag for w in REGISTRY.values() if w.hub == hub and not w.unsupported)
+            wanted = f" for resnet{depth}" if depth is not None else ""
+            raise UsageError(f"Received: weights={name!r}; expected a keras-hub ResNet preset{wanted}: {presets}")
+        return found
     named = "." in rest or re.fullmatch(r"[a-z]*resnet\d+[a-z]*", rest)
     arch, _, tag = rest.partition(".") if named else ("", "", rest)
     if not arch:
@@ -200,8 +237,16 @@ def hf_hub_cache() -> Path:
     return Path(home) / "hub"
 
 
+def kagglehub_cache() -> Path:
+    """kagglehub's cache, where keras-hub presets land (`$KAGGLEHUB_CACHE`, default ~/.cache/kagglehub)."""
+    return Path(os.environ.get("KAGGLEHUB_CACHE") or os.path.expanduser("~/.cache/kagglehub"))
+
+
 def cached_file(weight_set: WeightSet) -> tuple[Path | None, Path]:
-    """(the cached file or None, where it was looked for)."""
+    """(the cached file or None, where it was looked for); a keras-hub preset is a folder."""
+    if weight_set.hub == "keras-hub":
+        path = kagglehub_cache() / "models" / weight_set.file
+        return (path if (path / "config.json").is_file() else None), path
     if weight_set.hub == "torchvision":
         path = torch_hub_dir() / weight_set.file
         return (path if path.is_file() else None), path
@@ -227,15 +272,24 @@ def weights_file(weight_set: WeightSet, *, log: Callable[[str], None] = print) -
         return str(found)
     from resnet_keras.weights import _network_available
 
-    url = weight_set.url if weight_set.hub == "torchvision" else f"{weight_set.url}/resolve/main/{weight_set.file}"
+    url = {
+        "torchvision": weight_set.url,
+        "timm": f"{weight_set.url}/resolve/main/{weight_set.file}",
+        "keras-hub": "https://www.kaggle.com/models/" + weight_set.file.rsplit("/", 1)[0],
+    }[weight_set.hub]
     if not _network_available(url):
         raise UsageError(
             f"{weight_set.name} is not in the cache ({looked}) and there is no network to download it; "
-            f"copy {weight_set.file} there (from {url}) or pass the file's path"
+            f"copy {'the preset folder' if weight_set.hub == 'keras-hub' else weight_set.file} there "
+            f"(from {url}) or pass its path"
         )
     log(f"Downloading {url}")
     if weight_set.hub == "timm":
         return _hf_download(weight_set)
+    if weight_set.hub == "keras-hub":
+        from resnet_keras.keras_hub_weights import download_preset
+
+        return download_preset(weight_set.tag)
     return _download_checked(url, looked)
 
 
@@ -294,10 +348,11 @@ def rows() -> list[dict]:
     result = []
     for w in REGISTRY.values():
         view = f"resize {w.resize}, crop {w.eval_size}" if w.resize else f"crop {w.crop_pct:g} at {w.eval_size}"
+        ours = f"resnet{w.depth}" + ("_v1.5" if w.depth and w.depth >= 50 else "")
         result.append(
             {
                 "name": w.name,
-                "architecture": w.arch if w.unsupported else f"resnet{w.depth}" + ("_v1.5" if w.depth >= 50 else ""),
+                "architecture": "-" if w.unsupported else ours,
                 "top1": w.top1,
                 "top5": w.top5,
                 "eval": f"{view}, {w.interpolation}",

@@ -81,8 +81,8 @@ def resnet18_file(tmp_path_factory):
         "torchvision_resnet50",
         "timm_resnet50",
         pytest.param("torchvision_resnet34", marks=pytest.mark.slow),
-        pytest.param("torchvision_resnet101", marks=pytest.mark.slow),
-        pytest.param("torchvision_resnet152", marks=pytest.mark.slow),
+        pytest.param("torchvision_resnet101", marks=pytest.mark.extended),
+        pytest.param("torchvision_resnet152", marks=pytest.mark.extended),
         pytest.param("timm_resnet18", marks=pytest.mark.slow),
     ],
 )
@@ -221,21 +221,31 @@ def test_finetuning_source_and_features_take_torch_weights(resnet18_file, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow
 def test_train_init_from_a_named_weight_set(tmp_path, monkeypatch):
+    from resnet_keras.data import DataConfig
+    from resnet_keras.train import TrainConfig, train
+
     _, _, state = fixture("timm_resnet18")
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache_with(tmp_path, "resnet18.a1_in1k", state)))
+    init = finetune.normalize_source("timm:a1_in1k")
+    config = finetune.model_config_for(init, num_classes=3, image_size=32, depth=18)
+    data = DataConfig(dataset="synthetic", synthetic_classes=3, synthetic_examples=96)
     run = tmp_path / "run"
-    args = ["train", "--dataset", "digits", "--init-from", "timm:a1_in1k", "--depth", "18", "--image-size", "32"]
-    result = CliRunner().invoke(cli, args + ["--epochs", "1", "--batch-size", "128", "--model-dir", str(run)])
-    assert result.exit_code == 0, result.output
+    train(
+        config,
+        data,
+        TrainConfig(family="imagenet", epochs=1, batch_size=32, steps_per_epoch=2, init_from=init, freeze="backbone"),
+        run,
+        log=lambda _: None,
+    )
     trained = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
-    assert trained.output.shape[-1] == 10 and trained.get_layer("normalize").get_config()["mean"] == [
-        123.675,
-        116.28,
-        103.53,
-    ]
+    assert trained.output.shape[-1] == 3
+    assert trained.get_layer("normalize").get_config()["mean"] == [123.675, 116.28, 103.53]
     assert json.loads((run / "config.json").read_text())["train"]["init_from"] == "timm:a1_in1k"
+    # The backbone was frozen, so it still holds the file's weights exactly.
+    kernel = trained.get_layer("conv5_block2_2_conv").kernel.numpy()
+    np.testing.assert_array_equal(kernel, state["layer4.1.conv2.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(trained.get_layer("conv1_bn").moving_mean.numpy(), state["bn1.running_mean"])
 
 
 @pytest.mark.slow
