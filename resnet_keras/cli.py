@@ -301,7 +301,8 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.option(
     "--init-from",
     help="Pretrained start: 'imagenet' (for --depth/--variant), a keras.applications "
-    "name (resnet50, resnet50v2, ...), a weights .h5 file, one of our .keras files or run directories.",
+    "name (resnet50, resnet50v2, ...), a weights .h5 file, one of our .keras files or run directories, "
+    "or torchvision/timm/keras-hub weights (`info --weights`; .pth, .safetensors, preset folders).",
 )
 @click.option(
     "--freeze",
@@ -1044,7 +1045,7 @@ def convert(source, output, weights_file, image_size, overwrite):
 @click.argument("source")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="The SavedModel folder to write.")
 @click.option("--image-size", type=int, help="Input size (default: the source's; 224 for keras.applications).")
-@click.option("--depth", type=int, help="With SOURCE 'imagenet': the depth (50, 101, 152).")
+@click.option("--depth", type=int, help="With SOURCE 'imagenet' or a tag such as torchvision:IMAGENET1K_V2: the depth.")
 @click.option("--variant", type=click.Choice(["v1", "v2"]), help="With SOURCE 'imagenet': v1 or v2.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output folder.")
 def export_features(source, output, image_size, depth, variant, overwrite):

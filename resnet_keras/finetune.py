@@ -105,13 +105,13 @@ def is_finetuning(train_config) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A resolved init_from: kind is "keras" (keras.applications) or "ours" (.keras / run dir)."""
+    """A resolved init_from: kind is "keras" (keras.applications), "hub" (torchvision/timm/keras-hub) or "ours"."""
 
     kind: str
     config: ModelConfig
     path: str | None = None  # ours: the .keras or .weights.h5 file
     keras_source: object = None
-    torch_source: object = None  # torch_weights.TorchSource
+    hub_source: object = None  # torchvision/timm/keras-hub weights: torch_weights.resolve's result
 
 
 def normalize_source(init_from: str) -> str:
@@ -141,9 +141,9 @@ def resolve(init_from: str, *, depth: int | None = None, variant: str | None = N
     """
     from resnet_keras import torch_weights, weights
 
-    if torch_weights.is_torch_source(init_from):  # torchvision/timm weights: names, .pth, .safetensors
+    if torch_weights.is_torch_source(init_from):  # torchvision/timm/keras-hub names, .pth, .safetensors, presets
         resolved = torch_weights.resolve(init_from, depth=depth)
-        return Source("torch", resolved.config, resolved.path, torch_source=resolved)
+        return Source("hub", resolved.config, resolved.path, hub_source=resolved)
     key = init_from.lower().replace("_", "")
     if init_from == "imagenet" or (key in weights.KERAS_APPS and not os.path.exists(init_from)):
         app = weights.app_for(depth or 50, variant or "v1") if init_from == "imagenet" else None
@@ -285,10 +285,10 @@ def read_init_weights(
         )
     if source.kind == "keras":
         values, _ = weights_lib.load_keras_weights(source.keras_source, include_top=False, log=log)
-    elif source.kind == "torch":
+    elif source.kind == "hub":
         from resnet_keras.torch_weights import load_weights
 
-        values = load_weights(source.torch_source, include_top=False)
+        values = load_weights(source.hub_source, include_top=False)
     else:
         values = _read_our_weights(source)
     values = {name: v for name, v in values.items() if name not in HEAD_LAYERS}

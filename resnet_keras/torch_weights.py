@@ -115,6 +115,8 @@ def check_weights_only(path: Path) -> None:
                         "(a whole pickled model or other object, which would run code on loading); "
                         "save model.state_dict() instead"
                     )
+    except UsageError:
+        raise
     except (zipfile.BadZipFile, ValueError, EOFError, OSError) as error:
         raise UsageError(f"{path} is not a readable PyTorch file ({error}); is it truncated?") from None
 

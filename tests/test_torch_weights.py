@@ -168,6 +168,42 @@ def test_named_weights_offline_without_a_file_say_where_at_once(tmp_path, monkey
     assert not (tmp_path / "x.keras").exists()
 
 
+def test_download_lands_in_the_torch_cache_only_with_the_right_hash(tmp_path, monkeypatch):
+    """The download step, against a file server on loopback (there is no other network here)."""
+    import dataclasses
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = b"weights" * 1000
+    good = f"resnet18-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
+    (served / good).write_bytes(payload)
+    (served / "resnet18-00000000.pth").write_bytes(payload)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    base = weight_sets.lookup("torchvision:resnet18")
+    try:
+        for name, ok in ((good, True), ("resnet18-00000000.pth", False)):
+            url = f"http://127.0.0.1:{server.server_port}/{name}"
+            weight_set = dataclasses.replace(base, file=name, url=url)
+            if ok:
+                path = weight_sets.weights_file(weight_set, log=lambda _: None)
+                assert path == str(tmp_path / "torch" / "hub" / "checkpoints" / good)
+                assert open(path, "rb").read() == payload
+            else:
+                with pytest.raises(UsageError, match="SHA-256 does not start with 00000000; not kept"):
+                    weight_sets.weights_file(weight_set, log=lambda _: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sorted(p.name for p in (tmp_path / "torch" / "hub" / "checkpoints").iterdir()) == [good]
+
+
 def test_names_resolve_through_the_registry():
     assert weight_sets.lookup("torchvision:DEFAULT", depth=50).file == "resnet50-11ad3fa6.pth"
     assert weight_sets.lookup("torchvision:resnet18").tag == "IMAGENET1K_V1"
