@@ -122,10 +122,11 @@ def _print_weight_sets(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows(), indent=2))
         return
-    table = [
-        dict(row, top1=f"{row['top1']:g}", top5=f"{row['top5']:g}", note=row["note"] or ("default" * row["default"]))
-        for row in rows()
-    ]
+    table = []
+    for row in rows():
+        digits = 3 if ":" in row["name"] else 1  # as published: torchvision and timm 3 decimals, keras.io 1
+        accuracy = {key: f"{row[key]:.{digits}f}" for key in ("top1", "top5")}
+        table.append(dict(row, **accuracy, note=row["note"] or ("default" * row["default"])))
     columns = [("name", "weights"), ("architecture", "ours"), ("top1", "top-1 %"), ("top5", "top-5 %")]
     click.echo(_format_table(table, columns + [("eval", "evaluated at"), ("note", "note")]))
 

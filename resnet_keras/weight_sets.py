@@ -358,7 +358,8 @@ def rows() -> list[dict]:
                 "eval": f"{view}, {w.interpolation}",
                 "default": w.default,
                 "supported": w.unsupported is None,
-                "note": w.unsupported or "",
+                "note": w.unsupported
+                or ("timm's a1_in1k weights, converted by keras-hub" if w.hub == "keras-hub" else ""),
                 "file": w.file,
                 "url": w.url,
                 "source": w.source,
