@@ -81,6 +81,12 @@ def reference(hub: str, arch: str) -> dict[str, np.ndarray]:
 def check_registry() -> None:
     """Our registry's torchvision files, URLs and accuracies are torchvision's own."""
     for weight_set in weight_sets.REGISTRY.values():
+        if weight_set.hub == "keras-hub":  # timm's weights, converted: the same published accuracy
+            timm_name = f"resnet{weight_set.depth}.a1_in1k" if "_v2_" not in weight_set.tag else None
+            if timm_name:
+                timm_set = weight_sets.REGISTRY[f"timm:{timm_name}"]
+                assert (weight_set.top1, weight_set.top5) == (timm_set.top1, timm_set.top5), weight_set.name
+            continue
         if weight_set.hub == "timm":
             cfg = timm.models.get_pretrained_cfg(f"{weight_set.arch}.{weight_set.tag}")
             assert cfg is not None and cfg.hf_hub_id == f"timm/{weight_set.arch}.{weight_set.tag}", weight_set.name
