@@ -31,6 +31,8 @@ setup(
         "scikit-learn",  # the bundled `digits` dataset, and Bayesian search in keras-tuner
         "matplotlib",  # training-curve and confusion-matrix PNGs
         "pyyaml",  # --config files
+        # torchvision/timm weights in the hub's .safetensors format, read with its numpy API (no PyTorch).
+        "safetensors>=0.4",
         # LiteRT's interpreter, which TF 2.21 recommends over the deprecated tf.lite.Interpreter (no Windows
         # wheels; export.py falls back to tf.lite.Interpreter there).
         "ai-edge-litert; platform_system != 'Windows'",
@@ -40,6 +42,8 @@ setup(
         "gpu": [f"tensorflow[and-cuda]{TENSORFLOW}"],
         "tf": [f"tensorflow{TENSORFLOW}"],
         "test": ["pytest>=7", "pytest-xdist", "ruff>=0.6"],
+        # PyTorch .pth files (torch.load with weights_only=True); several GB, so never a default.
+        "torch": ["torch>=2.4"],
     },
     entry_points={"console_scripts": ["resnet-keras=resnet_keras.cli:main"]},
     classifiers=[

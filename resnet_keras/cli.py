@@ -132,8 +132,11 @@ def _format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 @click.option("--num-classes", type=int, help="Classifier outputs (default 10 for CIFAR, 1000 for ImageNet).")
 @click.option("--image-size", type=int, help="Input height and width (default 32 for CIFAR, 224 for ImageNet).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-def info(depth, family, variant, width, num_classes, image_size, as_json):
+@click.option("--weights", "list_weights", is_flag=True, help="List the known pretrained weight sets instead.")
+def info(depth, family, variant, width, num_classes, image_size, as_json, list_weights):
     """List presets with their parameters and multiply-adds, counted on the built models."""
+    if list_weights:
+        return _print_weight_sets(as_json)
     from resnet_keras.config import ModelConfig
 
     overrides = {
@@ -181,6 +184,21 @@ def info(depth, family, variant, width, num_classes, image_size, as_json):
             ],
         )
     )
+
+
+def _print_weight_sets(as_json: bool) -> None:
+    from resnet_keras.weight_sets import rows
+
+    if as_json:
+        click.echo(json.dumps(rows(), indent=2))
+        return
+    table = []
+    for row in rows():
+        digits = 3 if ":" in row["name"] else 1  # as published: torchvision and timm 3 decimals, keras.io 1
+        accuracy = {key: f"{row[key]:.{digits}f}" for key in ("top1", "top5")}
+        table.append(dict(row, **accuracy, note=row["note"] or ("default" * row["default"])))
+    columns = [("name", "weights"), ("architecture", "ours"), ("top1", "top-1 %"), ("top5", "top-5 %")]
+    click.echo(_format_table(table, columns + [("eval", "evaluated at"), ("note", "note")]))
 
 
 # ----------------------------------------------------------------------------- train / evaluate
@@ -398,7 +416,8 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.option(
     "--init-from",
     help="Pretrained start: 'imagenet' (for --depth/--variant), a keras.applications "
-    "name (resnet50, resnet50v2, ...), a weights .h5 file, one of our .keras files or run directories.",
+    "name (resnet50, resnet50v2, ...), a weights .h5 file, one of our .keras files or run directories, "
+    "or torchvision/timm/keras-hub weights (`info --weights`; .pth, .safetensors, preset folders).",
 )
 @click.option(
     "--freeze",
@@ -1115,13 +1134,18 @@ def _finetune_model_config(p: dict, init_from: str, num_classes: int):
 @click.option("--image-size", type=int, default=224, show_default=True, help="Input height and width.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 def convert(source, output, weights_file, image_size, overwrite):
-    """Write keras.applications ResNet weights as our model (raw RGB 0-255 in, logits out).
+    """Write pretrained ResNet weights (keras.applications, torchvision, timm) as our model (raw RGB 0-255 in).
 
     SOURCE is a keras.applications name (resnet50, resnet101, resnet152, resnet50v2, resnet101v2,
-    resnet152v2) or a weights .h5 file of one (its architecture is read from the file).
+    resnet152v2) or a weights .h5 file of one (its architecture is read from the file), a
+    torchvision/timm weight set (torchvision:resnet50.IMAGENET1K_V2, timm:resnet50.a1_in1k; see
+    `info --weights`) or a PyTorch .pth / .safetensors state dict of a torchvision/timm ResNet.
     """
-    from resnet_keras import weights
+    from resnet_keras import torch_weights, weights
 
+    if torch_weights.is_torch_source(source) and not weights_file:
+        torch_weights.convert(source, output, image_size=image_size, overwrite=overwrite, log=click.echo)
+        return
     if weights_file:
         weights.convert(
             weights_file,
@@ -1139,7 +1163,7 @@ def convert(source, output, weights_file, image_size, overwrite):
 @click.argument("source")
 @click.option("--output", required=True, type=_Path(file_okay=False), help="The SavedModel folder to write.")
 @click.option("--image-size", type=int, help="Input size (default: the source's; 224 for keras.applications).")
-@click.option("--depth", type=int, help="With SOURCE 'imagenet': the depth (50, 101, 152).")
+@click.option("--depth", type=int, help="With SOURCE 'imagenet' or a tag such as torchvision:IMAGENET1K_V2: the depth.")
 @click.option("--variant", type=click.Choice(["v1", "v2"]), help="With SOURCE 'imagenet': v1 or v2.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output folder.")
 def export_features(source, output, image_size, depth, variant, overwrite):

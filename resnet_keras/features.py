@@ -57,6 +57,10 @@ def load_source(
     resolved = finetune.resolve(finetune.normalize_source(source), depth=depth, variant=variant)
     if resolved.kind == "keras":
         values, _ = weights_lib.load_keras_weights(resolved.keras_source, include_top=False, log=log)
+    elif resolved.kind == "hub":
+        from resnet_keras.torch_weights import load_weights
+
+        values = load_weights(resolved.hub_source, include_top=False)
     else:
         values = finetune.read_our_weights(resolved)
     config = resolved.config

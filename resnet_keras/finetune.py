@@ -104,12 +104,13 @@ def is_finetuning(train_config) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A resolved init_from: kind is "keras" (keras.applications) or "ours" (.keras / run dir)."""
+    """A resolved init_from: kind is "keras" (keras.applications), "hub" (torchvision/timm/keras-hub) or "ours"."""
 
     kind: str
     config: ModelConfig
     path: str | None = None  # ours: the .keras or .weights.h5 file
     keras_source: object = None
+    hub_source: object = None  # torchvision/timm/keras-hub weights: torch_weights.resolve's result
 
 
 def normalize_source(init_from: str) -> str:
@@ -117,6 +118,10 @@ def normalize_source(init_from: str) -> str:
     if init_from == "imagenet" or (
         init_from.lower().replace("_", "") in _keras_names() and not os.path.exists(init_from)
     ):
+        return init_from
+    from resnet_keras.weight_sets import is_weight_name
+
+    if is_weight_name(init_from):  # torchvision:... / timm:... names, not paths
         return init_from
     return os.path.abspath(os.path.expanduser(init_from))
 
@@ -133,8 +138,11 @@ def resolve(init_from: str, *, depth: int | None = None, variant: str | None = N
     `imagenet` takes the architecture from depth/variant (v1 -> ResNet50, v2 -> ResNet50V2, ...).
     Raises UsageError for a path that does not exist or holds no model.
     """
-    from resnet_keras import weights
+    from resnet_keras import torch_weights, weights
 
+    if torch_weights.is_torch_source(init_from):  # torchvision/timm/keras-hub names, .pth, .safetensors, presets
+        resolved = torch_weights.resolve(init_from, depth=depth)
+        return Source("hub", resolved.config, resolved.path, hub_source=resolved)
     key = init_from.lower().replace("_", "")
     if init_from == "imagenet" or (key in weights.KERAS_APPS and not os.path.exists(init_from)):
         app = weights.app_for(depth or 50, variant or "v1") if init_from == "imagenet" else None
@@ -278,6 +286,10 @@ def read_init_weights(
         )
     if source.kind == "keras":
         values, _ = weights_lib.load_keras_weights(source.keras_source, include_top=False, log=log)
+    elif source.kind == "hub":
+        from resnet_keras.torch_weights import load_weights
+
+        values = load_weights(source.hub_source, include_top=False)
     else:
         values = read_our_weights(source)
     values = {name: v for name, v in values.items() if name not in HEAD_LAYERS}

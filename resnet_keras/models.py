@@ -104,8 +104,17 @@ def build_model(config: ModelConfig) -> keras.Model:
     return build_classifier(config) if config.include_top else build_backbone(config)
 
 
-def create_model(name: str, **overrides: Any) -> keras.Model:
-    """A model from a named preset, e.g. `create_model("resnet56", num_classes=100)`."""
+def create_model(name: str, weights: str | None = None, **overrides: Any) -> keras.Model:
+    """A model from a named preset, e.g. `create_model("resnet56", num_classes=100)`.
+
+    `weights` names pretrained weights (`"torchvision:IMAGENET1K_V2"`, `"timm:a1_in1k"`, a
+    `.safetensors`/`.pth` file; `resnet-keras info --weights` lists them): the model then has
+    the weights' architecture and preprocessing (see `resnet_keras.torch_weights`).
+    """
+    if weights is not None:
+        from resnet_keras.torch_weights import create_pretrained
+
+        return create_pretrained(name, weights, **overrides)
     return build_model(ModelConfig.preset(name, **overrides))
 
 

@@ -1,0 +1,129 @@
+"""Reference outputs of torchvision and timm ResNets, for the PyTorch-weights import tests.
+
+Needs PyTorch, torchvision and timm (never installed in CI), e.g. in a separate venv:
+
+    python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm numpy
+    PYTHONPATH=$PWD /tmp/torchenv/bin/python scripts/make_torch_fixtures.py
+
+For each architecture it builds the model in its own framework, fills every parameter and BN
+statistic from `resnet_keras.torch_weights.seeded_state_dict` (numpy only, so the tests make the
+same state dict without PyTorch: no weights file is committed), runs two seeded 64x64 images
+through it in eval mode with the hub's own normalisation, and writes tests/fixtures/torch/<hub>_<arch>.npz:
+the state dict's keys and shapes, a checksum of the weights and images, the logits and the
+globally pooled output of each stage (layer1..layer4 = our conv2..conv5). A few kilobytes each.
+
+It also writes the key shapes of timm variants our zoo lacks (ResNet-D, SE-ResNet), a pickled
+whole model (not weights-only), and checks our weight-set registry against torchvision's enums.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torchvision
+
+from resnet_keras import weight_sets
+from resnet_keras.torch_weights import seeded_state_dict
+
+SEED = 2016
+SIZE = 64
+OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "torch"
+MODELS = [("torchvision", f"resnet{d}") for d in (18, 34, 50, 101, 152)] + [("timm", "resnet18"), ("timm", "resnet50")]
+VARIANTS = ["resnet50d", "seresnet50"]
+
+
+def seeded_images(seed: int) -> np.ndarray:
+    """Two raw RGB 0-255 images [2, SIZE, SIZE, 3], float32 (the tests make the same ones)."""
+    return np.random.default_rng(seed).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def checksum(state: dict[str, np.ndarray], images: np.ndarray) -> float:
+    return float(sum(np.abs(v.astype(np.float64)).sum() for v in state.values()) + images.sum())
+
+
+def build(hub: str, arch: str) -> torch.nn.Module:
+    return getattr(torchvision.models, arch)() if hub == "torchvision" else timm.create_model(arch)
+
+
+def reference(hub: str, arch: str) -> dict[str, np.ndarray]:
+    model = build(hub, arch).eval()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = seeded_state_dict(shapes, SEED)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    images = seeded_images(SEED)
+    mean = np.array(weight_sets.IMAGENET_MEAN, np.float32) / 255.0
+    std = np.array(weight_sets.IMAGENET_STD, np.float32) / 255.0
+    assert np.allclose(mean, (0.485, 0.456, 0.406)) and np.allclose(std, (0.229, 0.224, 0.225))
+    x = torch.from_numpy(((images / 255.0 - mean) / std).astype(np.float32).transpose(0, 3, 1, 2))
+    stages = {}
+    for index in range(1, 5):
+        getattr(model, f"layer{index}").register_forward_hook(
+            lambda _m, _i, out, name=f"conv{index + 1}": stages.__setitem__(name, out.mean(dim=(2, 3)).numpy())
+        )
+    with torch.no_grad():
+        logits = model(x).numpy()
+    return dict(
+        keys=np.array(list(shapes)),
+        shapes=np.array(json.dumps([list(s) for s in shapes.values()])),
+        seed=np.array(SEED),
+        checksum=np.array(checksum(state, images)),
+        logits=logits,
+        **stages,
+    )
+
+
+def check_registry() -> None:
+    """Our registry's torchvision files, URLs and accuracies are torchvision's own."""
+    for weight_set in weight_sets.REGISTRY.values():
+        if weight_set.hub == "keras-hub":  # timm's weights, converted: the same published accuracy
+            timm_name = f"resnet{weight_set.depth}.a1_in1k" if "_v2_" not in weight_set.tag else None
+            if timm_name:
+                timm_set = weight_sets.REGISTRY[f"timm:{timm_name}"]
+                assert (weight_set.top1, weight_set.top5) == (timm_set.top1, timm_set.top5), weight_set.name
+            continue
+        if weight_set.hub == "timm":
+            cfg = timm.models.get_pretrained_cfg(f"{weight_set.arch}.{weight_set.tag}")
+            assert cfg is not None and cfg.hf_hub_id == f"timm/{weight_set.arch}.{weight_set.tag}", weight_set.name
+            continue
+        enum = getattr(torchvision.models, f"ResNet{weight_set.depth}_Weights")
+        published = enum[weight_set.tag]
+        metrics = published.meta["_metrics"]["ImageNet-1K"]
+        assert published.url == weight_set.url, (published.url, weight_set.url)
+        assert math.isclose(metrics["acc@1"], weight_set.top1) and math.isclose(metrics["acc@5"], weight_set.top5)
+        assert published.transforms().resize_size == [weight_set.resize], weight_set.name
+        assert (enum.DEFAULT == published) == weight_set.default, weight_set.name
+
+
+class NotWeights(torch.nn.Module):
+    """A tiny module pickled whole: loading it would import (and could run) this class's code."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=OUT)
+    args = parser.parse_args()
+    args.output.mkdir(parents=True, exist_ok=True)
+    check_registry()
+    torch.manual_seed(0)
+    for hub, arch in MODELS:
+        path = args.output / f"{hub}_{arch}.npz"
+        np.savez_compressed(path, **reference(hub, arch))
+        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    variants = {arch: {k: list(v.shape) for k, v in timm.create_model(arch).state_dict().items()} for arch in VARIANTS}
+    (args.output / "timm_variants.json").write_text(json.dumps(variants, separators=(",", ":")))
+    torch.save(NotWeights(), args.output / "not_weights_only.pth")
+    print(f"wrote {args.output / 'timm_variants.json'} and {args.output / 'not_weights_only.pth'}")
+
+
+if __name__ == "__main__":
+    main()

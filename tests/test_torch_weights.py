@@ -1,0 +1,369 @@
+"""PyTorch weight import (torchvision, timm): exact parity, named weight sets, bad files.
+
+Parity without PyTorch: `scripts/make_torch_fixtures.py` filled torchvision's and timm's own
+models with `seeded_state_dict` (numpy, seeded per key) and saved their logits and pooled stage
+outputs on two seeded 64x64 images (tests/fixtures/torch/*.npz, with the models' real state-dict
+keys and shapes). Here the same state dict is made again, written as a `.safetensors` file (the
+hub format), imported and run: relative error below 1e-4, as for the keras.applications import.
+"""
+
+import json
+import pickle
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import save_file
+
+from resnet_keras import finetune, network, torch_weights, weight_sets
+from resnet_keras.cli import cli
+from resnet_keras.errors import UsageError
+from resnet_keras.models import create_model
+
+FIXTURES = Path(__file__).parent / "fixtures" / "torch"
+SIZE = 64
+TOLERANCE = 1e-4  # relative to the largest magnitude of the reference
+
+
+def fixture(name):
+    data = np.load(FIXTURES / f"{name}.npz")
+    shapes = dict(zip(data["keys"].tolist(), json.loads(str(data["shapes"]))))
+    return data, shapes, torch_weights.seeded_state_dict(shapes, int(data["seed"]))
+
+
+def seeded_images(seed):
+    return np.random.default_rng(seed).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def relative_error(got, reference):
+    return float(np.abs(got - reference).max() / np.abs(reference).max())
+
+
+def outputs(model, config, images):
+    """Logits and each stage's globally pooled output (torchvision's layer1..4 = our conv2..5)."""
+    stages = {
+        f"conv{i}": keras.layers.GlobalAveragePooling2D()(model.get_layer(f"conv{i}_block{stage.blocks}_out").output)
+        for i, stage in enumerate(config.stages, start=2)
+    }
+    return keras.Model(model.input, {"logits": model.output, **stages}).predict(images, verbose=0)
+
+
+def check_against_reference(model, config, data):
+    images = seeded_images(int(data["seed"]))
+    got = outputs(model, config, images)
+    assert np.abs(data["logits"]).max() > 1.0  # a real signal, not all zeros
+    for name in ("logits", "conv2", "conv3", "conv4", "conv5"):
+        assert got[name].shape == data[name].shape, name
+        assert relative_error(got[name], data[name]) < TOLERANCE, name
+
+
+def write(state, path):
+    save_file(state, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    data, _, state = fixture("torchvision_resnet18")
+    return write(state, tmp_path_factory.mktemp("r18") / "resnet18.safetensors"), data
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "torchvision_resnet18",
+        "torchvision_resnet50",
+        "timm_resnet50",
+        pytest.param("torchvision_resnet34", marks=pytest.mark.slow),
+        pytest.param("torchvision_resnet101", marks=pytest.mark.extended),
+        pytest.param("torchvision_resnet152", marks=pytest.mark.extended),
+        pytest.param("timm_resnet18", marks=pytest.mark.slow),
+    ],
+)
+def test_import_matches_pytorch_reference(name, tmp_path):
+    data, shapes, state = fixture(name)
+    images = seeded_images(int(data["seed"]))
+    total = sum(np.abs(v.astype(np.float64)).sum() for v in state.values()) + images.sum()
+    assert total == pytest.approx(float(data["checksum"]), rel=1e-9), "numpy's generator no longer makes the fixture"
+    source = torch_weights.resolve(str(write(state, tmp_path / f"{name}.safetensors")))
+    # Our key list is the real model's (torchvision 0.29 / timm 1.0), not one we invented.
+    assert torch_weights.expected_keys(source.config) == [k for k in shapes if not k.endswith("num_batches_tracked")]
+    assert source.config.name == name.split("_")[1] + ("_v1.5" if source.config.depth >= 50 else "")
+    model, config = torch_weights.build(source, image_size=SIZE)
+    check_against_reference(model, config, data)
+
+
+def test_a_transposed_kernel_breaks_parity(resnet18_file):
+    """Guards the test itself: kernels with height and width swapped must be visibly wrong."""
+    path, data = resnet18_file
+    source = torch_weights.resolve(str(path))
+    model, config = torch_weights.build(source, image_size=SIZE)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D) and layer.kernel.shape[0] == 3:
+            layer.kernel.assign(np.transpose(layer.kernel.numpy(), (1, 0, 2, 3)))
+    got = outputs(model, config, seeded_images(int(data["seed"])))
+    assert relative_error(got["logits"], data["logits"]) > 1e-2
+
+
+def test_convert_cli_writes_an_exact_keras_model(resnet18_file, tmp_path):
+    path, data = resnet18_file
+    output = tmp_path / "r18.keras"
+    result = CliRunner().invoke(cli, ["convert", str(path), "--output", str(output), "--image-size", str(SIZE)])
+    assert result.exit_code == 0, result.output
+    assert "as resnet18" in result.output and "ImageNet mean/std inside" in result.output
+    loaded = keras.saving.load_model(output, safe_mode=True, compile=False)
+    logits = loaded.predict(seeded_images(int(data["seed"])), verbose=0)
+    assert relative_error(logits, data["logits"]) < TOLERANCE
+    again = CliRunner().invoke(cli, ["convert", str(path), "--output", str(output)])
+    assert again.exit_code == 2 and "exists; pass --overwrite" in again.output
+
+
+def hf_cache_with(tmp_path, repo, state):
+    """A Hugging Face hub cache as huggingface_hub lays it out, holding `state` for `repo`."""
+    cache = tmp_path / "hf" / "hub"
+    snapshot = cache / f"models--timm--{repo}" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    write(state, snapshot / "model.safetensors")
+    (cache / f"models--timm--{repo}" / "refs").mkdir()
+    (cache / f"models--timm--{repo}" / "refs" / "main").write_text("0123abcd")
+    return cache
+
+
+def test_named_timm_weights_come_from_the_hub_cache_offline(tmp_path, monkeypatch):
+    data, _, state = fixture("timm_resnet18")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache_with(tmp_path, "resnet18.a1_in1k", state)))
+    monkeypatch.setattr(network, "network_available", lambda *a, **k: pytest.fail("must not touch the network"))
+    model = create_model("resnet18", weights="timm:a1_in1k", image_size=SIZE)
+    check_against_reference(model, torch_weights.model_config(18, image_size=SIZE), data)
+    # The head is replaced, the backbone kept, when the classes differ.
+    ten = create_model("resnet18", weights="timm:resnet18.a1_in1k", image_size=SIZE, num_classes=10)
+    assert ten.output.shape[-1] == 10
+    np.testing.assert_array_equal(
+        ten.get_layer("conv5_block2_2_conv").kernel.numpy(), model.get_layer("conv5_block2_2_conv").kernel.numpy()
+    )
+    with pytest.raises(UsageError, match=r"variant='v2' \(weights: 'v1'\)"):
+        create_model("resnet18_v2", weights="timm:a1_in1k")
+    with pytest.raises(UsageError, match="holds ResNet-18 weights; expected ResNet-50|expected weights for resnet50"):
+        create_model("resnet50", weights="timm:resnet18.a1_in1k")
+
+
+def test_named_weights_offline_without_a_file_say_where_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(network, "network_available", lambda *a, **k: False)
+    start = time.perf_counter()
+    result = CliRunner().invoke(
+        cli, ["convert", "torchvision:resnet50.IMAGENET1K_V2", "--output", str(tmp_path / "x.keras")]
+    )
+    assert time.perf_counter() - start < 5
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert "no network" in line and str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth") in line
+    assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in line
+    assert not (tmp_path / "x.keras").exists()
+
+
+def test_download_lands_in_the_torch_cache_only_with_the_right_hash(tmp_path, monkeypatch):
+    """The download step, against a file server on loopback (there is no other network here)."""
+    import dataclasses
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = b"weights" * 1000
+    good = f"resnet18-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
+    (served / good).write_bytes(payload)
+    (served / "resnet18-00000000.pth").write_bytes(payload)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    base = weight_sets.lookup("torchvision:resnet18")
+    try:
+        for name, ok in ((good, True), ("resnet18-00000000.pth", False)):
+            url = f"http://127.0.0.1:{server.server_port}/{name}"
+            weight_set = dataclasses.replace(base, file=name, url=url)
+            if ok:
+                path = weight_sets.weights_file(weight_set, log=lambda _: None)
+                assert path == str(tmp_path / "torch" / "hub" / "checkpoints" / good)
+                assert open(path, "rb").read() == payload
+            else:
+                with pytest.raises(UsageError, match="SHA-256 does not start with 00000000; not kept"):
+                    weight_sets.weights_file(weight_set, log=lambda _: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sorted(p.name for p in (tmp_path / "torch" / "hub" / "checkpoints").iterdir()) == [good]
+
+
+def test_names_resolve_through_the_registry():
+    assert weight_sets.lookup("torchvision:DEFAULT", depth=50).file == "resnet50-11ad3fa6.pth"
+    assert weight_sets.lookup("torchvision:resnet18").tag == "IMAGENET1K_V1"
+    assert weight_sets.lookup("torchvision:IMAGENET1K_V1", depth=152).top1 == 78.312
+    assert weight_sets.lookup("timm:resnet50").tag == "a1_in1k"
+    with pytest.raises(UsageError, match="a tag without an architecture"):
+        weight_sets.lookup("torchvision:IMAGENET1K_V2")
+    with pytest.raises(UsageError, match="not a known weight set"):
+        weight_sets.lookup("torchvision:resnet18.IMAGENET1K_V2")
+
+
+def test_info_lists_weight_sets_with_published_accuracy():
+    result = CliRunner().invoke(cli, ["info", "--weights"])
+    assert result.exit_code == 0, result.output
+    line = next(ly for ly in result.output.splitlines() if ly.startswith("torchvision:resnet50.IMAGENET1K_V2 "))
+    assert "80.858" in line and "95.434" in line and "resize 232" in line
+    rows = json.loads(CliRunner().invoke(cli, ["info", "--weights", "--json"]).output)
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["timm:resnet50.a1_in1k"]["top1"] == 80.382
+    assert not by_name["timm:resnet50d.ra2_in1k"]["supported"]
+    assert by_name["resnet50"]["top1"] == 74.9  # keras.applications' own
+
+
+def test_finetuning_source_and_features_take_torch_weights(resnet18_file, tmp_path):
+    path, _ = resnet18_file
+    init = finetune.normalize_source(str(path))
+    config = finetune.model_config_for(init, num_classes=3, image_size=SIZE)
+    assert (config.depth, config.variant, config.stem, config.num_classes) == (18, "v1", "imagenet", 3)
+    values = finetune.read_init_weights(init, config, log=lambda _: None)
+    expected = torch_weights.load_weights(torch_weights.resolve(str(path)), include_top=False)
+    assert sorted(values) == sorted(expected)
+    np.testing.assert_array_equal(values["conv4_block1_0_conv"][0], expected["conv4_block1_0_conv"][0])
+    assert finetune.normalize_source("torchvision:IMAGENET1K_V2") == "torchvision:IMAGENET1K_V2"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--init-from",
+            str(path),
+            "--depth",
+            "50",
+            "--model-dir",
+            str(tmp_path / "run"),
+        ],
+    )
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"Error: {path} holds ResNet-18 weights; expected ResNet-50"
+    ], result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_init_from_a_named_weight_set(tmp_path, monkeypatch):
+    from resnet_keras.data import DataConfig
+    from resnet_keras.train import TrainConfig, train
+
+    _, _, state = fixture("timm_resnet18")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache_with(tmp_path, "resnet18.a1_in1k", state)))
+    init = finetune.normalize_source("timm:a1_in1k")
+    config = finetune.model_config_for(init, num_classes=3, image_size=32, depth=18)
+    data = DataConfig(dataset="synthetic", synthetic_classes=3, synthetic_examples=96)
+    run = tmp_path / "run"
+    train(
+        config,
+        data,
+        TrainConfig(family="imagenet", epochs=1, batch_size=32, steps_per_epoch=2, init_from=init, freeze="backbone"),
+        run,
+        log=lambda _: None,
+    )
+    trained = keras.saving.load_model(run / "model.keras", safe_mode=True, compile=False)
+    assert trained.output.shape[-1] == 3
+    assert trained.get_layer("normalize").get_config()["mean"] == [123.675, 116.28, 103.53]
+    assert json.loads((run / "config.json").read_text())["train"]["init_from"] == "timm:a1_in1k"
+    # The backbone was frozen, so it still holds the file's weights exactly.
+    kernel = trained.get_layer("conv5_block2_2_conv").kernel.numpy()
+    np.testing.assert_array_equal(kernel, state["layer4.1.conv2.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(trained.get_layer("conv1_bn").moving_mean.numpy(), state["bn1.running_mean"])
+
+
+@pytest.mark.slow
+def test_export_features_of_torch_weights_match_the_reference(resnet18_file, tmp_path):
+    import tensorflow as tf
+
+    path, data = resnet18_file
+    output = tmp_path / "features"
+    result = CliRunner().invoke(cli, ["export-features", str(path), "--output", str(output), "--image-size", str(SIZE)])
+    assert result.exit_code == 0, result.output
+    loaded = tf.saved_model.load(str(output))
+    images = tf.constant(seeded_images(int(data["seed"])))
+    embedding = loaded.signatures["serving_default"](image=images)["embedding"].numpy()
+    stages = loaded.signatures["stage_features"](image=images)
+    assert relative_error(embedding, data["conv5"]) < TOLERANCE
+    for name in ("conv2", "conv3", "conv4"):
+        assert relative_error(stages[f"{name}_pool"].numpy(), data[name]) < TOLERANCE, name
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def variant_state(arch):
+    shapes = json.loads((FIXTURES / "timm_variants.json").read_text())[arch]
+    return torch_weights.seeded_state_dict(shapes, 0)
+
+
+def weights_only_pickle(path):
+    """A zip laid out as torch.save writes it, whose pickle imports only OrderedDict."""
+    import collections
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps(collections.OrderedDict(), protocol=2))
+        archive.writestr("archive/version", "3\n")
+    return path
+
+
+def test_bad_weights_files_are_one_line_exit_2_and_write_nothing(resnet18_file, tmp_path, monkeypatch):
+    _, _, r18 = fixture("torchvision_resnet18")
+    missing = {k: v for k, v in r18.items() if k != "layer3.1.bn2.running_var"}
+    extra = {**r18, "layer1.0.extra.weight": np.zeros(3, np.float32)}
+    narrow = {**r18, "conv1.weight": np.zeros((32, 3, 7, 7), np.float32)}
+    good = resnet18_file[0].read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(good[: len(good) // 2])
+    pickled = (FIXTURES / "not_weights_only.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(pickled[: len(pickled) // 2])
+    cases = [
+        (write(variant_state("resnet50d"), tmp_path / "r50d.safetensors"), "a deep 3x3 stem (ResNet-C/D)"),
+        (write(variant_state("seresnet50"), tmp_path / "se50.safetensors"), "squeeze-and-excitation"),
+        (write(missing, tmp_path / "missing.safetensors"), "does not fit resnet18: layer3.1.bn2.running_var missing"),
+        (write(extra, tmp_path / "extra.safetensors"), "does not fit resnet18: layer1.0.extra.weight unexpected"),
+        (
+            write(narrow, tmp_path / "narrow.safetensors"),
+            "layer conv1_conv has shapes [(7, 7, 3, 32)], expected [(7, 7, 3, 64)]",
+        ),
+        (tmp_path / "truncated.safetensors", "is not a readable safetensors file"),
+        (FIXTURES / "not_weights_only.pth", "not a weights-only PyTorch file: its pickle imports __main__.NotWeights"),
+        (tmp_path / "truncated.pth", "is not a PyTorch weights file (no zip archive inside; truncated?)"),
+        (tmp_path / "absent.safetensors", "does not exist"),
+        ("timm:seresnet50.ra2_in1k", "SE-ResNet (squeeze-and-excitation blocks) is not in our zoo yet"),
+    ]
+    for source, message in cases:
+        output = tmp_path / "out.keras"
+        result = CliRunner().invoke(cli, ["convert", str(source), "--output", str(output), "--image-size", str(SIZE)])
+        assert result.exit_code == 2, (source, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], (message, result.output)
+        assert not output.exists() and not list(tmp_path.glob(".out*"))
+    # Without PyTorch, a weights-only .pth gets the install hint (PyTorch is an optional extra).
+    monkeypatch.setitem(sys.modules, "torch", None)
+    result = CliRunner().invoke(
+        cli, ["convert", str(weights_only_pickle(tmp_path / "w.pth")), "--output", str(tmp_path / "o.keras")]
+    )
+    assert result.exit_code == 2 and "needs PyTorch (pip install 'resnet-keras[torch]')" in result.output, result.output
+
+
+def test_pth_files_load_through_torch_weights_only(tmp_path):
+    """Where PyTorch is installed (never in CI): a torch.save'd state dict imports exactly."""
+    torch = pytest.importorskip("torch")
+    data, _, state = fixture("torchvision_resnet18")
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    model, config = torch_weights.build(torch_weights.resolve(str(path)), image_size=SIZE)
+    check_against_reference(model, config, data)
+    with pytest.raises(UsageError, match="not a weights-only PyTorch file"):
+        torch_weights.read_state_dict(FIXTURES / "not_weights_only.pth")
