@@ -408,6 +408,11 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 )
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in --model-dir and start fresh.")
 @click.option(
+    "--checkpoint-every",
+    help="Also checkpoint within epochs: every N steps (500) or a time (90s, 10m, 1h). "
+    "SIGTERM always saves at the next step and exits 143; rerunning resumes at that step.",
+)
+@click.option(
     "--export",
     "export",
     is_flag=True,
@@ -450,7 +455,7 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.pass_context
 def train(ctx, **params):
     """Train a ResNet with checkpoints, resume, TensorBoard logs, history and curves."""
-    allowed = _MODEL_KEYS + _DATA_KEYS + _TRAIN_KEYS + ("model_dir", "overwrite", "export")
+    allowed = _MODEL_KEYS + _DATA_KEYS + _TRAIN_KEYS + ("model_dir", "overwrite", "export", "checkpoint_every")
     p = _merge_config_file(ctx, params, allowed)
     from resnet_keras.config import ModelConfig
     from resnet_keras.data import DataConfig
@@ -516,7 +521,15 @@ def train(ctx, **params):
     model_dir = p["model_dir"]
     if model_dir is None:
         model_dir = os.path.join("runs", f"{model_config.name}-{p['dataset'].replace('/', '_')}")
-    run_training(model_config, data_config, train_config, model_dir, overwrite=bool(p["overwrite"]), log=click.echo)
+    run_training(
+        model_config,
+        data_config,
+        train_config,
+        model_dir,
+        overwrite=bool(p["overwrite"]),
+        log=click.echo,
+        checkpoint_every=p["checkpoint_every"],
+    )
     if p.get("export"):
         from resnet_keras.export import export_saved_model
 
