@@ -115,8 +115,12 @@ def make_dataset(
             batch_size = input_context.get_per_replica_batch_size(batch_size)
         except ValueError as err:
             raise DataError(f"Received: batch_size={batch_size}; {err}") from err
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        count = len(range(count)[input_context.input_pipeline_id :: input_context.num_input_pipelines])
+        if part.read_shard is not None:  # whole files per pipeline: each worker reads 1/N of the bytes
+            items, count = part.read_shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+            ds = items.enumerate()
+        else:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+            count = len(range(count)[input_context.input_pipeline_id :: input_context.num_input_pipelines])
 
     options = tf.data.Options()
     # Evaluation keeps the order regardless, so predictions line up with files and labels.
@@ -133,7 +137,7 @@ def make_dataset(
     skipped = part.skipped
     use_cache = (
         config.cache
-        and config.dataset != "synthetic"
+        and config.dataset not in ("synthetic", "tfrecord")  # sharded records are streamed: any size
         and _cache_bytes(part, count, family, image_size) <= CACHE_LIMIT_BYTES
     )
     if part.files and (use_cache or config.skip_corrupt):
