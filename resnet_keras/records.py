@@ -74,7 +74,7 @@ def encode_image(data: bytes, name: str) -> tuple[bytes, int, int]:
             if image.format == "JPEG" and image.mode == "RGB":
                 return data, image.height, image.width
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                image = Image.fromarray((np.asarray(image, np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")
+                image = Image.fromarray((np.asarray(image, np.uint32) >> 8).clip(0, 255).astype(np.uint8))
             rgb = image.convert("RGB")
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for bad data
         raise ValueError(f"{name}: cannot decode ({first_line(error)})") from None

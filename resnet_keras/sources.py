@@ -443,6 +443,14 @@ def _tfrecord_source(config: DataConfig) -> Source:
     return Source(class_names, sum(counts["train"]), sum(counts["val"]), 0, split)
 
 
+def _op_reason(error: Exception) -> str:
+    """A TensorFlow op error's own words, without the function and op names it is wrapped in."""
+    import re
+
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", first_line(error))
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text)
+
+
 def _gfile_error(what: str, error: Exception) -> DataError:
     return DataError(f"Cannot read {what}: {first_line(error)}")
 
@@ -504,10 +512,13 @@ def _record_counts(root: str, names: list[str], manifest: dict | None, prefix: s
     """Examples per file: the manifest's, checked against the files (names and byte sizes), else counted."""
     if manifest is None:
         log.info("No manifest in %s: counting the records of %d file(s)", root, len(names))
-        try:
-            return [int(tf.data.TFRecordDataset(name).reduce(0, lambda n, _: n + 1)) for name in names]
-        except tf.errors.OpError as error:
-            raise DataError(f"Cannot read the TFRecords in {root}: {first_line(error)}") from None
+        counts = []
+        for name in names:
+            try:
+                counts.append(int(tf.data.TFRecordDataset(name).reduce(0, lambda n, _: n + 1)))
+            except tf.errors.OpError as error:
+                raise DataError(f"{name} is not a readable TFRecord file ({_op_reason(error)})") from None
+        return counts
     entry = next((e for e in manifest["splits"].values() if e.get("prefix") == prefix), None)
     listed = {shard["file"]: shard for shard in (entry or {}).get("shards", [])}
     found = {name.rsplit("/", 1)[-1]: name for name in names}
@@ -530,7 +541,7 @@ def _check_first_record(name: str, num_classes: int, offset: int) -> None:
     try:
         first = next(iter(tf.data.TFRecordDataset(name).take(1)), None)
     except tf.errors.OpError as error:
-        raise DataError(f"{name} is not a readable TFRecord file ({first_line(error)})") from None
+        raise DataError(f"{name} is not a readable TFRecord file ({_op_reason(error)})") from None
     if first is None:
         return
     try:
