@@ -2,6 +2,7 @@
 resume, per-worker file sharding, and one-line errors for bad files (real CIFAR-10 JPEGs)."""
 
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -187,3 +188,21 @@ def test_one_based_labels_read_with_a_label_offset(cifar_records, tmp_path):
     labels = np.concatenate([y for _, y in make_dataset(config, "val", image_size=32, batch_size=200, training=False)])
     assert sorted(np.bincount(labels)) == [20] * 10
     assert json.loads((cifar_records / "manifest.json").read_text())["label_offset"] == 0
+
+
+def test_fused_decode_and_crop_matches_decoding_the_whole_image(shared_data):
+    from resnet_keras.preprocessing import decode_image, decode_random_crop, random_resized_crop
+
+    photo = Image.open(shared_data / "cifar10-mini" / "train" / "cat" / "0000.jpg").resize((400, 350))
+    for fmt in ("JPEG", "PNG"):  # PNG takes the whole-decode branch
+        out = io.BytesIO()
+        photo.save(out, format=fmt, quality=90)
+        data = tf.constant(out.getvalue())
+        for key in range(6):
+            key = tf.constant(key, tf.int64)
+            fused = decode_random_crop(data, key, 64).numpy()
+            whole = random_resized_crop(decode_image(data), key, 64).numpy()
+            # The same window and flip; libjpeg's upsampling differs by a level or two at a crop's edge.
+            assert fused.shape == (64, 64, 3) and np.abs(fused - whole).max() <= 3, (fmt, int(key))
+    # random_resized_crop given encoded bytes takes the fused path: what the streamed pipelines use.
+    assert np.array_equal(random_resized_crop(data, key, 64).numpy(), decode_random_crop(data, key, 64).numpy())
