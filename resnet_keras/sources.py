@@ -394,15 +394,39 @@ def _tfds_source(config: DataConfig) -> Source:
         items = builder.as_dataset(split=expr, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
         items = items.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
         origin = dict(name=config.dataset, data_dir=config.data_dir, split=expr, image_key=image_key)
+
+        def read_shard(num_pipelines, index):
+            # Whole files per input pipeline (TFDS assigns file i to pipeline i mod N), so workers
+            # read disjoint files instead of every record; by example when there are too few files.
+            files = info.splits[expr].file_instructions
+            if len(files) < num_pipelines:
+                shard = items.shard(num_pipelines, index)
+                return shard, len(range(n)[index::num_pipelines])
+            context = tf.distribute.InputContext(num_input_pipelines=num_pipelines, input_pipeline_id=index)
+            mine = builder.as_dataset(
+                split=expr,
+                shuffle_files=False,
+                read_config=tfds.ReadConfig(input_context=context),
+                decoders={image_key: tfds.decode.SkipDecoding()},
+            )
+            mine = mine.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
+            return mine, sum(_instruction_examples(file) for file in files[index::num_pipelines])
+
         return Split(
             items,
             n,
             lambda data: to_rgb(image_feature.decode_example(data)),
             tuple(image_feature.shape[:2]),
             origin=origin,
+            read_shard=read_shard,
         )
 
     return Source(tuple(info.features[label_key].names), count(train), count(val), 0, split)
+
+
+def _instruction_examples(file) -> int:
+    """Examples a TFDS file instruction reads (`take` is -1 for "to the end of the file")."""
+    return file.take if file.take >= 0 else file.examples_in_shard - file.skip
 
 
 # -- sharded TFRecords

@@ -206,3 +206,25 @@ def test_fused_decode_and_crop_matches_decoding_the_whole_image(shared_data):
             assert fused.shape == (64, 64, 3) and np.abs(fused - whole).max() <= 3, (fmt, int(key))
     # random_resized_crop given encoded bytes takes the fused path: what the streamed pipelines use.
     assert np.array_equal(random_resized_crop(data, key, 64).numpy(), decode_random_crop(data, key, 64).numpy())
+
+
+def test_tfds_splits_are_sharded_by_file_per_worker(tmp_path):
+    import tensorflow_datasets as tfds
+    import tensorflow_datasets.testing  # noqa: F401  registers dummy_mnist
+
+    tfds.testing.DummyMnist(data_dir=str(tmp_path)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(num_shards=4)  # 4 files of 5 examples
+    )
+    config = DataConfig(dataset="dummy_mnist", data_dir=str(tmp_path), val_split="test")
+    part = open_source(config).split("train", 28)
+    everything = sorted(digest(item) for item, _ in part.items.as_numpy_iterator())
+    assert len(everything) == 20
+    for workers, expected in ((2, [10, 10]), (8, [3, 3, 3, 3, 2, 2, 2, 2])):  # 8 > 4 files: by example
+        seen = []
+        for worker in range(workers):
+            items, count = part.read_shard(workers, worker)
+            mine = [digest(item) for item, _ in items.as_numpy_iterator()]
+            assert len(mine) == count
+            seen.append(mine)
+        assert [len(s) for s in seen] == expected
+        assert sorted(d for s in seen for d in s) == everything  # disjoint, and together the split
