@@ -224,12 +224,20 @@ class Preemption(Hook):
     A SIGTERM during validation stops after that epoch's checkpoint; one during the last epoch's
     validation lets the run finish. The handler is installed from the main thread only (Python
     delivers signals there) and the previous one is put back by `restore`.
+
+    `agree(received) -> bool` (multi-worker: `distribute.any_worker`) makes every worker stop at
+    the same step when the signal reached only some of them: a multi-worker save is a
+    collective that every worker must join. It is called at every step end and epoch end.
     """
 
-    def __init__(self, checkpoint: Checkpoint, log: Callable[[str], None]):
-        self.checkpoint, self.log = checkpoint, log
+    def __init__(self, checkpoint: Checkpoint, log: Callable[[str], None], agree: Callable[[bool], bool] | None = None):
+        self.checkpoint, self.log, self.agree = checkpoint, log, agree
         self.received: int | None = None
         self.previous = None
+
+    def _stopping(self) -> bool:
+        here = self.received is not None
+        return self.agree(here) if self.agree is not None else here
 
     def on_train_begin(self):
         import signal
@@ -242,11 +250,11 @@ class Preemption(Hook):
         self.received = signum
 
     def on_train_batch_end(self, epoch, step, values):
-        if self.received is not None:
+        if self._stopping():
             self._stop(epoch - 1, step, f"epoch {epoch} step {step}")
 
     def on_epoch_end(self, epoch, logs):
-        if self.received is not None and epoch < self.trainer.epochs:
+        if self._stopping() and epoch < self.trainer.epochs:
             self._stop(epoch, 0, f"the end of epoch {epoch}")
 
     def on_train_end(self):
@@ -262,7 +270,10 @@ class Preemption(Hook):
     def _stop(self, epochs_done: int, step: int, where: str):
         path = self.checkpoint.save(epochs_done, step)
         self.restore()
-        raise Preempted(f"stopped by SIGTERM at {where}; saved {path}; run the same command again to resume there")
+        whose = "" if self.received is not None else " (sent to another worker)"
+        raise Preempted(
+            f"stopped by SIGTERM{whose} at {where}; saved {path}; run the same command again to resume there"
+        )
 
 
 class EpochLog(Hook):

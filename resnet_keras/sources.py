@@ -595,6 +595,7 @@ def _record_split(names: list[str], counts: list[int], config: DataConfig, train
         records.KEYS["label"]: tf.io.FixedLenFeature([], tf.int64),
     }
 
+    @tf.autograph.experimental.do_not_convert  # no Python control flow; AutoGraph trips over the closure
     def parse(record):
         example = tf.io.parse_single_example(record, spec)
         return example[records.KEYS["encoded"]], tf.cast(example[records.KEYS["label"]] - config.label_offset, tf.int32)
@@ -603,7 +604,7 @@ def _record_split(names: list[str], counts: list[int], config: DataConfig, train
         files = tf.data.Dataset.from_tensor_slices(files)
         # Parallel reads of several files at once: what keeps remote (gs://) storage from stalling the pipeline.
         ds = files.interleave(
-            lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
+            tf.autograph.experimental.do_not_convert(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20)),
             cycle_length=min(16, len(names)),
             block_length=1,
             num_parallel_calls=tf.data.AUTOTUNE,

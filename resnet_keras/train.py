@@ -286,7 +286,7 @@ def _train_step(setup: _Setup, parts: _Parts):
 
 def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log, checkpoint_every=None):
     """The run's hooks, in the order they run (see `resnet_keras.hooks`), and the summary hook."""
-    from resnet_keras import hooks
+    from resnet_keras import distribute, hooks
 
     out = setup.out
     run_hooks = [hooks.StopOnNaN(lambda: parts.manager.latest_checkpoint)]
@@ -312,10 +312,8 @@ def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log, checkpoint_ev
         checkpoint,
         hooks.EpochLog(log),
     ]
-    # A multi-worker save is a collective: a worker that alone saved on its own SIGTERM would wait
-    # for the others. There SIGTERM keeps its default (the process ends, the others stop with
-    # "lost contact", and the restart resumes at the last checkpoint: --checkpoint-every bounds the loss).
-    if setup.train_config.strategy != "multi-worker":
-        run_hooks.append(hooks.Preemption(checkpoint, log))
-    run_hooks.append(summary)
+    # A multi-worker save is a collective: the workers agree at each step whether any got SIGTERM.
+    multi_worker = setup.train_config.strategy == "multi-worker"
+    agree = distribute.any_worker(setup.strategy) if multi_worker else None
+    run_hooks += [hooks.Preemption(checkpoint, log, agree), summary]
     return summary, run_hooks
