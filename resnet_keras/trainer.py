@@ -114,6 +114,7 @@ class Trainer:
         """Epochs `start_epoch + 1 ..`; `within` (from a mid-epoch checkpoint) continues the first
         of them after its steps done, with their totals, so its history row is the uninterrupted one's."""
         self.start_epoch = start_epoch
+        self.progress = within or EpochProgress()
         for hook in self.hooks:
             hook.trainer = self
         self._call("on_train_begin")
