@@ -174,7 +174,10 @@ def _tfds_images(job: ShardJob):
     spec = job.tfds
     builder = tfds.builder(spec["name"], data_dir=spec["data_dir"])
     items = builder.as_dataset(
-        split=spec["split"], shuffle_files=False, decoders={spec["image_key"]: tfds.decode.SkipDecoding()}
+        split=spec["split"],
+        shuffle_files=False,
+        decoders={spec["image_key"]: tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(try_autocache=False),  # read once, in order: no in-memory copy
     )
     items = items.skip(spec["start"]).take(len(job.items))
     for offset, example in enumerate(items.as_numpy_iterator()):

@@ -228,3 +228,8 @@ def test_tfds_splits_are_sharded_by_file_per_worker(tmp_path):
             seen.append(mine)
         assert [len(s) for s in seen] == expected
         assert sorted(d for s in seen for d in s) == everything  # disjoint, and together the split
+    # prepare reads the same TFDS splits into our shards (grayscale PNGs become RGB JPEGs).
+    manifest = records.prepare(config, tmp_path / "records", images_per_shard=8, processes=1, log=quiet)
+    assert [manifest["splits"][s]["examples"] for s in ("train", "val")] == [20, 20]
+    first = read_examples(tmp_path / "records" / "train-00000-of-00003")[0]
+    assert tf.io.decode_jpeg(value(first, "encoded")).shape == (28, 28, 3)
