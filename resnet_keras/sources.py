@@ -559,6 +559,19 @@ def _record_counts(root: str, names: list[str], manifest: dict | None, prefix: s
     return [int(listed[name.rsplit("/", 1)[-1]]["examples"]) for name in names]
 
 
+def find_damaged_record_file(config: DataConfig) -> tuple[str, str] | None:
+    """(file, reason) of the first of a `tfrecord` dataset's files that does not read to its end
+    (a record whose checksum fails), or None. Reads every file: called when training hit one."""
+    root = config.data_dir.rstrip("/")
+    for prefix in (config.train_split, config.val_split or "validation"):
+        for name in _list_records(root, prefix):
+            try:
+                tf.data.TFRecordDataset(name).reduce(0, lambda n, _: n + 1)
+            except tf.errors.OpError as error:
+                return name, _op_reason(error)
+    return None
+
+
 def _check_first_record(name: str, num_classes: int, offset: int) -> None:
     from resnet_keras import records
 

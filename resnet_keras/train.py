@@ -107,13 +107,32 @@ def train(
         hooks=[*run_hooks, *hooks],
         log=log,
     )
+    import tensorflow as tf
+
     try:
         trainer.fit(start_epoch, within)
+    except tf.errors.DataLossError as error:  # a record whose checksum fails, met mid-training
+        raise _damaged_data(data_config, error) from None
     finally:
         for hook in run_hooks:  # a run stopped by an exception gives SIGTERM back to its previous handler
             if hasattr(hook, "restore"):
                 hook.restore()
     return summary.metrics
+
+
+def _damaged_data(data_config: DataConfig, error) -> Exception:
+    """A DataError naming the damaged TFRecord file (found by reading them all), else the error."""
+    from resnet_keras.errors import DataError, first_line
+    from resnet_keras.sources import find_damaged_record_file
+
+    if data_config.dataset != "tfrecord":
+        return error
+    found = find_damaged_record_file(data_config)
+    where, reason = found if found else (data_config.data_dir, first_line(error))
+    return DataError(
+        f"{where}: {reason}; the file is damaged: replace it with a good copy or write the dataset "
+        "again with `resnet-keras prepare`"
+    )
 
 
 @dataclasses.dataclass

@@ -172,6 +172,29 @@ def test_bad_record_inputs_are_one_line_exit_2_naming_the_file(cifar_records, tm
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+def test_a_record_damaged_mid_shard_is_named_when_training_reaches_it(cifar_records, tmp_path):
+    bad = tmp_path / "records"
+    shutil.copytree(cifar_records, bad)
+    shard = bad / "train-00003-of-00010"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, so the manifest agrees; the record's checksum fails
+    shard.write_bytes(bytes(data))
+    code, output = run(
+        "--data-dir",
+        str(bad),
+        "--width",
+        "0.25",
+        "--batch-size",
+        "100",
+        "--epochs",
+        "1",
+        "--model-dir",
+        str(tmp_path / "run"),
+    )
+    assert code == 2 and output.strip().count("\n") == 0, output
+    assert output.startswith(f"Error: {shard}: corrupted record at "), output
+
+
 def test_one_based_labels_read_with_a_label_offset(cifar_records, tmp_path):
     shifted = tmp_path / "shifted"
     shifted.mkdir()
