@@ -873,6 +873,7 @@ _TUNE_KEYS = (
     "seed",
     "overwrite",
     "export",
+    "allow_remote_oracle",
 )
 
 
@@ -960,6 +961,12 @@ _TUNE_KEYS = (
     is_flag=True,
     help="Export the best trial's model as a SavedModel to saved_models/<model>/<next version>/.",
 )
+@click.option(
+    "--allow-remote-oracle",
+    is_flag=True,
+    help="Distributed search: let the chief serve KerasTuner's oracle on a non-loopback KERASTUNER_ORACLE_IP. "
+    "The oracle has no authentication: only on a private network (README: Hyperparameter search).",
+)
 @click.pass_context
 def tune(ctx, **params):
     """Search depth, width, shortcut, learning rate and weight decay with KerasTuner.
@@ -1029,7 +1036,14 @@ def tune(ctx, **params):
     )
     results_dir = p["results_dir"] or os.path.join("runs", f"tune-{name}")
     result = tune_lib.search(
-        space, tune_config, data_config, train_config, results_dir, overwrite=bool(p["overwrite"]), log=click.echo
+        space,
+        tune_config,
+        data_config,
+        train_config,
+        results_dir,
+        overwrite=p["overwrite"],
+        allow_remote_oracle=p["allow_remote_oracle"],
+        log=click.echo,
     )
     if result is None:  # a distributed worker: the chief writes the reports
         click.echo("Worker finished: the chief has every trial.")
