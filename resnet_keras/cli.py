@@ -49,6 +49,10 @@ class ResNetGroup(click.Group):
             sys.exit(error.exit_code)
         except (click.Abort, KeyboardInterrupt):
             click.echo("Aborted.", err=True)
+            if _PROCESS_EXIT_ON_INTERRUPT:  # the console script: skip TensorFlow's slow teardown
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
             sys.exit(130)
         except OSError as error:  # the file system refused: a read-only folder, a file where a folder goes, a full disk
             where = f": {error.filename}" if error.filename else ""
@@ -98,6 +102,8 @@ def _import_tensorflow_quietly() -> None:
 
 
 TRACEBACK_ENV = "RESNET_KERAS_TRACEBACK"
+# Set by main() (the console script) only: in-process callers such as tests get SystemExit instead.
+_PROCESS_EXIT_ON_INTERRUPT = False
 # errno values that mean the user pointed us at the wrong place (exit 2), not a failed run (exit 1).
 _USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT}
 
@@ -1191,7 +1197,42 @@ def export_features(source, output, image_size, depth, variant, overwrite):
     run_export(source, output, image_size=image_size, depth=depth, variant=variant, overwrite=overwrite, log=click.echo)
 
 
+def _exit_promptly_on_ctrl_c(grace_seconds: float = 2.0) -> None:
+    """Ends the process within `grace_seconds` of Ctrl-C, even inside a long TensorFlow call.
+
+    Python raises KeyboardInterrupt only between bytecodes, so a Ctrl-C during graph tracing or a
+    long kernel waits for it to return (seconds to minutes), and interpreter teardown with
+    TensorFlow loaded takes another 1-2 s. A thread watching the signal wake-up fd gives the main
+    thread `grace_seconds` to unwind, then exits with 130. That is no worse than kill -9, which
+    runs survive: every file is written atomically and training resumes from the last checkpoint.
+    """
+    import signal
+    import threading
+    import time
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    try:
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread of the main interpreter
+        return
+
+    def watch():
+        while signal.SIGINT not in os.read(read_fd, 64):
+            pass
+        time.sleep(grace_seconds)
+        os.write(2, b"Aborted.\n")
+        os._exit(130)
+
+    threading.Thread(target=watch, name="ctrl-c-watchdog", daemon=True).start()
+
+
 def main():  # console-script entry point
+    global _PROCESS_EXIT_ON_INTERRUPT
+    _PROCESS_EXIT_ON_INTERRUPT = True
+    _exit_promptly_on_ctrl_c()
     cli()
 
 
