@@ -2,7 +2,7 @@
 
 SavedModel (``export_saved_model``): ``<base_dir>/<model name>/<version>/``, the layout TF Serving
 watches with ``--model_base_path=<base_dir>/<model name>``; versions are increasing integers. The
-version directory is written as a hidden sibling (``.tmp-<version>-<pid>``, which TF Serving ignores
+version directory is written as a hidden sibling (``.tmp-<version>-<host>-<pid>``, which TF Serving ignores
 because it is not an integer), fsynced, checked against the Keras model and only then renamed into
 place, so a server polling the base path never sees half a model (tensorflow/serving#1086) and a
 failed export leaves nothing at the version path. Signatures (preprocessing inside the graph; the
@@ -45,7 +45,7 @@ from typing import Any
 
 from resnet_keras.config import ModelConfig
 from resnet_keras.errors import ExportFailure, UsageError, expect, first_line, is_int
-from resnet_keras.files import fsync_tree, publish_dir, write_atomic
+from resnet_keras.files import fsync_tree, owner_tag, publish_dir, recover_replaced, remove_stale_temps, write_atomic
 from resnet_keras.rundir import WEIGHTS, RunDir
 
 PIXELS_SIGNATURE = "serving_default"
@@ -174,24 +174,6 @@ def _build_archive(run: TrainedRun, labels_path: Path):
     return archive
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_temps(model_base: Path) -> None:
-    """Deletes ``.tmp-<version>-<pid>`` folders left by exports killed mid-write (pid no longer running)."""
-    for path in model_base.glob(".tmp-*-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def versions(model_base: str | os.PathLike) -> list[int]:
     """The integer version folders of a model base path, ascending (what TF Serving would serve)."""
     model_base = Path(model_base)
@@ -306,9 +288,10 @@ def export_saved_model(
     if final.exists() and not overwrite:
         raise UsageError(f"{final} exists; choose another --version or pass --overwrite")
     model_base.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(model_base)
+    recover_replaced(model_base)
+    remove_stale_temps(model_base)
     sample = held_out_sample(run, 64, log)
-    tmp = model_base / f".tmp-{version}-{os.getpid()}"
+    tmp = model_base / f".tmp-{version}-{owner_tag()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with tempfile.TemporaryDirectory() as scratch:

@@ -21,6 +21,7 @@ from resnet_keras import export as export_lib
 from resnet_keras.cli import cli
 from resnet_keras.config import ModelConfig
 from resnet_keras.data import DataConfig
+from resnet_keras.files import owner_tag
 from resnet_keras.preprocessing import eval_view
 from resnet_keras.train import TrainConfig, train
 
@@ -240,8 +241,12 @@ def test_a_failed_export_leaves_no_version_and_no_temp(run_dir, tmp_path, monkey
     base, model_base = tmp_path / "saved", tmp_path / "saved" / "resnet8_w0.25"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = model_base / f".tmp-1-{dead.pid}"
+    host = owner_tag().rpartition("-")[0]
+    stale = model_base / f".tmp-1-{host}-{dead.pid}"
     (stale / "variables").mkdir(parents=True)
+    # Another machine's export in progress on a shared file system: its pid means nothing here.
+    elsewhere = model_base / f".tmp-2-other_host-{dead.pid}"
+    (elsewhere / "variables").mkdir(parents=True)
 
     def disk_full(root):
         assert (root / "saved_model.pb").exists()  # fails mid-way: the model is already on disk
@@ -250,7 +255,7 @@ def test_a_failed_export_leaves_no_version_and_no_temp(run_dir, tmp_path, monkey
     monkeypatch.setattr(export_lib, "fsync_tree", disk_full)
     with pytest.raises(OSError, match="No space left"):
         export_lib.export_saved_model(run_dir, base, log=quiet)
-    assert sorted(p.name for p in model_base.iterdir()) == []
+    assert sorted(p.name for p in model_base.iterdir()) == [elsewhere.name]
 
 
 def test_export_needs_no_data_when_the_run_has_labels(run_dir, tmp_path):

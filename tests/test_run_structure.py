@@ -211,3 +211,35 @@ def test_option_file_values_are_checked_like_the_command_line(tmp_path, line, fr
     assert result.exit_code == 2, result.output
     assert fragment in result.output and "Traceback" not in result.output
     assert (run / "keep.txt").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------- durable publishing
+
+
+def test_an_overwrite_killed_between_its_two_renames_is_undone_by_the_next_writer(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from resnet_keras.files import recover_replaced, remove_stale_temps
+
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_text("old version")
+    (tmp_path / ".tmp-1-x").mkdir()
+    code = textwrap.dedent(f"""
+        import os
+        from resnet_keras import files
+        real_rename = os.rename
+        def rename(src, dst):
+            real_rename(src, dst)
+            if ".old-" in str(dst):
+                os._exit(9)  # killed right after moving the old version aside
+        os.rename = rename
+        files.publish_dir({str(tmp_path / ".tmp-1-x")!r}, {str(tmp_path / "1")!r}, overwrite=True)
+    """)
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    assert not (tmp_path / "1").exists() and len(list(tmp_path.glob(".old-1-*"))) == 1
+    assert recover_replaced(tmp_path) == [tmp_path / "1"]
+    assert (tmp_path / "1" / "saved_model.pb").read_text() == "old version"
+    remove_stale_temps(tmp_path)  # the killed writer's .tmp-1-x has no host-pid tag: not ours to judge
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-1-x", "1"]
