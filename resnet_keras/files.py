@@ -116,3 +116,26 @@ def recover_replaced(parent: str | os.PathLike) -> list[Path]:
             os.rename(old, final)
             restored.append(final)
     return restored
+
+
+def check_output_file(output: str | os.PathLike, *, suffix: str, overwrite: bool) -> Path:
+    """The path a command is asked to write: its suffix, no silent overwrite, an existing folder."""
+    output = Path(output)
+    if output.suffix != suffix:
+        raise UsageError(f"Received: output={str(output)!r}; expected a file name ending in {suffix}")
+    if output.exists() and not overwrite:
+        raise UsageError(f"{output} exists; pass --overwrite to replace it")
+    if not output.parent.is_dir():
+        raise UsageError(f"Received: output={str(output)!r}; the folder {output.parent} does not exist")
+    return output
+
+
+def save_model_atomic(model, output: str | os.PathLike) -> None:
+    """`model.save` to a hidden sibling (Keras wants the .keras suffix), then rename: all or nothing."""
+    output = Path(output)
+    tmp = output.with_name(f".{output.stem}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(str(tmp))
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
