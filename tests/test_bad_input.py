@@ -79,13 +79,20 @@ def bad_other_commands(tmp):
         ["train", "--config", str(tmp / "bomb.yaml")],
         ["train", "--config", str(tmp / "unknown.yaml")],
         ["train", "--config", str(tmp / "typed.yaml")],
+        ["train", "--dataset", "folder", "--data-dir", str(tmp / "one_class"), "--depth", "8"],
+        ["train", "--dataset", "folder", "--data-dir", str(tmp / "newline"), "--depth", "8"],
     ]
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
+def workdir(tmp_path, monkeypatch, shared_data):
     """A working folder with a few hostile files; the default runs/ would land here."""
     (tmp_path / "a_file").write_text("not a folder")
+    images = sorted((shared_data / "cifar10-mini" / "train" / "cat").iterdir())[:4]
+    for folder in ("one_class/cat", "newline/dog", "newline/ca\nt"):
+        (tmp_path / folder).mkdir(parents=True)
+        for image in images:
+            (tmp_path / folder / image.name).write_bytes(image.read_bytes())
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "list.yaml").write_text("- depth\n- 20\n")
     (tmp_path / "bomb.yaml").write_text(
