@@ -757,7 +757,9 @@ def train(
 
     wall = time.perf_counter() - wall_start
     tmp = model_dir / ".model.tmp.keras"
-    model.save(str(tmp))
+    from resnet_keras.portable import save_model  # fused BN saved as stock BatchNormalization
+
+    save_model(model, tmp)
     os.replace(tmp, model_dir / "model.keras")
     if history:
         _plot_curves(model_dir / "curves.png", history)

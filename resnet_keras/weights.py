@@ -423,7 +423,9 @@ def convert(
     model, config = import_keras_model(resolved, image_size=image_size, log=log)
     tmp = output.with_name(f".{output.stem}.tmp.keras")
     try:
-        model.save(str(tmp))
+        from resnet_keras.portable import save_model  # loads with stock Keras: no layers of ours
+
+        save_model(model, tmp)
         os.replace(tmp, output)
     finally:
         if tmp.exists():
