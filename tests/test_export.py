@@ -462,7 +462,7 @@ def test_predict_saved_model_and_tflite(exported, trained, run_dir, val_files, t
     [
         ("missing", "Model not found"),
         ("dir", "is neither a SavedModel"),
-        ("file", "expected a SavedModel folder or a .tflite file"),
+        ("file", "expected a SavedModel folder, a .tflite or an .onnx file"),
     ],
 )
 def test_predict_bad_model(tmp_path, val_files, model, fragment):
