@@ -615,10 +615,13 @@ def test_benchmark_export_quick(tmp_path):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r.get("format") for r in records[:-1]] == [
         "keras",
+        "keras_xla",
         "saved_model",
         "tflite_float32",
         "tflite_float16",
         "tflite_dynamic",
         "tflite_int8",
+        "onnx_float32",
+        "onnx_int8",
     ]
     assert all(r["latency_ms_median"] > 0 for r in records[:-1]) and records[-1]["summary"]
