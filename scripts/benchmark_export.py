@@ -10,6 +10,9 @@ format called once in turn) so machine noise hits all formats alike; warm-up cal
 TFLite runs on LiteRT's interpreter (``ai_edge_litert``), ONNX on ONNX Runtime's CPU provider, both
 with ``--threads`` threads; TensorFlow uses its defaults (all cores). ``keras_xla`` is the Keras
 model in a ``tf.function(jit_compile=True)``: how much of TensorFlow's gap is per-op overhead.
+``saved_model_bare`` is the float32 pixels -> probabilities SavedModel that the ONNX file is converted
+from: it separates the cost of the serving extras (uint8 input, top-k, labels) from that of the
+runtime. Run the script again with ``TF_ENABLE_ONEDNN_OPTS=0`` to see what the oneDNN kernels bring.
 
 Models:
 * ``resnet20``: the run directory given by ``--resnet20-run`` (e.g. a short cifar10-mini run:
@@ -167,6 +170,10 @@ def bench(name: str, run_dir: Path, out: Path, args) -> list[dict]:
     model = run.model
     keras_call = tf.function(lambda x: model(x, training=False))
     keras_xla = tf.function(lambda x: model(x, training=False), jit_compile=True)
+    # The graph tf2onnx converts (float32 pixels -> probabilities, nothing else): against saved_model it
+    # prices the serving extras (uint8 cast, top-k, label lookup); against onnx_float32 the runtime.
+    onnx_export._float32_saved_model(run, out / "bare_float32_saved_model")
+    bare = tf.saved_model.load(str(out / "bare_float32_saved_model")).signatures["serving_default"]
 
     # Accuracy of Keras and the SavedModel on the images the TFLite/ONNX reports used.
     sample = export_lib.held_out_sample(run, args.eval_samples, log)
@@ -217,11 +224,13 @@ def bench(name: str, run_dir: Path, out: Path, args) -> list[dict]:
         "keras": lambda: keras_call(image_float).numpy(),
         "keras_xla": lambda: keras_xla(image_float).numpy(),
         "saved_model": lambda: serving(image=pixels)["probabilities"].numpy(),
+        "saved_model_bare": lambda: bare(image=image_float)["probabilities"].numpy(),
     }
     batched = {
         "keras": lambda: keras_call(batch_float).numpy(),
         "keras_xla": lambda: keras_xla(batch_float).numpy(),
         "saved_model": lambda: serving(image=batch_uint8)["probabilities"].numpy(),
+        "saved_model_bare": lambda: bare(image=batch_float)["probabilities"].numpy(),
     }
     for fmt, runner in runners.items():
         single[fmt] = lambda r=runner: r(image)
@@ -267,6 +276,7 @@ def bench(name: str, run_dir: Path, out: Path, args) -> list[dict]:
         dict(keras_record, **measured["keras"]),
         dict(model=name, format="keras_xla", **measured["keras_xla"]),
     ]
+    records.insert(3, dict(model=name, format="saved_model_bare"))
     for record in records[2:]:
         record.update(measured[record["format"]])
     return records

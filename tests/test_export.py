@@ -617,6 +617,7 @@ def test_benchmark_export_quick(tmp_path):
         "keras",
         "keras_xla",
         "saved_model",
+        "saved_model_bare",
         "tflite_float32",
         "tflite_float16",
         "tflite_dynamic",
