@@ -41,7 +41,7 @@ OUTPUT = "probabilities"
 # Float32 ONNX vs Keras: the same arithmetic in a different runtime; measured differences are ~1e-9.
 FLOAT32_TOLERANCE = 1e-4
 METADATA_PREFIX = "resnet_keras."
-INSTALL_HINT = 'ONNX export needs the onnx extra: pip install "resnet-keras[onnx]" (onnx, onnxruntime, tf2onnx)'
+INSTALL_HINT = 'ONNX files need the onnx extra: pip install "resnet-keras[onnx]" (onnx, onnxruntime, tf2onnx)'
 
 
 def _require(*modules: str) -> None:
