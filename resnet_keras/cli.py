@@ -583,16 +583,16 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
     "--base-dir",
     default="saved_models",
     show_default=True,
-    help="Export root: SavedModels go to <base-dir>/<model>/<version>/, TFLite to <base-dir>/tflite/.",
+    help="Export root: SavedModels go to <base-dir>/<model>/<version>/, TFLite to <base-dir>/tflite/, ONNX to onnx/.",
 )
 @click.option("--version", "version", type=click.IntRange(min=1), help="SavedModel version (default: next integer).")
-@click.option("--output", type=_Path(dir_okay=False), help="TFLite file path (default under --base-dir).")
+@click.option("--output", type=_Path(dir_okay=False), help="TFLite/ONNX file path (default under --base-dir).")
 @click.option(
     "--quantize",
     type=click.Choice(QUANTIZATIONS),
     default="none",
     show_default=True,
-    help="TFLite weights/activations: float32, float16 weights, int8 weights, full int8.",
+    help="TFLite weights/activations: float32, float16 weights, int8 weights, full int8 (ONNX: none or int8).",
 )
 @click.option("--calibration-data", type=_Path(), help="int8: folder of images (default: the run's train split).")
 @click.option(
@@ -639,12 +639,28 @@ def export(
     """Export a trained run: a versioned SavedModel for TF Serving, or a (quantized) TFLite file."""
     if fmt == "saved_model" and (output or quantize != "none" or calibration_data or eval_samples):
         raise click.UsageError("--output, --quantize, --calibration-data and --eval-samples apply to --format tflite.")
-    if fmt == "tflite" and version is not None:
+    if fmt != "saved_model" and version is not None:
         raise click.UsageError("--version applies to --format saved_model.")
     log = (lambda message: click.echo(message, err=True)) if as_json else click.echo
     from resnet_keras import export as export_lib
 
-    if fmt == "saved_model":
+    if fmt == "onnx":
+        from resnet_keras.onnx_export import export_onnx
+
+        report = export_onnx(
+            model_dir,
+            output,
+            quantize=quantize,
+            base_dir=base_dir,
+            calibration_data=calibration_data,
+            calibration_samples=calibration_samples,
+            eval_samples=eval_samples,
+            max_accuracy_drop=max_accuracy_drop,
+            overwrite=overwrite,
+            weights=weights,
+            log=log,
+        )
+    elif fmt == "saved_model":
         report = export_lib.export_saved_model(
             model_dir, base_dir, version=version, overwrite=overwrite, weights=weights, log=log
         )
@@ -671,15 +687,29 @@ def export(
 @click.argument("images", nargs=-1, required=True, type=_Path())
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one entry per image.")
-def predict(model, images, top_k, as_json):
-    """Top-k labels of IMAGES from MODEL: a SavedModel (version folder or base path) or a .tflite file.
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per graph call.")
+@click.option(
+    "--output", type=click.Path(dir_okay=False), help="Write the results to this .csv or .json file instead of stdout."
+)
+def predict(model, images, top_k, as_json, batch_size, output):
+    """Top-k labels of IMAGES (files, folders or quoted glob patterns) from MODEL: a SavedModel
+    (version folder or base path), a .tflite or an .onnx file.
 
     Exit code 1 when some image could not be read (the others are still predicted).
     """
     from resnet_keras.predict import predict as run_prediction
+    from resnet_keras.predict_io import check_output, expand_images, write_results
 
-    results = run_prediction(model, list(images), top_k, on_error=lambda line: click.echo(line, err=True))
-    if as_json:
+    check_output(output)
+    images = expand_images(list(images))
+    results = run_prediction(
+        model, images, top_k, on_error=lambda line: click.echo(line, err=True), batch_size=batch_size
+    )
+    failed = sum("error" in result for result in results)
+    if output:
+        write_results(results, output)
+        click.echo(f"Wrote {len(results) - failed} predictions ({failed} images failed) to {output}")
+    elif as_json:
         click.echo(json.dumps(results, indent=2))
     else:
         for result in results:
@@ -689,7 +719,7 @@ def predict(model, images, top_k, as_json):
             width = max(len(p["label"]) for p in result["predictions"])
             for p in result["predictions"]:
                 click.echo(f"  {p['rank']}. {p['label'].ljust(width)}  {p['probability']:.4f}")
-    return 1 if any("error" in result for result in results) else 0
+    return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------- benchmark

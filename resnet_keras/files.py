@@ -131,11 +131,14 @@ def check_output_file(output: str | os.PathLike, *, suffix: str, overwrite: bool
 
 
 def save_model_atomic(model, output: str | os.PathLike) -> None:
-    """`model.save` to a hidden sibling (Keras wants the .keras suffix), then rename: all or nothing."""
+    """Saves a `.keras` file that loads anywhere (`portable.save_model`: stock layers wherever ours are
+    only a kernel choice) to a hidden sibling (Keras wants the suffix), then renames: all or nothing."""
+    from resnet_keras.portable import save_model
+
     output = Path(output)
     tmp = output.with_name(f".{output.stem}.tmp-{os.getpid()}.keras")
     try:
-        model.save(str(tmp))
+        save_model(model, tmp)
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)

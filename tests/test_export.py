@@ -468,7 +468,7 @@ def test_predict_saved_model_and_tflite(exported, trained, run_dir, val_files, t
     [
         ("missing", "Model not found"),
         ("dir", "is neither a SavedModel"),
-        ("file", "expected a SavedModel folder or a .tflite file"),
+        ("file", "expected a SavedModel folder, a .tflite or an .onnx file"),
     ],
 )
 def test_predict_bad_model(tmp_path, val_files, model, fragment):
@@ -621,10 +621,14 @@ def test_benchmark_export_quick(tmp_path):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r.get("format") for r in records[:-1]] == [
         "keras",
+        "keras_xla",
         "saved_model",
+        "saved_model_bare",
         "tflite_float32",
         "tflite_float16",
         "tflite_dynamic",
         "tflite_int8",
+        "onnx_float32",
+        "onnx_int8",
     ]
     assert all(r["latency_ms_median"] > 0 for r in records[:-1]) and records[-1]["summary"]
