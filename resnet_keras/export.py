@@ -159,8 +159,8 @@ def _build_archive(run: TrainedRun, labels_path: Path):
         return outputs(tf.cast(image, tf.float32))
 
     def serve_bytes(image_bytes):
-        def decode(data):
-            return view(preprocessing.decode_image(data))
+        def decode(data):  # refused before decoding: more than MAX_IMAGE_BYTES or MAX_IMAGE_PIXELS
+            return view(preprocessing.decode_image_checked(data))
 
         pixels = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         return outputs(pixels)

@@ -60,7 +60,7 @@ class _SavedModelPredictor:
         try:
             out = self._signature(**{self._input: tf.constant([data])})
         except tf.errors.InvalidArgumentError as error:
-            raise ValueError(NOT_AN_IMAGE) from error
+            raise ValueError(_decode_failure(error)) from error
         return out["probabilities"].numpy()[0]
 
     def batch(self, datas: list[bytes]):
@@ -68,7 +68,7 @@ class _SavedModelPredictor:
         try:
             out = self._signature(**{self._input: tf.constant(datas)})
         except tf.errors.InvalidArgumentError as error:
-            raise ValueError(NOT_AN_IMAGE) from error
+            raise ValueError(_decode_failure(error)) from error
         return out["probabilities"].numpy()
 
 
@@ -97,13 +97,13 @@ class _TFLitePredictor:
         self.view = eval_view(preprocessing, self.runner.image_size)
 
     def __call__(self, data: bytes):
-        from resnet_keras.preprocessing import decode_image
+        from resnet_keras.preprocessing import decode_image_checked as decode_image
 
         tf = self.tf
         try:
             image = decode_image(data)
         except tf.errors.InvalidArgumentError as error:
-            raise ValueError(NOT_AN_IMAGE) from error
+            raise ValueError(_decode_failure(error)) from error
         return self.runner(self.view(image).numpy()[None])[0]
 
     def batch(self, datas: list[bytes]):
@@ -115,7 +115,7 @@ def decode_batch(predictor, datas: list[bytes], runner):
     each encoded image; ValueError when one does not decode."""
     import numpy as np
 
-    from resnet_keras.preprocessing import decode_image
+    from resnet_keras.preprocessing import decode_image_checked as decode_image
 
     tf = predictor.tf
     pixels = []
@@ -123,8 +123,34 @@ def decode_batch(predictor, datas: list[bytes], runner):
         try:
             pixels.append(predictor.view(decode_image(data)).numpy())
         except tf.errors.InvalidArgumentError as error:
-            raise ValueError(NOT_AN_IMAGE) from error
+            raise ValueError(_decode_failure(error)) from error
     return runner(np.stack(pixels))
+
+
+def _decode_failure(error) -> str:
+    """Why an image did not decode: a size limit of the signature (its own words), else not an image."""
+    import re
+
+    found = re.search(r"image (has more than \d+ megapixels|larger than \d+ MB)", str(error))
+    return found.group(0) if found else NOT_AN_IMAGE
+
+
+def read_image_file(path: str) -> bytes:
+    """The bytes of an image file: a regular file (a FIFO or device would block or never end) of at
+    most MAX_IMAGE_BYTES that starts like a JPEG/PNG/GIF/BMP; ValueError or OSError otherwise."""
+    import stat
+
+    from resnet_keras.preprocessing import MAX_IMAGE_BYTES, is_image_file
+
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    if info.st_size > MAX_IMAGE_BYTES:
+        raise ValueError(f"larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+    if not is_image_file(path):
+        raise ValueError(NOT_AN_IMAGE)
+    with open(path, "rb") as handle:
+        return handle.read(MAX_IMAGE_BYTES + 1)
 
 
 def load_predictor(model: str | os.PathLike):
@@ -158,8 +184,6 @@ def predict(
     """
     import numpy as np
 
-    from resnet_keras.preprocessing import is_image_file
-
     expect(is_int(top_k) and top_k >= 1, "top_k", top_k, "an integer >= 1")
     expect(is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
     predictor = load_predictor(model)
@@ -190,11 +214,7 @@ def predict(
         for position in range(start, min(start + batch_size, len(images))):
             image = images[position]
             try:
-                with open(image, "rb") as handle:
-                    data = handle.read()
-                if not is_image_file(image):
-                    raise ValueError(NOT_AN_IMAGE)
-                readable.append((position, image, data))
+                readable.append((position, image, read_image_file(image)))
             except (OSError, ValueError) as error:
                 results[position] = failed(image, error)
         if not readable:

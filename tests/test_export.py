@@ -463,6 +463,33 @@ def test_predict_saved_model_and_tflite(exported, trained, run_dir, val_files, t
     assert lines[1].split()[:2] == ["1.", trained.class_names[expected[0].argmax()]]
 
 
+def test_images_too_large_to_decode_are_refused_before_decoding(exported, trained, val_files, tmp_path):
+    """A 100 KB PNG that declares 9000 x 9000 pixels (243 MB decoded) is refused by the serving
+    signature and by predict with the limit in the message; a FIFO is refused without blocking."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(buffer, "PNG")
+    (tmp_path / "huge.png").write_bytes(buffer.getvalue())
+    assert len(buffer.getvalue()) < 200_000
+    os.mkfifo(tmp_path / "pipe.jpg")
+    loaded = tf.saved_model.load(exported["path"])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than 67 megapixels"):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([buffer.getvalue()]))
+    normal = open(val_files[0], "rb").read()
+    assert loaded.signatures["serving_bytes"](image_bytes=tf.constant([normal]))["probabilities"].shape == (1, 10)
+
+    images = [val_files[0], str(tmp_path / "huge.png"), str(tmp_path / "pipe.jpg")]
+    result = cli_run("predict", exported["model_base_path"], *images, "--json")
+    assert result.exit_code == 1
+    entries = json.loads(result.stdout)
+    assert "predictions" in entries[0]
+    assert entries[1]["error"] == "image has more than 67 megapixels" and entries[2]["error"] == "not a regular file"
+
+
 @pytest.mark.parametrize(
     "model, fragment",
     [
