@@ -463,6 +463,13 @@ def test_predict_saved_model_and_tflite(exported, trained, run_dir, val_files, t
     assert lines[1].split()[:2] == ["1.", trained.class_names[expected[0].argmax()]]
 
 
+def test_export_base_dir_that_is_a_file_is_one_line_exit_2(run_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = cli_run("export", "--model-dir", run_dir, "--base-dir", tmp_path / "file")
+    assert result.exit_code == 2
+    one_error_line(result, str(tmp_path / "file"))
+
+
 def test_images_too_large_to_decode_are_refused_before_decoding(exported, trained, val_files, tmp_path):
     """A 100 KB PNG that declares 9000 x 9000 pixels (243 MB decoded) is refused by the serving
     signature and by predict with the limit in the message; a FIFO is refused without blocking."""

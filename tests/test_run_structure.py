@@ -141,6 +141,22 @@ def test_a_hook_that_raises_stops_the_run_with_the_epoch_checkpointed(tmp_path):
         TINY, DataConfig(dataset="digits"), TrainConfig(epochs=3, batch_size=64, steps_per_epoch=1), tmp_path, log=quiet
     )
     assert metrics["epochs"] == 3 and metrics["trained_epochs_this_run"] == 2
+    # A rerun of the finished run trains nothing and keeps the record of the runs that trained.
+    again = train(
+        TINY, DataConfig(dataset="digits"), TrainConfig(epochs=3, batch_size=64, steps_per_epoch=1), tmp_path, log=quiet
+    )
+    assert again == metrics == json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_a_file_system_that_refuses_writes_is_one_line_exit_2(tmp_path, monkeypatch):
+    def refuse(self, *args):
+        raise PermissionError(13, "Permission denied", str(self.path))
+
+    monkeypatch.setattr(RunDir, "start", refuse)
+    args = ["train", "--dataset", "digits", "--depth", "8", "--width", "0.25", "--image-size", "16"]
+    result = CliRunner().invoke(cli, [*args, "--epochs", "1", "--model-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"Error: Permission denied: {tmp_path / 'run'}"
 
 
 # ----------------------------------------------------------------------------- evaluation on other folders
