@@ -259,3 +259,36 @@ def test_an_overwrite_killed_between_its_two_renames_is_undone_by_the_next_write
     assert (tmp_path / "1" / "saved_model.pb").read_text() == "old version"
     remove_stale_temps(tmp_path)  # the killed writer's .tmp-1-x has no host-pid tag: not ours to judge
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-1-x", "1"]
+
+
+def test_ctrl_c_ends_the_command_with_130_and_the_same_command_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-c",
+        "from resnet_keras.cli import main; main()",
+        "train",
+        *["--dataset", "digits", "--depth", "8", "--width", "0.25", "--image-size", "16", "--batch-size", "64"],
+        *["--epochs", "200", "--model-dir", str(tmp_path / "run")],
+    ]
+    # A shell starts background jobs with SIGINT ignored; a terminal's foreground job has it on.
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    for line in process.stdout:
+        if line.startswith("epoch 1/"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "Aborted." and "Traceback" not in stderr
+    resumed = subprocess.run([*command[:-4], "--epochs", "2", *command[-2:]], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming" in resumed.stdout and "epoch 2/2" in resumed.stdout
