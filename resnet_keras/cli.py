@@ -577,7 +577,7 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
     type=click.Choice(list(EXPORT_FORMATS)),
     default="saved_model",
     show_default=True,
-    help="; ".join(f"{name}: {what}" for name, what in EXPORT_FORMATS.items()) + ".",
+    help="; ".join(f"{f.name}: {f.description}" for f in EXPORT_FORMATS.values()) + ".",
 )
 @click.option(
     "--base-dir",
@@ -636,48 +636,32 @@ def export(
     overwrite,
     as_json,
 ):
-    """Export a trained run: a versioned SavedModel for TF Serving, or a (quantized) TFLite file."""
-    if fmt == "saved_model" and (output or quantize != "none" or calibration_data or eval_samples):
-        raise click.UsageError("--output, --quantize, --calibration-data and --eval-samples apply to --format tflite.")
-    if fmt != "saved_model" and version is not None:
-        raise click.UsageError("--version applies to --format saved_model.")
+    """Export a trained run: a versioned SavedModel for TF Serving, a (quantized) TFLite or an ONNX file."""
+    ctx = click.get_current_context()
+    chosen = EXPORT_FORMATS[fmt]
+    options = dict(
+        base_dir=base_dir,
+        version=version,
+        output=output,
+        quantize=quantize,
+        calibration_data=calibration_data,
+        calibration_samples=calibration_samples,
+        eval_samples=eval_samples,
+        max_accuracy_drop=max_accuracy_drop,
+    )
+    given = [key for key in options if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE]
+    foreign = [key for key in given if key not in chosen.options]
+    if foreign:
+        takers = [f.name for f in EXPORT_FORMATS.values() if foreign[0] in f.options]
+        raise click.UsageError(f"--{foreign[0].replace('_', '-')} applies to --format {' or '.join(takers)}.")
     log = (lambda message: click.echo(message, err=True)) if as_json else click.echo
-    from resnet_keras import export as export_lib
-
-    if fmt == "onnx":
-        from resnet_keras.onnx_export import export_onnx
-
-        report = export_onnx(
-            model_dir,
-            output,
-            quantize=quantize,
-            base_dir=base_dir,
-            calibration_data=calibration_data,
-            calibration_samples=calibration_samples,
-            eval_samples=eval_samples,
-            max_accuracy_drop=max_accuracy_drop,
-            overwrite=overwrite,
-            weights=weights,
-            log=log,
-        )
-    elif fmt == "saved_model":
-        report = export_lib.export_saved_model(
-            model_dir, base_dir, version=version, overwrite=overwrite, weights=weights, log=log
-        )
-    else:
-        report = export_lib.export_tflite(
-            model_dir,
-            output,
-            quantize=quantize,
-            base_dir=base_dir,
-            calibration_data=calibration_data,
-            calibration_samples=calibration_samples,
-            eval_samples=eval_samples,
-            max_accuracy_drop=max_accuracy_drop,
-            overwrite=overwrite,
-            weights=weights,
-            log=log,
-        )
+    report = chosen.run(
+        model_dir,
+        overwrite=overwrite,
+        weights=weights,
+        log=log,
+        **{key: value for key, value in options.items() if key in chosen.options},
+    )
     if as_json:
         click.echo(json.dumps(report, indent=2))
 

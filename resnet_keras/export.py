@@ -54,11 +54,57 @@ PIXELS_INPUT = "image"
 BYTES_INPUT = "image_bytes"
 OUTPUTS = ("probabilities", "top_k_indices", "top_k_labels", "top_k_probabilities")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-# `resnet-keras export --format` choices: what each writes.
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportFormat:
+    """One `resnet-keras export --format`: what it writes, the function that writes it
+    ("module:function", imported only when used) and the options it takes besides
+    model_dir, overwrite, weights and log."""
+
+    name: str
+    description: str
+    function: str
+    options: tuple[str, ...]
+
+    def run(self, model_dir, **options) -> dict[str, Any]:
+        import importlib
+
+        module, name = self.function.split(":")
+        return getattr(importlib.import_module(module), name)(model_dir, **options)
+
+
+_FILE_OPTIONS = (
+    "output",
+    "quantize",
+    "base_dir",
+    "calibration_data",
+    "calibration_samples",
+    "eval_samples",
+    "max_accuracy_drop",
+)
 EXPORT_FORMATS = {
-    "saved_model": "a versioned SavedModel in the layout TF Serving watches",
-    "tflite": "one .tflite file (float32 or quantized) with a JSON sidecar",
-    "onnx": "one .onnx file for ONNX Runtime (float32 or int8), labels in its metadata",
+    f.name: f
+    for f in (
+        ExportFormat(
+            "saved_model",
+            "a versioned SavedModel in the layout TF Serving watches",
+            "resnet_keras.export:export_saved_model",
+            ("base_dir", "version"),
+        ),
+        ExportFormat(
+            "tflite",
+            "one .tflite file (float32 or quantized) with a JSON sidecar",
+            "resnet_keras.export:export_tflite",
+            _FILE_OPTIONS,
+        ),
+        ExportFormat(
+            "onnx",
+            "one .onnx file for ONNX Runtime (float32 or int8), labels in its metadata",
+            "resnet_keras.onnx_export:export_onnx",
+            _FILE_OPTIONS,
+        ),
+    )
 }
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "export.json"
