@@ -45,6 +45,9 @@ setup(
         "test": ["pytest>=7", "pytest-xdist", "ruff>=0.6"],
         # PyTorch .pth files (torch.load with weights_only=True); several GB, so never a default.
         "torch": ["torch>=2.4"],
+        # `export --format onnx` and `predict` on .onnx files (checked: onnx 1.23.2, onnxruntime 1.32.0 and
+        # tf2onnx 1.17.0 install beside tensorflow-cpu 2.21, numpy 2.4 and protobuf 7 without changing them).
+        "onnx": ["onnx>=1.14", "onnxruntime>=1.17", "tf2onnx>=1.16"],
     },
     entry_points={"console_scripts": ["resnet-keras=resnet_keras.cli:main"]},
     classifiers=[

@@ -45,10 +45,16 @@ _EXPORTS = {
     ],
     "recipes": ["RECIPES", "Recipe"],
     "rundir": ["RunDir"],
+    "portable": ["load_model"],
     "specs": ["PRESETS", "StageSpec"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
+
+
+# Registers our custom Keras layers when Keras loads, so `keras.saving.load_model` reads our files
+# after a plain `import resnet_keras` without this import paying for TensorFlow (see portable.py).
+importlib.import_module("resnet_keras.portable").register_when_keras_loads()
 
 
 def __getattr__(name):

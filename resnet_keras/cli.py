@@ -49,6 +49,10 @@ class ResNetGroup(click.Group):
             sys.exit(error.exit_code)
         except (click.Abort, KeyboardInterrupt):
             click.echo("Aborted.", err=True)
+            if _PROCESS_EXIT_ON_INTERRUPT:  # the console script: skip TensorFlow's slow teardown
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
             sys.exit(130)
         except OSError as error:  # the file system refused: a read-only folder, a file where a folder goes, a full disk
             where = f": {error.filename}" if error.filename else ""
@@ -98,6 +102,8 @@ def _import_tensorflow_quietly() -> None:
 
 
 TRACEBACK_ENV = "RESNET_KERAS_TRACEBACK"
+# Set by main() (the console script) only: in-process callers such as tests get SystemExit instead.
+_PROCESS_EXIT_ON_INTERRUPT = False
 # errno values that mean the user pointed us at the wrong place (exit 2), not a failed run (exit 1).
 _USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT}
 
@@ -596,22 +602,22 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
     type=click.Choice(list(EXPORT_FORMATS)),
     default="saved_model",
     show_default=True,
-    help="; ".join(f"{name}: {what}" for name, what in EXPORT_FORMATS.items()) + ".",
+    help="; ".join(f"{f.name}: {f.description}" for f in EXPORT_FORMATS.values()) + ".",
 )
 @click.option(
     "--base-dir",
     default="saved_models",
     show_default=True,
-    help="Export root: SavedModels go to <base-dir>/<model>/<version>/, TFLite to <base-dir>/tflite/.",
+    help="Export root: SavedModels go to <base-dir>/<model>/<version>/, TFLite to <base-dir>/tflite/, ONNX to onnx/.",
 )
 @click.option("--version", "version", type=click.IntRange(min=1), help="SavedModel version (default: next integer).")
-@click.option("--output", type=_Path(dir_okay=False), help="TFLite file path (default under --base-dir).")
+@click.option("--output", type=_Path(dir_okay=False), help="TFLite/ONNX file path (default under --base-dir).")
 @click.option(
     "--quantize",
     type=click.Choice(QUANTIZATIONS),
     default="none",
     show_default=True,
-    help="TFLite weights/activations: float32, float16 weights, int8 weights, full int8.",
+    help="TFLite weights/activations: float32, float16 weights, int8 weights, full int8 (ONNX: none or int8).",
 )
 @click.option("--calibration-data", type=_Path(), help="int8: folder of images (default: the run's train split).")
 @click.option(
@@ -655,32 +661,32 @@ def export(
     overwrite,
     as_json,
 ):
-    """Export a trained run: a versioned SavedModel for TF Serving, or a (quantized) TFLite file."""
-    if fmt == "saved_model" and (output or quantize != "none" or calibration_data or eval_samples):
-        raise click.UsageError("--output, --quantize, --calibration-data and --eval-samples apply to --format tflite.")
-    if fmt == "tflite" and version is not None:
-        raise click.UsageError("--version applies to --format saved_model.")
+    """Export a trained run: a versioned SavedModel for TF Serving, a (quantized) TFLite or an ONNX file."""
+    ctx = click.get_current_context()
+    chosen = EXPORT_FORMATS[fmt]
+    options = dict(
+        base_dir=base_dir,
+        version=version,
+        output=output,
+        quantize=quantize,
+        calibration_data=calibration_data,
+        calibration_samples=calibration_samples,
+        eval_samples=eval_samples,
+        max_accuracy_drop=max_accuracy_drop,
+    )
+    given = [key for key in options if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE]
+    foreign = [key for key in given if key not in chosen.options]
+    if foreign:
+        takers = [f.name for f in EXPORT_FORMATS.values() if foreign[0] in f.options]
+        raise click.UsageError(f"--{foreign[0].replace('_', '-')} applies to --format {' or '.join(takers)}.")
     log = (lambda message: click.echo(message, err=True)) if as_json else click.echo
-    from resnet_keras import export as export_lib
-
-    if fmt == "saved_model":
-        report = export_lib.export_saved_model(
-            model_dir, base_dir, version=version, overwrite=overwrite, weights=weights, log=log
-        )
-    else:
-        report = export_lib.export_tflite(
-            model_dir,
-            output,
-            quantize=quantize,
-            base_dir=base_dir,
-            calibration_data=calibration_data,
-            calibration_samples=calibration_samples,
-            eval_samples=eval_samples,
-            max_accuracy_drop=max_accuracy_drop,
-            overwrite=overwrite,
-            weights=weights,
-            log=log,
-        )
+    report = chosen.run(
+        model_dir,
+        overwrite=overwrite,
+        weights=weights,
+        log=log,
+        **{key: value for key, value in options.items() if key in chosen.options},
+    )
     if as_json:
         click.echo(json.dumps(report, indent=2))
 
@@ -690,15 +696,29 @@ def export(
 @click.argument("images", nargs=-1, required=True, type=_Path())
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one entry per image.")
-def predict(model, images, top_k, as_json):
-    """Top-k labels of IMAGES from MODEL: a SavedModel (version folder or base path) or a .tflite file.
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per graph call.")
+@click.option(
+    "--output", type=click.Path(dir_okay=False), help="Write the results to this .csv or .json file instead of stdout."
+)
+def predict(model, images, top_k, as_json, batch_size, output):
+    """Top-k labels of IMAGES (files, folders or quoted glob patterns) from MODEL: a SavedModel
+    (version folder or base path), a .tflite or an .onnx file.
 
     Exit code 1 when some image could not be read (the others are still predicted).
     """
     from resnet_keras.predict import predict as run_prediction
+    from resnet_keras.predict_io import check_output, expand_images, write_results
 
-    results = run_prediction(model, list(images), top_k, on_error=lambda line: click.echo(line, err=True))
-    if as_json:
+    check_output(output)
+    images = expand_images(list(images))
+    results = run_prediction(
+        model, images, top_k, on_error=lambda line: click.echo(line, err=True), batch_size=batch_size
+    )
+    failed = sum("error" in result for result in results)
+    if output:
+        write_results(results, output)
+        click.echo(f"Wrote {len(results) - failed} predictions ({failed} images failed) to {output}")
+    elif as_json:
         click.echo(json.dumps(results, indent=2))
     else:
         for result in results:
@@ -708,7 +728,7 @@ def predict(model, images, top_k, as_json):
             width = max(len(p["label"]) for p in result["predictions"])
             for p in result["predictions"]:
                 click.echo(f"  {p['rank']}. {p['label'].ljust(width)}  {p['probability']:.4f}")
-    return 1 if any("error" in result for result in results) else 0
+    return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------- benchmark
@@ -898,6 +918,7 @@ _TUNE_KEYS = (
     "seed",
     "overwrite",
     "export",
+    "allow_remote_oracle",
 )
 
 
@@ -985,6 +1006,12 @@ _TUNE_KEYS = (
     is_flag=True,
     help="Export the best trial's model as a SavedModel to saved_models/<model>/<next version>/.",
 )
+@click.option(
+    "--allow-remote-oracle",
+    is_flag=True,
+    help="Distributed search: let the chief serve KerasTuner's oracle on a non-loopback KERASTUNER_ORACLE_IP. "
+    "The oracle has no authentication: only on a private network (README: Hyperparameter search).",
+)
 @click.pass_context
 def tune(ctx, **params):
     """Search depth, width, shortcut, learning rate and weight decay with KerasTuner.
@@ -1054,7 +1081,14 @@ def tune(ctx, **params):
     )
     results_dir = p["results_dir"] or os.path.join("runs", f"tune-{name}")
     result = tune_lib.search(
-        space, tune_config, data_config, train_config, results_dir, overwrite=bool(p["overwrite"]), log=click.echo
+        space,
+        tune_config,
+        data_config,
+        train_config,
+        results_dir,
+        overwrite=p["overwrite"],
+        allow_remote_oracle=p["allow_remote_oracle"],
+        log=click.echo,
     )
     if result is None:  # a distributed worker: the chief writes the reports
         click.echo("Worker finished: the chief has every trial.")
@@ -1202,6 +1236,38 @@ def export_features(source, output, image_size, depth, variant, overwrite):
     run_export(source, output, image_size=image_size, depth=depth, variant=variant, overwrite=overwrite, log=click.echo)
 
 
+def _exit_promptly_on_ctrl_c(grace_seconds: float = 2.0) -> None:
+    """Ends the process within `grace_seconds` of Ctrl-C, even inside a long TensorFlow call.
+
+    Python raises KeyboardInterrupt only between bytecodes, so a Ctrl-C during graph tracing or a
+    long kernel waits for it to return (seconds to minutes), and interpreter teardown with
+    TensorFlow loaded takes another 1-2 s. A thread watching the signal wake-up fd gives the main
+    thread `grace_seconds` to unwind, then exits with 130. That is no worse than kill -9, which
+    runs survive: every file is written atomically and training resumes from the last checkpoint.
+    """
+    import signal
+    import threading
+    import time
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    try:
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread of the main interpreter
+        return
+
+    def watch():
+        while signal.SIGINT not in os.read(read_fd, 64):
+            pass
+        time.sleep(grace_seconds)
+        os.write(2, b"Aborted.\n")
+        os._exit(130)
+
+    threading.Thread(target=watch, name="ctrl-c-watchdog", daemon=True).start()
+
+
 @cli.command()
 @click.option("--dataset", default="folder", show_default=True, help="'folder' or a TFDS name.")
 @click.option("--data-dir", help="The image folder (<split>/<class>/<image> or <class>/<image>), or the TFDS data dir.")
@@ -1238,6 +1304,9 @@ def prepare(dataset, data_dir, output, val_split, validation_fraction, images_pe
 
 
 def main():  # console-script entry point
+    global _PROCESS_EXIT_ON_INTERRUPT
+    _PROCESS_EXIT_ON_INTERRUPT = True
+    _exit_promptly_on_ctrl_c()
     cli()
 
 

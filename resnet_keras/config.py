@@ -354,10 +354,10 @@ class TrainConfig:
             if getattr(self, key) is None:
                 object.__setattr__(self, key, default())
         expect(
-            is_number(self.learning_rate) and self.learning_rate > 0,
+            is_number(self.learning_rate) and 0 < self.learning_rate <= FLOAT32_MAX,
             "learning_rate",
             self.learning_rate,
-            "a number > 0",
+            "a number > 0 that float32 can hold",
         )
         expect(is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
         expect(isinstance(self.nesterov, bool), "nesterov", self.nesterov, "True or False")

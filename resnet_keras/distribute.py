@@ -1,6 +1,6 @@
 """Choosing and configuring the `tf.distribute` strategy that training runs under.
 
-The caller owns the strategy (house style 8): model code never touches `tf.distribute`.
+The caller owns the strategy: model code never touches `tf.distribute`, so one model builder serves every strategy.
 One custom training loop serves every strategy here, because Keras 3 `model.fit` fails
 under MultiWorkerMirroredStrategy upstream (keras-team/keras#20585); see `train.py`.
 

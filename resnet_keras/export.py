@@ -2,7 +2,7 @@
 
 SavedModel (``export_saved_model``): ``<base_dir>/<model name>/<version>/``, the layout TF Serving
 watches with ``--model_base_path=<base_dir>/<model name>``; versions are increasing integers. The
-version directory is written as a hidden sibling (``.tmp-<version>-<pid>``, which TF Serving ignores
+version directory is written as a hidden sibling (``.tmp-<version>-<host>-<pid>``, which TF Serving ignores
 because it is not an integer), fsynced, checked against the Keras model and only then renamed into
 place, so a server polling the base path never sees half a model (tensorflow/serving#1086) and a
 failed export leaves nothing at the version path. Signatures (preprocessing inside the graph; the
@@ -45,7 +45,7 @@ from typing import Any
 
 from resnet_keras.config import ModelConfig
 from resnet_keras.errors import ExportFailure, UsageError, expect, first_line, is_int
-from resnet_keras.files import fsync_tree, publish_dir, write_atomic
+from resnet_keras.files import fsync_tree, owner_tag, publish_dir, recover_replaced, remove_stale_temps, write_atomic
 from resnet_keras.rundir import WEIGHTS, RunDir
 
 PIXELS_SIGNATURE = "serving_default"
@@ -54,10 +54,57 @@ PIXELS_INPUT = "image"
 BYTES_INPUT = "image_bytes"
 OUTPUTS = ("probabilities", "top_k_indices", "top_k_labels", "top_k_probabilities")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-# `resnet-keras export --format` choices: what each writes.
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportFormat:
+    """One `resnet-keras export --format`: what it writes, the function that writes it
+    ("module:function", imported only when used) and the options it takes besides
+    model_dir, overwrite, weights and log."""
+
+    name: str
+    description: str
+    function: str
+    options: tuple[str, ...]
+
+    def run(self, model_dir, **options) -> dict[str, Any]:
+        import importlib
+
+        module, name = self.function.split(":")
+        return getattr(importlib.import_module(module), name)(model_dir, **options)
+
+
+_FILE_OPTIONS = (
+    "output",
+    "quantize",
+    "base_dir",
+    "calibration_data",
+    "calibration_samples",
+    "eval_samples",
+    "max_accuracy_drop",
+)
 EXPORT_FORMATS = {
-    "saved_model": "a versioned SavedModel in the layout TF Serving watches",
-    "tflite": "one .tflite file (float32 or quantized) with a JSON sidecar",
+    f.name: f
+    for f in (
+        ExportFormat(
+            "saved_model",
+            "a versioned SavedModel in the layout TF Serving watches",
+            "resnet_keras.export:export_saved_model",
+            ("base_dir", "version"),
+        ),
+        ExportFormat(
+            "tflite",
+            "one .tflite file (float32 or quantized) with a JSON sidecar",
+            "resnet_keras.export:export_tflite",
+            _FILE_OPTIONS,
+        ),
+        ExportFormat(
+            "onnx",
+            "one .onnx file for ONNX Runtime (float32 or int8), labels in its metadata",
+            "resnet_keras.onnx_export:export_onnx",
+            _FILE_OPTIONS,
+        ),
+    )
 }
 LABELS_FILE = "labels.txt"
 METADATA_FILE = "export.json"
@@ -158,8 +205,8 @@ def _build_archive(run: TrainedRun, labels_path: Path):
         return outputs(tf.cast(image, tf.float32))
 
     def serve_bytes(image_bytes):
-        def decode(data):
-            return view(preprocessing.decode_image(data))
+        def decode(data):  # refused before decoding: more than MAX_IMAGE_BYTES or MAX_IMAGE_PIXELS
+            return view(preprocessing.decode_image_checked(data))
 
         pixels = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         return outputs(pixels)
@@ -172,24 +219,6 @@ def _build_archive(run: TrainedRun, labels_path: Path):
     )
     archive.add_endpoint(BYTES_SIGNATURE, serve_bytes, [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
     return archive
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_temps(model_base: Path) -> None:
-    """Deletes ``.tmp-<version>-<pid>`` folders left by exports killed mid-write (pid no longer running)."""
-    for path in model_base.glob(".tmp-*-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def versions(model_base: str | os.PathLike) -> list[int]:
@@ -234,9 +263,13 @@ def held_out_sample(run: TrainedRun, limit: int | None = None, log: Callable[[st
         return None
 
 
-def _keras_probabilities(model, images, batch_size: int = 64):
+def keras_probabilities(model, images, batch_size: int | None = None):
     import numpy as np
     import tensorflow as tf
+
+    # An eager call keeps every activation of the batch: at batch 64, 224x224 ResNet-50 took 9.5 GB.
+    # The default holds a batch to ~256K pixels (64 images at 64x64, 5 at 224x224).
+    batch_size = batch_size or max(1, min(64, (64 * 64 * 64) // (images.shape[1] * images.shape[2])))
 
     out = [
         tf.nn.softmax(tf.cast(model(images[i : i + batch_size], training=False), tf.float32)).numpy()
@@ -258,7 +291,7 @@ def _check_saved_model(path: Path, run: TrainedRun, sample) -> dict:
     else:
         images, source = sample[0][:64], f"{min(len(sample[0]), 64)} validation images"
     pixels = np.clip(np.round(images), 0, 255).astype(np.uint8)  # serving_default takes uint8
-    expected = _keras_probabilities(run.model, pixels.astype(np.float32))
+    expected = keras_probabilities(run.model, pixels.astype(np.float32))
     loaded = tf.saved_model.load(str(path))
     got = loaded.signatures[PIXELS_SIGNATURE](**{PIXELS_INPUT: tf.constant(pixels)})
     difference = float(np.abs(got["probabilities"].numpy() - expected).max())
@@ -268,7 +301,7 @@ def _check_saved_model(path: Path, run: TrainedRun, sample) -> dict:
     via_bytes = loaded.signatures[BYTES_SIGNATURE](**{BYTES_INPUT: tf.stack([png])})["probabilities"].numpy()
     size = run.model_config.image_size
     viewed = preprocessing.eval_view(run.preprocessing, size)(tf.constant(pixels[0]))
-    direct = _keras_probabilities(run.model, viewed[None].numpy())
+    direct = keras_probabilities(run.model, viewed[None].numpy())
     bytes_difference = float(np.abs(via_bytes - direct).max())
     del loaded
     if difference > SAVED_MODEL_TOLERANCE or bytes_difference > SAVED_MODEL_TOLERANCE or labels != expected_labels:
@@ -306,9 +339,10 @@ def export_saved_model(
     if final.exists() and not overwrite:
         raise UsageError(f"{final} exists; choose another --version or pass --overwrite")
     model_base.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(model_base)
+    recover_replaced(model_base)
+    remove_stale_temps(model_base)
     sample = held_out_sample(run, 64, log)
-    tmp = model_base / f".tmp-{version}-{os.getpid()}"
+    tmp = model_base / f".tmp-{version}-{owner_tag()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with tempfile.TemporaryDirectory() as scratch:
@@ -413,7 +447,7 @@ class TFLiteRunner:
         return np.stack(results)
 
 
-def _calibration_images(run: TrainedRun, calibration_data: str | os.PathLike | None, limit: int):
+def calibration_images(run: TrainedRun, calibration_data: str | os.PathLike | None, limit: int):
     """float32 pixels [n, s, s, 3] for int8 calibration: a folder of images (any layout, searched
     recursively, labels not needed), or by default the run's own train split."""
     import numpy as np
@@ -449,24 +483,33 @@ def _calibration_images(run: TrainedRun, calibration_data: str | os.PathLike | N
     return np.stack(images)
 
 
-def _convert(run: TrainedRun, quantize: str, calibration, scratch: Path) -> bytes:
-    """A float32 SavedModel (raw pixels -> probabilities) converted with TFLiteConverter.from_saved_model."""
+def probabilities_saved_model(
+    run: TrainedRun, path: Path, *, batch: int | None, input_name: str = "image", output_name: str | None = None
+) -> None:
+    """A bare float32 SavedModel, raw pixels [batch, s, s, 3] -> softmax probabilities [batch, C], that
+    the converters start from (TFLite, ONNX). `output_name` names the output (else TensorFlow's default)."""
     import tensorflow as tf
     from keras.export import ExportArchive
 
-    size = run.model_config.image_size
-    model = run.model
+    size, model = run.model_config.image_size, run.model
 
     def probabilities(image):
-        return tf.nn.softmax(tf.cast(model(image, training=False), tf.float32), axis=-1)
+        out = tf.nn.softmax(tf.cast(model(image, training=False), tf.float32), axis=-1)
+        return out if output_name is None else {output_name: out}
 
     archive = ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        "serving_default", probabilities, [tf.TensorSpec([1, size, size, 3], tf.float32, name="image")]
-    )
-    path = scratch / "float32_saved_model"
+    spec = tf.TensorSpec([batch, size, size, 3], tf.float32, name=input_name)
+    archive.add_endpoint("serving_default", probabilities, [spec])
     archive.write_out(str(path), verbose=False)
+
+
+def _convert(run: TrainedRun, quantize: str, calibration, scratch: Path) -> bytes:
+    """A float32 SavedModel (raw pixels -> probabilities) converted with TFLiteConverter.from_saved_model."""
+    import tensorflow as tf
+
+    path = scratch / "float32_saved_model"
+    probabilities_saved_model(run, path, batch=1)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=["serving_default"])
     if quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -540,7 +583,7 @@ def export_tflite(
         raise UsageError(f"Received: output={str(output)!r}; expected a path ending in .tflite")
     if output.exists() and not overwrite:
         raise UsageError(f"{output} exists; pass --overwrite or another --output")
-    calibration = _calibration_images(run, calibration_data, calibration_samples) if quantize == "int8" else None
+    calibration = calibration_images(run, calibration_data, calibration_samples) if quantize == "int8" else None
     sample = held_out_sample(run, eval_samples, log)
     if sample is None and quantize == "int8":
         raise UsageError("int8 export checks accuracy on the run's validation split, which cannot be read")
@@ -566,7 +609,7 @@ def export_tflite(
     )
     if sample is not None:
         images, labels = sample
-        keras_probs = _keras_probabilities(run.model, images)
+        keras_probs = keras_probabilities(run.model, images)
         tflite_probs = runner(images)
         keras_accuracy = float((keras_probs.argmax(-1) == labels).mean())
         accuracy = float((tflite_probs.argmax(-1) == labels).mean())

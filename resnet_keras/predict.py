@@ -1,10 +1,15 @@
-"""Top-k predictions from an exported model (SavedModel or .tflite) for image files.
+"""Top-k predictions from an exported model (SavedModel, .tflite or .onnx) for image files, in batches.
 
 A SavedModel runs its ``serving_bytes`` signature, so decoding, resizing and cropping happen in
 the exported graph, exactly as TF Serving would do them. A .tflite file takes pixels: the same
 evaluation view (``preprocessing.eval_view``) is applied here, with the preprocessing and labels
 read from the ``<file>.tflite.json`` sidecar written by the export (without it: indices as labels
-and a plain resize, with a note).
+and a plain resize, with a note). An .onnx file takes pixels too, with its labels and preprocessing
+read from the file's own metadata (``onnx_export.OnnxPredictor``).
+
+Each predictor's ``batch(list of image bytes)`` scores a batch in one graph call (``predict``'s
+``batch_size``); a batch holding an undecodable image is retried image by image, so one bad file
+costs only its own result.
 """
 
 from __future__ import annotations
@@ -55,8 +60,16 @@ class _SavedModelPredictor:
         try:
             out = self._signature(**{self._input: tf.constant([data])})
         except tf.errors.InvalidArgumentError as error:
-            raise ValueError(NOT_AN_IMAGE) from error
+            raise ValueError(_decode_failure(error)) from error
         return out["probabilities"].numpy()[0]
+
+    def batch(self, datas: list[bytes]):
+        tf = self.tf
+        try:
+            out = self._signature(**{self._input: tf.constant(datas)})
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(_decode_failure(error)) from error
+        return out["probabilities"].numpy()
 
 
 class _TFLitePredictor:
@@ -64,10 +77,9 @@ class _TFLitePredictor:
         import tensorflow as tf
 
         from resnet_keras.export import TFLiteRunner
-        from resnet_keras.preprocessing import decode_image, eval_view
+        from resnet_keras.preprocessing import eval_view
 
         self.tf = tf
-        self.decode_image = decode_image
         self.path = path
         try:
             self.runner = TFLiteRunner(model_path=str(path))
@@ -85,12 +97,60 @@ class _TFLitePredictor:
         self.view = eval_view(preprocessing, self.runner.image_size)
 
     def __call__(self, data: bytes):
+        from resnet_keras.preprocessing import decode_image_checked as decode_image
+
         tf = self.tf
         try:
-            image = self.decode_image(data)
+            image = decode_image(data)
         except tf.errors.InvalidArgumentError as error:
-            raise ValueError(NOT_AN_IMAGE) from error
+            raise ValueError(_decode_failure(error)) from error
         return self.runner(self.view(image).numpy()[None])[0]
+
+    def batch(self, datas: list[bytes]):
+        return decode_batch(self, datas, self.runner)
+
+
+def decode_batch(predictor, datas: list[bytes], runner):
+    """``runner`` (pixels [n, s, s, 3] -> probabilities) on the evaluation view (``predictor.view``) of
+    each encoded image; ValueError when one does not decode."""
+    import numpy as np
+
+    from resnet_keras.preprocessing import decode_image_checked as decode_image
+
+    tf = predictor.tf
+    pixels = []
+    for data in datas:
+        try:
+            pixels.append(predictor.view(decode_image(data)).numpy())
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(_decode_failure(error)) from error
+    return runner(np.stack(pixels))
+
+
+def _decode_failure(error) -> str:
+    """Why an image did not decode: a size limit of the signature (its own words), else not an image."""
+    import re
+
+    found = re.search(r"image (has more than \d+ megapixels|larger than \d+ MB)", str(error))
+    return found.group(0) if found else NOT_AN_IMAGE
+
+
+def read_image_file(path: str) -> bytes:
+    """The bytes of an image file: a regular file (a FIFO or device would block or never end) of at
+    most MAX_IMAGE_BYTES that starts like a JPEG/PNG/GIF/BMP; ValueError or OSError otherwise."""
+    import stat
+
+    from resnet_keras.preprocessing import MAX_IMAGE_BYTES, is_image_file
+
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("not a regular file")
+    if info.st_size > MAX_IMAGE_BYTES:
+        raise ValueError(f"larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+    if not is_image_file(path):
+        raise ValueError(NOT_AN_IMAGE)
+    with open(path, "rb") as handle:
+        return handle.read(MAX_IMAGE_BYTES + 1)
 
 
 def load_predictor(model: str | os.PathLike):
@@ -99,53 +159,76 @@ def load_predictor(model: str | os.PathLike):
     if not path.exists():
         raise UsageError(f"Model not found: {path}")
     if path.is_file():
+        if path.suffix == ".onnx":
+            from resnet_keras.onnx_export import OnnxPredictor
+
+            return OnnxPredictor(path)
         if path.suffix != ".tflite":
-            raise UsageError(f"Received: model={str(path)!r}; expected a SavedModel folder or a .tflite file")
+            raise UsageError(f"Received: model={str(path)!r}; expected a SavedModel folder, a .tflite or an .onnx file")
         return _TFLitePredictor(path)
     return _SavedModelPredictor(path)
 
 
 def predict(
-    model: str | os.PathLike, images: list[str], top_k: int = 5, on_error: Callable[[str], None] | None = None
+    model: str | os.PathLike,
+    images: list[str],
+    top_k: int = 5,
+    on_error: Callable[[str], None] | None = None,
+    batch_size: int = 32,
 ) -> list[dict]:
     """One result per image: ``{"image", "predictions": [{"rank", "index", "label", "probability"}]}``
     or ``{"image", "error"}`` for a file that cannot be read or decoded (the others still run).
 
-    ``on_error(message)`` is called with one line per failed image. Raises UsageError for a bad
-    model path or top_k.
+    Images are scored ``batch_size`` at a time, one graph call per batch. ``on_error(message)`` is
+    called with one line per failed image. Raises UsageError for a bad model path, top_k or batch_size.
     """
     import numpy as np
 
-    from resnet_keras.preprocessing import is_image_file
-
     expect(is_int(top_k) and top_k >= 1, "top_k", top_k, "an integer >= 1")
+    expect(is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
     predictor = load_predictor(model)
     for note in getattr(predictor, "notes", []):
         if on_error:
             on_error(note)
     top_k = min(top_k, len(predictor.labels))
-    results = []
-    for image in images:
-        try:
-            with open(image, "rb") as handle:
-                data = handle.read()
-            if not is_image_file(image):
-                raise ValueError(NOT_AN_IMAGE)
-            probabilities = predictor(data)
-        except (OSError, ValueError) as error:
-            message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            results.append(dict(image=image, error=message))
-            if on_error:
-                on_error(f"Error: {image}: {message}")
-            continue
+
+    def failed(image, error):
+        message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        if on_error:
+            on_error(f"Error: {image}: {message}")
+        return dict(image=image, error=message)
+
+    def ranked(image, probabilities):
         order = np.argsort(-probabilities, kind="stable")[:top_k]
-        results.append(
-            dict(
-                image=image,
-                predictions=[
-                    dict(rank=rank, index=int(i), label=predictor.labels[i], probability=float(probabilities[i]))
-                    for rank, i in enumerate(order, start=1)
-                ],
-            )
+        return dict(
+            image=image,
+            predictions=[
+                dict(rank=rank, index=int(i), label=predictor.labels[i], probability=float(probabilities[i]))
+                for rank, i in enumerate(order, start=1)
+            ],
         )
-    return results
+
+    results: dict[int, dict] = {}
+    for start in range(0, len(images), batch_size):
+        readable = []  # (position, image, bytes)
+        for position in range(start, min(start + batch_size, len(images))):
+            image = images[position]
+            try:
+                readable.append((position, image, read_image_file(image)))
+            except (OSError, ValueError) as error:
+                results[position] = failed(image, error)
+        if not readable:
+            continue
+        try:
+            probabilities = predictor.batch([data for _, _, data in readable])
+        except ValueError:  # one image in the batch does not decode: score them one by one
+            probabilities = None
+        for row, (position, image, data) in enumerate(readable):
+            if probabilities is not None:
+                results[position] = ranked(image, probabilities[row])
+                continue
+            try:
+                results[position] = ranked(image, predictor.batch([data])[0])
+            except ValueError as error:
+                results[position] = failed(image, error)
+    return [results[position] for position in range(len(images))]

@@ -30,6 +30,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 CIFAR_PAD = 4
 CENTRE_CROP_FRACTION = 0.875
+# What the serving signature and `predict` accept, checked before anything is decoded: a 1 MB PNG can
+# declare 20000 x 20000 pixels (1.2 GB decoded). 50 MB and 64 megapixels pass any camera's photos.
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 # ----------------------------------------------------------------------------- files
@@ -58,6 +62,65 @@ def decode_image(data) -> tf.Tensor:
     """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 RGB [h, w, 3] (first frame of a GIF)."""
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     return tf.ensure_shape(image, [None, None, 3])
+
+
+def _bytes_at(data, offset: int, count: int, big_endian: bool) -> tf.Tensor:
+    """The unsigned integer of `count` bytes at `offset` of a scalar string (0 past its end), int64."""
+    raw = tf.io.decode_raw(tf.strings.substr(data, offset, count), tf.uint8)
+    raw = tf.cast(tf.pad(raw, [[0, count - tf.shape(raw)[0]]]), tf.int64)
+    weights = tf.constant([256**k for k in (range(count - 1, -1, -1) if big_endian else range(count))], tf.int64)
+    return tf.reduce_sum(raw * weights)
+
+
+def encoded_size(data) -> tf.Tensor:
+    """int64 [height, width] that an encoded JPEG/PNG/GIF/BMP declares in its header, without decoding.
+
+    Other bytes give [0, 0] (decoding then fails with its own error)."""
+    magic2, magic4 = tf.strings.substr(data, 0, 2), tf.strings.substr(data, 0, 4)
+
+    def jpeg():
+        return tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)
+
+    def png():  # IHDR: width, height as big-endian uint32 at bytes 16 and 20
+        return tf.stack([_bytes_at(data, 20, 4, True), _bytes_at(data, 16, 4, True)])
+
+    def gif():  # logical screen: little-endian uint16 width, height at bytes 6 and 8
+        return tf.stack([_bytes_at(data, 8, 2, False), _bytes_at(data, 6, 2, False)])
+
+    def bmp():  # BITMAPINFOHEADER: little-endian int32 width, height (negative: top-down) at 18 and 22
+        height = _bytes_at(data, 22, 4, False)
+        height = tf.where(height >= 2**31, 2**32 - height, height)
+        return tf.stack([height, _bytes_at(data, 18, 4, False)])
+
+    return tf.case(
+        [
+            (tf.equal(magic2, b"\xff\xd8"), jpeg),
+            (tf.equal(magic4, b"\x89PNG"), png),
+            (tf.equal(tf.strings.substr(data, 0, 3), b"GIF"), gif),
+            (tf.equal(magic2, b"BM"), bmp),
+        ],
+        default=lambda: tf.zeros([2], tf.int64),
+    )
+
+
+def decode_image_checked(data) -> tf.Tensor:
+    """`decode_image` after checking the encoded size (MAX_IMAGE_BYTES) and the pixel count its header
+    declares (MAX_IMAGE_PIXELS); InvalidArgumentError with a message that says which limit."""
+    size = encoded_size(data)
+    checks = [
+        tf.debugging.assert_less_equal(
+            tf.cast(tf.strings.length(data), tf.int64),
+            tf.constant(MAX_IMAGE_BYTES, tf.int64),
+            message=f"image larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB",
+        ),
+        tf.debugging.assert_less_equal(
+            size[0] * size[1],
+            tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+            message=f"image has more than {MAX_IMAGE_PIXELS // 1_000_000} megapixels",
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return decode_image(tf.identity(data))
 
 
 def to_rgb(image) -> tf.Tensor:

@@ -29,7 +29,7 @@ from typing import Any
 
 from resnet_keras.config import DataConfig, ModelConfig, TrainConfig
 from resnet_keras.errors import UsageError, expect
-from resnet_keras.files import write_atomic
+from resnet_keras.files import save_model_atomic, write_atomic
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "finished_at")
 WEIGHTS = ("final", "best")
@@ -216,9 +216,7 @@ class RunDir:
         os.replace(tmp, self.file(self.BEST_WEIGHTS))
 
     def save_final_model(self, model) -> None:
-        tmp = self.file(f".model.tmp-{os.getpid()}.keras")
-        model.save(str(tmp))
-        os.replace(tmp, self.file(self.FINAL_MODEL))
+        save_model_atomic(model, self.file(self.FINAL_MODEL))
 
     def weights_file(self, weights: str = "final") -> str:
         """The file `load_model(weights)` reads: model.keras for "final" when it exists, else best."""

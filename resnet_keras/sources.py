@@ -254,11 +254,6 @@ def _folder_source(config: DataConfig) -> Source:
             )
         train_dir = root
     class_names = tuple(d.name for d in _subdirs(train_dir))
-    if len(class_names) < 2:
-        raise DataError(
-            f"{train_dir} has {len(class_names)} class folder ({', '.join(class_names)}); a classifier needs at "
-            f"least 2 (expected {layouts})"
-        )
     unprintable = [name for name in class_names if not name.isprintable()]
     if unprintable:
         raise DataError(

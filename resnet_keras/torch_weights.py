@@ -37,6 +37,7 @@ import numpy as np
 from resnet_keras import specs, weight_sets
 from resnet_keras.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from resnet_keras.errors import UsageError
+from resnet_keras.files import check_output_file, save_model_atomic
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -377,22 +378,10 @@ def convert(
     log: Callable[[str], None] = print,
 ) -> ModelConfig:
     """Writes `source`'s weights as our `.keras` model (hidden sibling, then rename: all or nothing)."""
-    output = Path(output)
-    if output.suffix != ".keras":
-        raise UsageError(f"Received: output={str(output)!r}; expected a file name ending in .keras")
-    if output.exists() and not overwrite:
-        raise UsageError(f"{output} exists; pass --overwrite to replace it")
-    if not output.parent.is_dir():
-        raise UsageError(f"Received: output={str(output)!r}; the folder {output.parent} does not exist")
+    output = check_output_file(output, suffix=".keras", overwrite=overwrite)
     resolved = resolve(source, depth=depth, log=log)
     model, config = build(resolved, image_size=image_size)
-    tmp = output.with_name(f".{output.stem}.tmp.keras")
-    try:
-        model.save(str(tmp))
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_model_atomic(model, output)
     what = f"logits [batch, {config.num_classes}]" if config.include_top else "per-stage features (no fc in the file)"
     log(
         f"Wrote {output}: {resolved.label} as {config.name}, raw RGB 0-255 [batch, {image_size}, {image_size}, 3] in "

@@ -172,6 +172,11 @@ def _prepare(model_config, data_config, train_config, run: RunDir, log) -> _Setu
             f"Received: num_classes={model_config.num_classes}; dataset {data_config.dataset!r} "
             f"has {info.num_classes} classes."
         )
+    if info.num_classes < 2:  # one class: every prediction is right and nothing is learned
+        raise UsageError(
+            f"dataset {data_config.dataset!r} has {info.num_classes} class ({', '.join(info.class_names)}); "
+            "a classifier needs at least 2"
+        )
     if train_config.family != model_config.family:
         raise UsageError(
             f"Received: train family={train_config.family!r} for a {model_config.family}-family model; "

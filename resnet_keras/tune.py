@@ -565,6 +565,32 @@ def role() -> str:
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
 
 
+def check_oracle_address(allow_remote: bool) -> None:
+    """Refuses to serve KerasTuner's oracle beyond this machine unless asked.
+
+    The chief serves the oracle with gRPC on KERASTUNER_ORACLE_IP with no authentication and no
+    encryption: anyone who reaches the port can read the search and report forged results. On
+    loopback only local workers reach it; across machines use a private network, an SSH tunnel
+    (chief on 127.0.0.1, `ssh -L PORT:127.0.0.1:PORT chief` from each worker) or a mesh VPN, and
+    pass `allow_remote` (--allow-remote-oracle) for a non-loopback address.
+    """
+    import ipaddress
+
+    address = os.environ.get("KERASTUNER_ORACLE_IP", "")
+    if address in ("localhost", "") or allow_remote:
+        return
+    try:
+        loopback = ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost
+        loopback = False
+    if not loopback:
+        raise UsageError(
+            f"KERASTUNER_ORACLE_IP={address} would serve KerasTuner's oracle, which has no authentication, "
+            "beyond this machine; use 127.0.0.1 with an SSH tunnel, or pass --allow-remote-oracle on a private "
+            "network (README: Hyperparameter search)"
+        )
+
+
 def _prepare_results_dir(results_dir: Path, spec: dict, overwrite: bool, who: str) -> bool:
     """Creates or checks `results_dir`; True when it holds this search already (resume)."""
     search_file = results_dir / SEARCH_FILE
@@ -683,6 +709,7 @@ def search(
     results_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
+    allow_remote_oracle: bool = False,
     log: Callable[[str], None] = print,
 ) -> SearchResult | None:
     """Runs (or resumes) a search; returns the ranked trials, or None on a distributed worker.
@@ -695,6 +722,8 @@ def search(
     from resnet_keras import data as data_lib
 
     who = role()
+    if who == "chief":
+        check_oracle_address(allow_remote_oracle)
     results_dir = Path(results_dir)
     info = data_lib.describe(data_config)  # fails fast (exit 2) on a missing dataset
     if tune.tuner == "hyperband" and train_config.warmup_epochs:

@@ -34,6 +34,7 @@ import numpy as np
 from resnet_keras import network, tf_compat
 from resnet_keras.config import ModelConfig
 from resnet_keras.errors import UsageError
+from resnet_keras.files import check_output_file, save_model_atomic
 
 # keras.applications name -> (depth, variant, keras constructor). v1 is the paper's layout.
 KERAS_APPS = {
@@ -375,22 +376,10 @@ def convert(
 
     The file is written to a hidden sibling and renamed, so a failure leaves nothing behind.
     """
-    output = Path(output)
-    if output.suffix != ".keras":
-        raise UsageError(f"Received: output={str(output)!r}; expected a file name ending in .keras")
-    if output.exists() and not overwrite:
-        raise UsageError(f"{output} exists; pass --overwrite to replace it")
-    if not output.parent.is_dir():
-        raise UsageError(f"Received: output={str(output)!r}; the folder {output.parent} does not exist")
+    output = check_output_file(output, suffix=".keras", overwrite=overwrite)
     resolved = resolve_keras_source(source, app=app)
     model, config = import_keras_model(resolved, image_size=image_size, log=log)
-    tmp = output.with_name(f".{output.stem}.tmp.keras")
-    try:
-        model.save(str(tmp))
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_model_atomic(model, output)
     what = "logits [batch, 1000]" if config.include_top else "per-stage features (notop weights)"
     log(
         f"Wrote {output}: {describe_app(resolved.app)} as {config.name} ({config.layout} layout), "

@@ -1,6 +1,6 @@
 """Does pretraining transfer? ResNet-20 pretrained on 8 CIFAR-10 classes, fine-tuned on the 2 it never saw.
 
-The issue-8 check: pretrain on airplane, automobile, bird, deer, frog, horse, ship, truck; then
+Pretrain on airplane, automobile, bird, deer, frog, horse, ship, truck; then
 train cat vs dog twice with the same recipe, steps and seed: once from the pretrained weights
 (`init_from`, new 2-class head) and once from scratch; evaluate both on held-out cat/dog images
 that neither run saw. Everything goes through the project's one training loop (`train.train`)

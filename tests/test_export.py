@@ -21,6 +21,7 @@ from resnet_keras import export as export_lib
 from resnet_keras.cli import cli
 from resnet_keras.config import ModelConfig
 from resnet_keras.data import DataConfig
+from resnet_keras.files import owner_tag
 from resnet_keras.preprocessing import eval_view
 from resnet_keras.train import TrainConfig, train
 
@@ -240,8 +241,12 @@ def test_a_failed_export_leaves_no_version_and_no_temp(run_dir, tmp_path, monkey
     base, model_base = tmp_path / "saved", tmp_path / "saved" / "resnet8_w0.25"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = model_base / f".tmp-1-{dead.pid}"
+    host = owner_tag().rpartition("-")[0]
+    stale = model_base / f".tmp-1-{host}-{dead.pid}"
     (stale / "variables").mkdir(parents=True)
+    # Another machine's export in progress on a shared file system: its pid means nothing here.
+    elsewhere = model_base / f".tmp-2-other_host-{dead.pid}"
+    (elsewhere / "variables").mkdir(parents=True)
 
     def disk_full(root):
         assert (root / "saved_model.pb").exists()  # fails mid-way: the model is already on disk
@@ -250,7 +255,7 @@ def test_a_failed_export_leaves_no_version_and_no_temp(run_dir, tmp_path, monkey
     monkeypatch.setattr(export_lib, "fsync_tree", disk_full)
     with pytest.raises(OSError, match="No space left"):
         export_lib.export_saved_model(run_dir, base, log=quiet)
-    assert sorted(p.name for p in model_base.iterdir()) == []
+    assert sorted(p.name for p in model_base.iterdir()) == [elsewhere.name]
 
 
 def test_export_needs_no_data_when_the_run_has_labels(run_dir, tmp_path):
@@ -458,12 +463,46 @@ def test_predict_saved_model_and_tflite(exported, trained, run_dir, val_files, t
     assert lines[1].split()[:2] == ["1.", trained.class_names[expected[0].argmax()]]
 
 
+def test_export_base_dir_that_is_a_file_is_one_line_exit_2(run_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = cli_run("export", "--model-dir", run_dir, "--base-dir", tmp_path / "file")
+    assert result.exit_code == 2
+    one_error_line(result, str(tmp_path / "file"))
+
+
+def test_images_too_large_to_decode_are_refused_before_decoding(exported, trained, val_files, tmp_path):
+    """A 100 KB PNG that declares 9000 x 9000 pixels (243 MB decoded) is refused by the serving
+    signature and by predict with the limit in the message; a FIFO is refused without blocking."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(buffer, "PNG")
+    (tmp_path / "huge.png").write_bytes(buffer.getvalue())
+    assert len(buffer.getvalue()) < 200_000
+    os.mkfifo(tmp_path / "pipe.jpg")
+    loaded = tf.saved_model.load(exported["path"])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than 67 megapixels"):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([buffer.getvalue()]))
+    normal = open(val_files[0], "rb").read()
+    assert loaded.signatures["serving_bytes"](image_bytes=tf.constant([normal]))["probabilities"].shape == (1, 10)
+
+    images = [val_files[0], str(tmp_path / "huge.png"), str(tmp_path / "pipe.jpg")]
+    result = cli_run("predict", exported["model_base_path"], *images, "--json")
+    assert result.exit_code == 1
+    entries = json.loads(result.stdout)
+    assert "predictions" in entries[0]
+    assert entries[1]["error"] == "image has more than 67 megapixels" and entries[2]["error"] == "not a regular file"
+
+
 @pytest.mark.parametrize(
     "model, fragment",
     [
         ("missing", "Model not found"),
         ("dir", "is neither a SavedModel"),
-        ("file", "expected a SavedModel folder or a .tflite file"),
+        ("file", "expected a SavedModel folder, a .tflite or an .onnx file"),
     ],
 )
 def test_predict_bad_model(tmp_path, val_files, model, fragment):
@@ -616,10 +655,14 @@ def test_benchmark_export_quick(tmp_path):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r.get("format") for r in records[:-1]] == [
         "keras",
+        "keras_xla",
         "saved_model",
+        "saved_model_bare",
         "tflite_float32",
         "tflite_float16",
         "tflite_dynamic",
         "tflite_int8",
+        "onnx_float32",
+        "onnx_int8",
     ]
     assert all(r["latency_ms_median"] > 0 for r in records[:-1]) and records[-1]["summary"]

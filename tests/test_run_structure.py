@@ -141,6 +141,22 @@ def test_a_hook_that_raises_stops_the_run_with_the_epoch_checkpointed(tmp_path):
         TINY, DataConfig(dataset="digits"), TrainConfig(epochs=3, batch_size=64, steps_per_epoch=1), tmp_path, log=quiet
     )
     assert metrics["epochs"] == 3 and metrics["trained_epochs_this_run"] == 2
+    # A rerun of the finished run trains nothing and keeps the record of the runs that trained.
+    again = train(
+        TINY, DataConfig(dataset="digits"), TrainConfig(epochs=3, batch_size=64, steps_per_epoch=1), tmp_path, log=quiet
+    )
+    assert again == metrics == json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_a_file_system_that_refuses_writes_is_one_line_exit_2(tmp_path, monkeypatch):
+    def refuse(self, *args):
+        raise PermissionError(13, "Permission denied", str(self.path))
+
+    monkeypatch.setattr(RunDir, "start", refuse)
+    args = ["train", "--dataset", "digits", "--depth", "8", "--width", "0.25", "--image-size", "16"]
+    result = CliRunner().invoke(cli, [*args, "--epochs", "1", "--model-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"Error: Permission denied: {tmp_path / 'run'}"
 
 
 # ----------------------------------------------------------------------------- evaluation on other folders
@@ -211,3 +227,68 @@ def test_option_file_values_are_checked_like_the_command_line(tmp_path, line, fr
     assert result.exit_code == 2, result.output
     assert fragment in result.output and "Traceback" not in result.output
     assert (run / "keep.txt").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------- durable publishing
+
+
+def test_an_overwrite_killed_between_its_two_renames_is_undone_by_the_next_writer(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from resnet_keras.files import recover_replaced, remove_stale_temps
+
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_text("old version")
+    (tmp_path / ".tmp-1-x").mkdir()
+    code = textwrap.dedent(f"""
+        import os
+        from resnet_keras import files
+        real_rename = os.rename
+        def rename(src, dst):
+            real_rename(src, dst)
+            if ".old-" in str(dst):
+                os._exit(9)  # killed right after moving the old version aside
+        os.rename = rename
+        files.publish_dir({str(tmp_path / ".tmp-1-x")!r}, {str(tmp_path / "1")!r}, overwrite=True)
+    """)
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    assert not (tmp_path / "1").exists() and len(list(tmp_path.glob(".old-1-*"))) == 1
+    assert recover_replaced(tmp_path) == [tmp_path / "1"]
+    assert (tmp_path / "1" / "saved_model.pb").read_text() == "old version"
+    remove_stale_temps(tmp_path)  # the killed writer's .tmp-1-x has no host-pid tag: not ours to judge
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-1-x", "1"]
+
+
+def test_ctrl_c_ends_the_command_with_130_and_the_same_command_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-c",
+        "from resnet_keras.cli import main; main()",
+        "train",
+        *["--dataset", "digits", "--depth", "8", "--width", "0.25", "--image-size", "16", "--batch-size", "64"],
+        *["--epochs", "200", "--model-dir", str(tmp_path / "run")],
+    ]
+    # A shell starts background jobs with SIGINT ignored; a terminal's foreground job has it on.
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    for line in process.stdout:
+        if line.startswith("epoch 1/"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "Aborted." and "Traceback" not in stderr
+    resumed = subprocess.run([*command[:-4], "--epochs", "2", *command[-2:]], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming" in resumed.stdout and "epoch 2/2" in resumed.stdout

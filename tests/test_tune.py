@@ -212,6 +212,26 @@ def test_a_folder_that_is_not_a_search_is_refused(tmp_path, shared_data):
     assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize(
+    "address, allowed", [("10.1.2.3", False), ("0.0.0.0", False), ("127.0.0.2", True), ("::1", True)]
+)
+def test_the_chief_serves_the_unauthenticated_oracle_on_loopback_only_unless_allowed(
+    tmp_path, shared_data, monkeypatch, address, allowed
+):
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", address)
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "1")
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+    import resnet_keras.tune as tune_module
+
+    if allowed:
+        tune_module.check_oracle_address(allow_remote=False)
+        return
+    result = tune_cli(*data_args(shared_data), *TINY, "--results-dir", str(tmp_path / "r"))
+    assert result.exit_code == 2 and "no authentication" in result.output and "--allow-remote-oracle" in result.output
+    assert not (tmp_path / "r").exists()
+    tune_module.check_oracle_address(allow_remote=True)  # the explicit flag lets it through
+
+
 def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_search(tmp_path, shared_data, monkeypatch):
     # The training loop raises TrainingFailure when the loss becomes NaN; stand in for it so that
     # real KerasTuner bookkeeping is tested without training.
