@@ -31,6 +31,7 @@ setup(
         "scikit-learn",  # the bundled `digits` dataset, and Bayesian search in keras-tuner
         "matplotlib",  # training-curve and confusion-matrix PNGs
         "pyyaml",  # --config files
+        "pillow",  # `prepare` decodes and re-encodes images (matplotlib already brings it)
         # torchvision/timm weights in the hub's .safetensors format, read with its numpy API (no PyTorch).
         "safetensors>=0.4",
         # LiteRT's interpreter, which TF 2.21 recommends over the deprecated tf.lite.Interpreter (no Windows

@@ -269,7 +269,10 @@ _runtime_options = _options(
 )
 _source_options = _options(
     click.option(
-        "--dataset", default="cifar10", show_default=True, help="A TFDS name, 'digits', 'synthetic' or 'folder'."
+        "--dataset",
+        default="cifar10",
+        show_default=True,
+        help="A TFDS name, 'digits', 'synthetic', 'folder' or 'tfrecord' (shards from `prepare`).",
     ),
     click.option("--data-dir", help="Dataset root: the image folder, or the TFDS data directory."),
     click.option("--val-split", help="Validation split (default: the dataset's, else held out of train)."),
@@ -414,6 +417,18 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 )
 @click.option("--overwrite", is_flag=True, help="Delete an existing run in --model-dir and start fresh.")
 @click.option(
+    "--label-offset",
+    type=int,
+    default=0,
+    show_default=True,
+    help="--dataset tfrecord: subtracted from the stored labels (1 for the ImageNet scripts' 1-based labels).",
+)
+@click.option(
+    "--checkpoint-every",
+    help="Also checkpoint within epochs: every N steps (500) or a time (90s, 10m, 1h). "
+    "SIGTERM always saves at the next step and exits 143; rerunning resumes at that step.",
+)
+@click.option(
     "--export",
     "export",
     is_flag=True,
@@ -456,7 +471,8 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.pass_context
 def train(ctx, **params):
     """Train a ResNet with checkpoints, resume, TensorBoard logs, history and curves."""
-    allowed = _MODEL_KEYS + _DATA_KEYS + _TRAIN_KEYS + ("model_dir", "overwrite", "export")
+    allowed = _MODEL_KEYS + _DATA_KEYS + _TRAIN_KEYS
+    allowed += ("model_dir", "overwrite", "export", "checkpoint_every", "label_offset")
     p = _merge_config_file(ctx, params, allowed)
     from resnet_keras.config import ModelConfig
     from resnet_keras.data import DataConfig
@@ -469,6 +485,7 @@ def train(ctx, **params):
         seed=p["seed"],
         deterministic=bool(p["deterministic"]),
         skip_corrupt=bool(p["skip_corrupt"]),
+        label_offset=p["label_offset"],
     )
     model_overrides = {
         key: p[key] for key in ("family", "variant", "width", "shortcut", "image_size") if p[key] is not None
@@ -522,7 +539,15 @@ def train(ctx, **params):
     model_dir = p["model_dir"]
     if model_dir is None:
         model_dir = os.path.join("runs", f"{model_config.name}-{p['dataset'].replace('/', '_')}")
-    run_training(model_config, data_config, train_config, model_dir, overwrite=bool(p["overwrite"]), log=click.echo)
+    run_training(
+        model_config,
+        data_config,
+        train_config,
+        model_dir,
+        overwrite=bool(p["overwrite"]),
+        log=click.echo,
+        checkpoint_every=p["checkpoint_every"],
+    )
     if p.get("export"):
         from resnet_keras.export import export_saved_model
 
@@ -1241,6 +1266,41 @@ def _exit_promptly_on_ctrl_c(grace_seconds: float = 2.0) -> None:
         os._exit(130)
 
     threading.Thread(target=watch, name="ctrl-c-watchdog", daemon=True).start()
+
+
+@cli.command()
+@click.option("--dataset", default="folder", show_default=True, help="'folder' or a TFDS name.")
+@click.option("--data-dir", help="The image folder (<split>/<class>/<image> or <class>/<image>), or the TFDS data dir.")
+@click.option("--output", required=True, type=_Path(file_okay=False), help="A new (or an interrupted) output folder.")
+@click.option("--val-split", help="Validation split (default: the dataset's, else held out of train).")
+@click.option(
+    "--validation-fraction",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Fraction of train held out when the dataset has no validation split.",
+)
+@click.option(
+    "--images-per-shard", type=click.IntRange(min=1), default=1024, show_default=True, help="Examples per file."
+)
+@click.option("--processes", type=click.IntRange(min=1), help="Worker processes (default: the CPU count).")
+@click.option("--skip-corrupt", is_flag=True, help="Skip images that do not decode (listed in the manifest).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the order examples are written in.")
+def prepare(dataset, data_dir, output, val_split, validation_fraction, images_per_shard, processes, skip_corrupt, seed):
+    """Write an image folder or a TFDS dataset as sharded TFRecords (the ImageNet schema) for
+    `train --dataset tfrecord --data-dir OUTPUT`; rerunning an interrupted prepare keeps its shards."""
+    from resnet_keras.config import DataConfig
+    from resnet_keras.records import prepare as run_prepare
+
+    config = DataConfig(
+        dataset=dataset,
+        data_dir=data_dir,
+        val_split=val_split,
+        validation_fraction=validation_fraction,
+        skip_corrupt=skip_corrupt,
+        seed=seed,
+    )
+    run_prepare(config, output, images_per_shard=images_per_shard, processes=processes, log=click.echo)
 
 
 def main():  # console-script entry point

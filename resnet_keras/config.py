@@ -248,6 +248,8 @@ class DataConfig:
     skip_corrupt: bool = False
     synthetic_examples: int = 1024
     synthetic_classes: int = 10
+    # "tfrecord": subtracted from image/class/label (1 for the ImageNet conversion scripts' labels).
+    label_offset: int = 0
 
     def __post_init__(self):
         def check(names, ok, expected):
@@ -264,6 +266,7 @@ class DataConfig:
         check(("seed",), lambda v: is_int(v) and 0 <= v < SEED_LIMIT, "an integer in [0, 2**32)")
         check(("shuffle_buffer",), lambda v: is_int(v) and v >= 1, "an integer >= 1")
         check(("synthetic_examples", "synthetic_classes"), lambda v: is_int(v) and v >= 2, "an integer >= 2")
+        check(("label_offset",), lambda v: is_int(v) and 0 <= v < 2**31, "an integer >= 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -115,8 +115,12 @@ def make_dataset(
             batch_size = input_context.get_per_replica_batch_size(batch_size)
         except ValueError as err:
             raise DataError(f"Received: batch_size={batch_size}; {err}") from err
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        count = len(range(count)[input_context.input_pipeline_id :: input_context.num_input_pipelines])
+        if part.read_shard is not None:  # whole files per pipeline: each worker reads 1/N of the bytes
+            items, count = part.read_shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+            ds = items.enumerate()
+        else:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+            count = len(range(count)[input_context.input_pipeline_id :: input_context.num_input_pipelines])
 
     options = tf.data.Options()
     # Evaluation keeps the order regardless, so predictions line up with files and labels.
@@ -129,13 +133,20 @@ def make_dataset(
         else tf.data.experimental.AutoShardPolicy.DATA
     )
 
-    ds = ds.map(_decoder(part, family, image_size), num_parallel_calls=tf.data.AUTOTUNE)
     skipped = part.skipped
     use_cache = (
         config.cache
-        and config.dataset != "synthetic"
+        and config.dataset not in ("synthetic", "tfrecord")  # sharded records are streamed: any size
         and _cache_bytes(part, count, family, image_size) <= CACHE_LIMIT_BYTES
     )
+    # Streamed ImageNet-style training decodes only each random crop (preprocessing.decode_random_crop).
+    fused = (
+        training
+        and family == "imagenet"
+        and not use_cache
+        and (part.jpeg or bool(part.files and not config.skip_corrupt))
+    )
+    ds = ds.map(_encoded(part) if fused else _decoder(part, family, image_size), num_parallel_calls=tf.data.AUTOTUNE)
     if part.files and (use_cache or config.skip_corrupt):
         ds = ds.ignore_errors(log_warning=not use_cache)
     if use_cache:
@@ -230,6 +241,16 @@ def _decoder(part: Split, family: str, size: int):
         return index, image if family == "imagenet" else resize_to(image, size), label
 
     return decode
+
+
+def _encoded(part: Split):
+    """(index, (item, label)) -> (index, encoded image bytes, label), for the fused decode-and-crop."""
+
+    def read(index, item_label):
+        item, label = item_label
+        return index, item if part.jpeg else tf.io.read_file(item), label
+
+    return read
 
 
 def _cache_bytes(part: Split, count: int, family: str, size: int) -> float:

@@ -312,3 +312,16 @@ def peer_guard(function: Callable, strategy) -> Callable:
             ) from None
 
     return guarded
+
+
+def any_worker(strategy) -> Callable[[bool], bool]:
+    """agree(flag) -> whether any replica's worker passed True: one small all-reduce that every
+    worker runs at the same point of the loop, so all of them act on a signal (SIGTERM) that
+    reached only some. Lost peers fail as in `peer_guard`."""
+
+    @tf.function(autograph=False)
+    def count(flag):
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.identity, args=(flag,)), axis=None)
+
+    guarded = peer_guard(count, strategy)
+    return lambda flag: int(guarded(tf.constant(1 if flag else 0, tf.int32))) > 0

@@ -43,6 +43,16 @@ class ExportFailure(ResNetKerasError):
     exit_code = 1
 
 
+class Preempted(ResNetKerasError):
+    """Training stopped on SIGTERM after saving a checkpoint; the same command resumes it.
+
+    Exit code 143 (128 + SIGTERM) is what a shell or an orchestrator reports for a process that
+    SIGTERM killed: a job controller that restarts on failure restarts it, and the restart resumes.
+    """
+
+    exit_code = 143
+
+
 def expect(ok: bool, field: str, value, expected: str) -> None:
     """Raises ConfigError("Received: field=value; expected ...") unless `ok`."""
     if not ok:

@@ -2,13 +2,14 @@
 
 `train.train` assembles them in this order, which is the order they run at each call:
 StopOnNaN, LowLrStart, FineTunePhases, ProgressBar, History, TensorBoard, BestWeights,
-Checkpoint, EpochLog, RunSummary. History is written before the checkpoint: a crash between
+Checkpoint, EpochLog, Preemption, RunSummary. History is written before the checkpoint: a crash between
 the two leaves a history row the checkpoint lacks, and a resume drops it.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from resnet_keras.config import LOW_LR_UNTIL_ERROR
-from resnet_keras.errors import TrainingFailure
+from resnet_keras.errors import Preempted, TrainingFailure, UsageError
 from resnet_keras.rundir import RunDir
 from resnet_keras.trainer import Hook
 
@@ -137,14 +138,142 @@ class BestWeights(Hook):
 
 
 class Checkpoint(Hook):
-    """The epoch's checkpoint (model, optimizer, epoch counter); the manager keeps the last two."""
+    """Checkpoints (model, optimizer, completed epochs, progress in the epoch) named by global
+    step, `ckpt-<epochs done x steps per epoch + steps done>`: at each epoch end and, with
+    `every`, within epochs; the manager keeps the last two.
 
-    def __init__(self, manager, epoch_variable):
-        self.manager, self.epoch_variable = manager, epoch_variable
+    `progress_variable` holds `trainer.progress.to_array()` (zeros at an epoch end), so a resume
+    from a mid-epoch checkpoint continues the epoch where it stopped (`Trainer.fit(within=...)`).
+    """
+
+    def __init__(self, manager, epoch_variable, progress_variable=None, every: CheckpointInterval | None = None):
+        self.manager, self.epoch_variable, self.progress_variable = manager, epoch_variable, progress_variable
+        self.every = every
+
+    def on_train_begin(self):
+        self.saved_at = (self.trainer.start_epoch, self.trainer.progress.steps)
+        self.last_time = time.monotonic()
+
+    def on_train_batch_end(self, epoch, step, values):
+        # The last step's position is saved by the epoch end, a validation later.
+        if self.every is None or step == self.trainer.steps_per_epoch:
+            return
+        since = self.global_step(epoch - 1, step) - self.global_step(*self.saved_at)
+        if self.every.due(since, time.monotonic() - self.last_time):
+            self.save(epoch - 1, step)
 
     def on_epoch_end(self, epoch, logs):
-        self.epoch_variable.assign(epoch)
-        self.manager.save(checkpoint_number=epoch)
+        self.save(epoch, 0)
+
+    def global_step(self, epochs_done: int, step: int) -> int:
+        return epochs_done * self.trainer.steps_per_epoch + step
+
+    def save(self, epochs_done: int, step: int) -> str:
+        """Saves the position "`step` steps into the epoch after `epochs_done`" (once per position).
+
+        Step `steps_per_epoch` (a preemption at the epoch's last step) shares its number with the
+        epoch end, which overwrites it once validation has run.
+        """
+        if self.saved_at == (epochs_done, step) and self.manager.latest_checkpoint:
+            return self.manager.latest_checkpoint
+        self.epoch_variable.assign(epochs_done)
+        if self.progress_variable is not None:
+            self.progress_variable.assign(self.trainer.progress.to_array() if step else np.zeros(6))
+        path = self.manager.save(checkpoint_number=self.global_step(epochs_done, step))
+        self.saved_at, self.last_time = (epochs_done, step), time.monotonic()
+        return path
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInterval:
+    """`--checkpoint-every`: a number of steps ("500") or of seconds, minutes or hours ("90s",
+    "10m", "1h"); a time interval is checked at step ends."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text) -> CheckpointInterval | None:
+        if text is None or isinstance(text, CheckpointInterval):
+            return text
+        value = str(text).strip().lower()
+        units = {"s": 1, "m": 60, "h": 3600}
+        try:
+            if value[-1:] in units:
+                seconds = float(value[:-1]) * units[value[-1]]
+                if 0 < seconds < float("inf"):
+                    return cls(seconds=seconds)
+            elif int(value) >= 1:
+                return cls(steps=int(value))
+        except ValueError:
+            pass
+        raise UsageError(
+            f"Received: checkpoint_every={text!r}; expected a number of steps >= 1 (e.g. 500) "
+            "or a time such as 90s, 10m or 1h"
+        )
+
+    def due(self, steps_since: int, seconds_since: float) -> bool:
+        return steps_since >= self.steps if self.steps is not None else seconds_since >= self.seconds
+
+
+class Preemption(Hook):
+    """On SIGTERM (what Kubernetes, Vertex AI and spot VMs send before killing a machine), saves a
+    checkpoint at the next step boundary and stops with `Preempted` (exit code 143, what a
+    process killed by SIGTERM reports); rerunning the same command resumes at that step.
+
+    A SIGTERM during validation stops after that epoch's checkpoint; one during the last epoch's
+    validation lets the run finish. The handler is installed from the main thread only (Python
+    delivers signals there) and the previous one is put back by `restore`.
+
+    `agree(received) -> bool` (multi-worker: `distribute.any_worker`) makes every worker stop at
+    the same step when the signal reached only some of them: a multi-worker save is a
+    collective that every worker must join. It is called at every step end and epoch end.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, log: Callable[[str], None], agree: Callable[[bool], bool] | None = None):
+        self.checkpoint, self.log, self.agree = checkpoint, log, agree
+        self.received: int | None = None
+        self.previous = None
+
+    def _stopping(self) -> bool:
+        here = self.received is not None
+        return self.agree(here) if self.agree is not None else here
+
+    def on_train_begin(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def on_train_batch_end(self, epoch, step, values):
+        if self._stopping():
+            self._stop(epoch - 1, step, f"epoch {epoch} step {step}")
+
+    def on_epoch_end(self, epoch, logs):
+        if self._stopping() and epoch < self.trainer.epochs:
+            self._stop(epoch, 0, f"the end of epoch {epoch}")
+
+    def on_train_end(self):
+        self.restore()
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+    def _stop(self, epochs_done: int, step: int, where: str):
+        path = self.checkpoint.save(epochs_done, step)
+        self.restore()
+        whose = "" if self.received is not None else " (sent to another worker)"
+        raise Preempted(
+            f"stopped by SIGTERM{whose} at {where}; saved {path}; run the same command again to resume there"
+        )
 
 
 class EpochLog(Hook):

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # with different seeds validate on the same images, as TFDS slicing does.
 SPLIT_SEED = 0
 TFDS_PROBE_URL = "https://storage.googleapis.com"  # TFDS's download bucket
-_ACCEPTED = "expected a TFDS name, 'folder', 'synthetic' or 'digits'"
+_ACCEPTED = "expected a TFDS name, 'folder', 'tfrecord', 'synthetic' or 'digits'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,14 @@ class Split:
     shape: tuple[int | None, int | None]
     files: tuple[str, ...] = ()  # folder sources: path per item, to name files that fail to decode
     skipped: int = 0
+    # TFDS: where the items come from (name, data_dir, split expression, image key), for
+    # processes that re-read them (`records.prepare`).
+    origin: dict | None = None
+    # Sharded files: (input pipelines, pipeline id) -> (items of this pipeline's whole files, their
+    # count), so each worker reads a disjoint set of files instead of every file (`data.make_dataset`).
+    read_shard: Callable[[int, int], tuple[tf.data.Dataset, int]] | None = None
+    # The items are encoded JPEG bytes: the training view may decode only its crop.
+    jpeg: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +72,12 @@ def open_source(config: DataConfig, class_names: tuple[str, ...] | None = None) 
     """The dataset's source. `class_names` (a trained model's) reads a folder by those names."""
     if class_names is not None and config.dataset == "folder":
         return _labelled_folder_source(config, tuple(class_names))
-    opener = {"folder": _folder_source, "synthetic": _synthetic_source, "digits": _digits_source}.get(
-        config.dataset, _tfds_source
-    )
+    opener = {
+        "folder": _folder_source,
+        "synthetic": _synthetic_source,
+        "digits": _digits_source,
+        "tfrecord": _tfrecord_source,
+    }.get(config.dataset, _tfds_source)
     return opener(config)
 
 
@@ -377,6 +388,246 @@ def _tfds_source(config: DataConfig) -> Source:
         n = count(expr)
         items = builder.as_dataset(split=expr, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
         items = items.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
-        return Split(items, n, lambda data: to_rgb(image_feature.decode_example(data)), tuple(image_feature.shape[:2]))
+        origin = dict(name=config.dataset, data_dir=config.data_dir, split=expr, image_key=image_key)
+
+        def read_shard(num_pipelines, index):
+            # Whole files per input pipeline (TFDS assigns file i to pipeline i mod N), so workers
+            # read disjoint files instead of every record; by example when there are too few files.
+            files = info.splits[expr].file_instructions
+            if len(files) < num_pipelines:
+                shard = items.shard(num_pipelines, index)
+                return shard, len(range(n)[index::num_pipelines])
+            context = tf.distribute.InputContext(num_input_pipelines=num_pipelines, input_pipeline_id=index)
+            mine = builder.as_dataset(
+                split=expr,
+                shuffle_files=False,
+                read_config=tfds.ReadConfig(input_context=context),
+                decoders={image_key: tfds.decode.SkipDecoding()},
+            )
+            mine = mine.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
+            return mine, sum(_instruction_examples(file) for file in files[index::num_pipelines])
+
+        return Split(
+            items,
+            n,
+            lambda data: to_rgb(image_feature.decode_example(data)),
+            tuple(image_feature.shape[:2]),
+            origin=origin,
+            read_shard=read_shard,
+        )
 
     return Source(tuple(info.features[label_key].names), count(train), count(val), 0, split)
+
+
+def _instruction_examples(file) -> int:
+    """Examples a TFDS file instruction reads (`take` is -1 for "to the end of the file")."""
+    return file.take if file.take >= 0 else file.examples_in_shard - file.skip
+
+
+# -- sharded TFRecords
+
+
+def _tfrecord_source(config: DataConfig) -> Source:
+    """`<data_dir>/train-*` and `validation-*` TFRecord files of `tf.train.Example` in the ImageNet
+    schema (`resnet_keras.records`): ours from `resnet-keras prepare`, or those of the common
+    ImageNet conversion scripts (1-based labels: `label_offset=1`). `data_dir` is a local folder
+    or any `tf.io.gfile` URL (gs://...).
+
+    Class names come from the manifest or `labels.txt`; split sizes from the manifest, else one
+    counting pass over the files. The first record of every file is checked (a TFRecord, the
+    schema's keys, a label among the classes) before training, so a wrong file is named at once.
+    """
+
+    if config.data_dir is None:
+        raise DataError("Received: data_dir=None; dataset 'tfrecord' needs the folder or URL of the TFRecord files")
+    root = config.data_dir.rstrip("/")
+    manifest = _read_manifest(root)
+    class_names = _record_class_names(root, manifest)
+    prefixes = {"train": "train", "val": config.val_split or "validation"}
+    if config.train_split != "train":
+        prefixes["train"] = config.train_split
+    files = {split: _list_records(root, prefix) for split, prefix in prefixes.items()}
+    counts = {}
+    for split, names in files.items():
+        counts[split] = _record_counts(root, names, manifest, prefixes[split])
+        for name in names:
+            _check_first_record(name, len(class_names), config.label_offset)
+
+    def split(name, image_size):
+        if name not in files:
+            extra = _list_records(root, name)
+            files[name], counts[name] = extra, _record_counts(root, extra, manifest, name)
+        return _record_split(files[name], counts[name], config, training=name == "train")
+
+    return Source(class_names, sum(counts["train"]), sum(counts["val"]), 0, split)
+
+
+def _op_reason(error: Exception) -> str:
+    """A TensorFlow op error's own words, without the function and op names it is wrapped in."""
+    import re
+
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", first_line(error))
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text)
+
+
+def _gfile_error(what: str, error: Exception) -> DataError:
+    return DataError(f"Cannot read {what}: {first_line(error)}")
+
+
+def _read_manifest(root: str) -> dict | None:
+    import json
+
+    from resnet_keras import records
+
+    path = f"{root}/{records.MANIFEST}"
+    try:
+        if not tf.io.gfile.exists(path):
+            if not tf.io.gfile.isdir(root):
+                raise DataError(f"TFRecord folder not found: {root}")
+            return None
+        with tf.io.gfile.GFile(path) as handle:
+            manifest = json.load(handle)
+    except tf.errors.OpError as error:
+        raise _gfile_error(root, error) from None
+    except ValueError as error:
+        raise DataError(f"{path} is not a manifest written by `resnet-keras prepare` ({error})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise DataError(f"{path} is not a manifest written by `resnet-keras prepare` (no splits)")
+    return manifest
+
+
+def _record_class_names(root: str, manifest: dict | None) -> tuple[str, ...]:
+    from resnet_keras import records
+
+    if manifest and manifest.get("class_names"):
+        return tuple(manifest["class_names"])
+    path = f"{root}/{records.LABELS}"
+    try:
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as handle:
+                names = tuple(line.strip() for line in handle.read().splitlines() if line.strip())
+            if len(names) >= 2:
+                return names
+    except tf.errors.OpError as error:
+        raise _gfile_error(path, error) from None
+    raise DataError(
+        f"No class names for the TFRecords in {root}: expected {records.MANIFEST} or {records.LABELS} "
+        "(one class name per line, in label order)"
+    )
+
+
+def _list_records(root: str, prefix: str) -> list[str]:
+    try:
+        names = sorted(tf.io.gfile.glob(f"{root}/{prefix}-*"))
+    except tf.errors.OpError as error:
+        raise _gfile_error(root, error) from None
+    names = [n for n in names if not n.rsplit("/", 1)[-1].startswith(".")]
+    if not names:
+        raise DataError(f"No TFRecord files {root}/{prefix}-* (expected {prefix}-00000-of-NNNNN ...)")
+    return names
+
+
+def _record_counts(root: str, names: list[str], manifest: dict | None, prefix: str) -> list[int]:
+    """Examples per file: the manifest's, checked against the files (names and byte sizes), else counted."""
+    if manifest is None:
+        log.info("No manifest in %s: counting the records of %d file(s)", root, len(names))
+        counts = []
+        for name in names:
+            try:
+                counts.append(int(tf.data.TFRecordDataset(name).reduce(0, lambda n, _: n + 1)))
+            except tf.errors.OpError as error:
+                raise DataError(f"{name} is not a readable TFRecord file ({_op_reason(error)})") from None
+        return counts
+    entry = next((e for e in manifest["splits"].values() if e.get("prefix") == prefix), None)
+    listed = {shard["file"]: shard for shard in (entry or {}).get("shards", [])}
+    found = {name.rsplit("/", 1)[-1]: name for name in names}
+    if set(listed) != set(found):
+        odd = sorted(set(listed) ^ set(found))
+        raise DataError(
+            f"The manifest in {root} disagrees with the {prefix} files: {odd[:3]} "
+            f"{'listed but missing' if odd[0] in listed else 'present but not listed'}; rerun prepare"
+        )
+    for file, name in found.items():
+        size = tf.io.gfile.stat(name).length
+        if size != listed[file]["bytes"]:
+            raise DataError(f"{name} has {size} bytes; the manifest in {root} expects {listed[file]['bytes']}")
+    return [int(listed[name.rsplit("/", 1)[-1]]["examples"]) for name in names]
+
+
+def find_damaged_record_file(config: DataConfig) -> tuple[str, str] | None:
+    """(file, reason) of the first of a `tfrecord` dataset's files that does not read to its end
+    (a record whose checksum fails), or None. Reads every file: called when training hit one."""
+    root = config.data_dir.rstrip("/")
+    for prefix in (config.train_split, config.val_split or "validation"):
+        for name in _list_records(root, prefix):
+            try:
+                tf.data.TFRecordDataset(name).reduce(0, lambda n, _: n + 1)
+            except tf.errors.OpError as error:
+                return name, _op_reason(error)
+    return None
+
+
+def _check_first_record(name: str, num_classes: int, offset: int) -> None:
+    from resnet_keras import records
+
+    try:
+        first = next(iter(tf.data.TFRecordDataset(name).take(1)), None)
+    except tf.errors.OpError as error:
+        raise DataError(f"{name} is not a readable TFRecord file ({_op_reason(error)})") from None
+    if first is None:
+        return
+    try:
+        example = tf.train.Example.FromString(first.numpy())
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError
+        raise DataError(f"{name}: its records are not tf.train.Example protos") from None
+    feature = example.features.feature
+    missing = [records.KEYS[k] for k in ("encoded", "label") if records.KEYS[k] not in feature]
+    if missing:
+        raise DataError(f"{name}: the Example has no {', '.join(missing)}; expected the ImageNet TFRecord schema")
+    label = feature[records.KEYS["label"]].int64_list.value[0] - offset
+    if not 0 <= label < num_classes:
+        raise DataError(
+            f"{name}: label {label + offset} minus label_offset {offset} is outside the {num_classes} classes"
+            f"{' (1-based labels need --label-offset 1)' if label == num_classes else ''}"
+        )
+
+
+def _record_split(names: list[str], counts: list[int], config: DataConfig, training: bool) -> Split:
+    """A Split over whole files, interleaved; `read_shard` gives one input pipeline its files."""
+    from resnet_keras import records
+
+    order = np.random.default_rng(config.seed).permutation(len(names)) if training else np.arange(len(names))
+    names, counts = [names[i] for i in order], [counts[i] for i in order]
+    spec = {
+        records.KEYS["encoded"]: tf.io.FixedLenFeature([], tf.string),
+        records.KEYS["label"]: tf.io.FixedLenFeature([], tf.int64),
+    }
+
+    @tf.autograph.experimental.do_not_convert  # no Python control flow; AutoGraph trips over the closure
+    def parse(record):
+        example = tf.io.parse_single_example(record, spec)
+        return example[records.KEYS["encoded"]], tf.cast(example[records.KEYS["label"]] - config.label_offset, tf.int32)
+
+    def read(files):
+        files = tf.data.Dataset.from_tensor_slices(files)
+        # Parallel reads of several files at once: what keeps remote (gs://) storage from stalling the pipeline.
+        ds = files.interleave(
+            tf.autograph.experimental.do_not_convert(lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20)),
+            cycle_length=min(16, len(names)),
+            block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def read_shard(num_pipelines, index):
+        mine = list(range(index, len(names), num_pipelines))
+        if not mine:
+            raise DataError(
+                f"{len(names)} TFRecord file(s) cannot be shared by {num_pipelines} workers; write more shards"
+            )
+        return read([names[i] for i in mine]), sum(counts[i] for i in mine)
+
+    def decode(data):
+        return tf.ensure_shape(tf.io.decode_jpeg(data, channels=3), [None, None, 3])
+
+    return Split(read(names), sum(counts), decode, (None, None), read_shard=read_shard, jpeg=True)

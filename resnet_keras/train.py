@@ -40,6 +40,7 @@ def train(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     hooks: Sequence[Hook] = (),
+    checkpoint_every: str | int | None = None,
 ) -> dict[str, Any]:
     """Trains `model_config` on `data_config` into `model_dir`; returns the metrics dict.
 
@@ -53,8 +54,16 @@ def train(
     (the last good checkpoint stays).
     """
     from resnet_keras import distribute, finetune
+    from resnet_keras.hooks import CheckpointInterval
     from resnet_keras.trainer import Trainer, make_validation
 
+    checkpoint_interval = CheckpointInterval.parse(checkpoint_every)
+    if checkpoint_interval and checkpoint_interval.seconds and train_config.strategy == "multi-worker":
+        # Every worker must save at the same step (the save is a collective); clocks may disagree.
+        raise UsageError(
+            f"Received: checkpoint_every={checkpoint_every!r} with --strategy multi-worker; "
+            "give a number of steps, which every worker counts alike"
+        )
     model_config = dataclasses.replace(model_config, weight_decay=float(train_config.weight_decay))
     setup = _prepare(model_config, data_config, train_config, RunDir(model_dir), log)
     run, out, strategy = setup.run, setup.out, setup.strategy
@@ -70,23 +79,27 @@ def train(
     parts = _build(setup)
     history: list[dict] = []
     latest = distribute.peer_guard(distribute.agreed_checkpoint, strategy)(strategy, parts.manager, run, resuming)
+    within = None
     if latest:
-        parts.checkpoint.restore(latest).assert_existing_objects_matched()
+        within = _restore(parts, latest)
         # The history may hold an epoch written just before a crash that the checkpoint missed.
         history = [row for row in run.read_history() if row["epoch"] <= int(parts.epoch.numpy())]
-        log(f"Resuming {run.path} after epoch {int(parts.epoch.numpy())}.")
+        if within:
+            log(f"Resuming {run.path} at epoch {int(parts.epoch.numpy()) + 1} step {within.steps}.")
+        else:
+            log(f"Resuming {run.path} after epoch {int(parts.epoch.numpy())}.")
     elif init_weights is not None:  # a fresh fine-tuning run starts from the source
         from resnet_keras.weights import assign
 
         log(f"Initialised {assign(parts.model, init_weights)} layers from {train_config.init_from} (new head).")
     start_epoch = int(parts.epoch.numpy())
     out.start(setup.configs, setup.info.class_names)  # from here on, the folder is a run
-    summary, run_hooks = _hooks(setup, parts, history, log)
+    summary, run_hooks = _hooks(setup, parts, history, log, checkpoint_interval)
     trainer = Trainer(
         model=parts.model,
         optimizer=parts.optimizer,
         make_step=lambda: distribute.peer_guard(_train_step(setup, parts), strategy),
-        iterator=iter(_train_input(setup, start_epoch)),
+        iterator=iter(_train_input(setup, start_epoch, within.steps if within else 0)),
         steps_per_epoch=setup.steps_per_epoch,
         epochs=train_config.epochs,
         validate=make_validation(parts.model, setup.val_dataset, model_config.num_classes),
@@ -94,8 +107,32 @@ def train(
         hooks=[*run_hooks, *hooks],
         log=log,
     )
-    trainer.fit(start_epoch)
+    import tensorflow as tf
+
+    try:
+        trainer.fit(start_epoch, within)
+    except tf.errors.DataLossError as error:  # a record whose checksum fails, met mid-training
+        raise _damaged_data(data_config, error) from None
+    finally:
+        for hook in run_hooks:  # a run stopped by an exception gives SIGTERM back to its previous handler
+            if hasattr(hook, "restore"):
+                hook.restore()
     return summary.metrics
+
+
+def _damaged_data(data_config: DataConfig, error) -> Exception:
+    """A DataError naming the damaged TFRecord file (found by reading them all), else the error."""
+    from resnet_keras.errors import DataError, first_line
+    from resnet_keras.sources import find_damaged_record_file
+
+    if data_config.dataset != "tfrecord":
+        return error
+    found = find_damaged_record_file(data_config)
+    where, reason = found if found else (data_config.data_dir, first_line(error))
+    return DataError(
+        f"{where}: {reason}; the file is damaged: replace it with a good copy or write the dataset "
+        "again with `resnet-keras prepare`"
+    )
 
 
 @dataclasses.dataclass
@@ -176,6 +213,7 @@ class _Parts:
     epoch: Any  # completed epochs, checkpointed
     checkpoint: Any
     manager: Any
+    progress: Any = None  # float64 [6]: trainer.EpochProgress of a mid-epoch checkpoint, zeros at epoch ends
 
 
 def _build(setup: _Setup) -> _Parts:
@@ -204,13 +242,37 @@ def _build(setup: _Setup) -> _Parts:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)  # slots exist before restore: immediate restoration
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch, lr_factor=lr_factor)
+        progress = tf.Variable(tf.zeros([6], tf.float64), trainable=False, name="epoch_progress")
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, epoch=epoch, lr_factor=lr_factor, epoch_progress=progress
+    )
     manager = tf.train.CheckpointManager(checkpoint, str(setup.out.checkpoint_dir), max_to_keep=2)
-    return _Parts(model, optimizer, plan, lr_factor, epoch, checkpoint, manager)
+    return _Parts(model, optimizer, plan, lr_factor, epoch, checkpoint, manager, progress)
 
 
-def _train_input(setup: _Setup, start_epoch: int):
-    """The distributed training stream; a resumed run starts where the epochs done stopped reading."""
+def _restore(parts: _Parts, path: str):
+    """Restores the checkpoint at `path`; returns the trainer.EpochProgress of a mid-epoch one, else None.
+
+    Checkpoints written before mid-epoch checkpoints existed have no progress: they are epoch ends.
+    """
+    import tensorflow as tf
+
+    from resnet_keras.trainer import EpochProgress
+
+    if tf.train.load_checkpoint(path).has_tensor("epoch_progress/.ATTRIBUTES/VARIABLE_VALUE"):
+        parts.checkpoint.restore(path).assert_existing_objects_matched()
+    else:
+        parts.progress.assign(tf.zeros([6], tf.float64))
+        checkpoint = tf.train.Checkpoint(
+            model=parts.model, optimizer=parts.optimizer, epoch=parts.epoch, lr_factor=parts.lr_factor
+        )
+        checkpoint.restore(path).assert_existing_objects_matched()
+    within = EpochProgress.from_array(parts.progress.numpy())
+    return within if within.steps else None
+
+
+def _train_input(setup: _Setup, start_epoch: int, start_step: int = 0):
+    """The distributed training stream; a resumed run starts where the steps done stopped reading."""
     from resnet_keras import data as data_lib
     from resnet_keras import distribute
 
@@ -224,7 +286,7 @@ def _train_input(setup: _Setup, start_epoch: int):
             training=True,
             input_context=ctx,
             repeat=True,
-            skip_batches=start_epoch * setup.steps_per_epoch * per_step,
+            skip_batches=(start_epoch * setup.steps_per_epoch + start_step) * per_step,
         )
 
     return setup.strategy.distribute_datasets_from_function(dataset, options=distribute.input_options(setup.strategy))
@@ -246,9 +308,9 @@ def _train_step(setup: _Setup, parts: _Parts):
     )
 
 
-def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log):
+def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log, checkpoint_every=None):
     """The run's hooks, in the order they run (see `resnet_keras.hooks`), and the summary hook."""
-    from resnet_keras import hooks
+    from resnet_keras import distribute, hooks
 
     out = setup.out
     run_hooks = [hooks.StopOnNaN(lambda: parts.manager.latest_checkpoint)]
@@ -266,12 +328,16 @@ def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log):
         global_batch_size=setup.train_config.batch_size,
     )
     summary = hooks.RunSummary(out, history, facts, log)
+    checkpoint = hooks.Checkpoint(parts.manager, parts.epoch, parts.progress, checkpoint_every)
     run_hooks += [
         hooks.History(out, history),
         hooks.TensorBoard(out),
         hooks.BestWeights(out, max((row["val_accuracy"] for row in history), default=-1.0)),
-        hooks.Checkpoint(parts.manager, parts.epoch),
+        checkpoint,
         hooks.EpochLog(log),
-        summary,
     ]
+    # A multi-worker save is a collective: the workers agree at each step whether any got SIGTERM.
+    multi_worker = setup.train_config.strategy == "multi-worker"
+    agree = distribute.any_worker(setup.strategy) if multi_worker else None
+    run_hooks += [hooks.Preemption(checkpoint, log, agree), summary]
     return summary, run_hooks

@@ -15,6 +15,7 @@ L2 terms, so the all-reduced (summed) gradients equal the single-device ones.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
@@ -40,6 +41,31 @@ class Hook:
     def on_epoch_end(self, epoch: int, logs: dict) -> None: ...
 
     def on_train_end(self) -> None: ...
+
+
+@dataclasses.dataclass
+class EpochProgress:
+    """Where the loop is inside an epoch: steps done, their summed [loss, correct, count], the rate
+    of the epoch's first step and the training seconds so far. A mid-epoch checkpoint saves it
+    (`to_array`, float64 [6]: exact for step counts below 2**53) and a resume continues from it."""
+
+    steps: int = 0
+    totals: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))
+    lr: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, values: np.ndarray, seconds: float) -> None:
+        self.steps += 1
+        self.totals = self.totals + values
+        self.seconds = seconds
+
+    def to_array(self) -> np.ndarray:
+        return np.array([self.steps, *self.totals, self.lr, self.seconds], np.float64)
+
+    @classmethod
+    def from_array(cls, values) -> EpochProgress:
+        values = np.asarray(values, np.float64)
+        return cls(int(values[0]), values[1:4].copy(), float(values[4]), float(values[5]))
 
 
 class Trainer:
@@ -74,6 +100,7 @@ class Trainer:
         self.epochs_run = 0
         self.images_seen = 0
         self.train_seconds = 0.0
+        self.progress = EpochProgress()  # of the epoch running, for hooks that checkpoint mid-epoch
 
     def rebuild_step(self) -> None:
         """Traces the step again (after a hook changed which variables train)."""
@@ -83,23 +110,28 @@ class Trainer:
         for hook in self.hooks:
             getattr(hook, name)(*args)
 
-    def fit(self, start_epoch: int = 0) -> None:
+    def fit(self, start_epoch: int = 0, within: EpochProgress | None = None) -> None:
+        """Epochs `start_epoch + 1 ..`; `within` (from a mid-epoch checkpoint) continues the first
+        of them after its steps done, with their totals, so its history row is the uninterrupted one's."""
         self.start_epoch = start_epoch
+        self.progress = within or EpochProgress()
         for hook in self.hooks:
             hook.trainer = self
         self._call("on_train_begin")
         for epoch in range(start_epoch + 1, self.epochs + 1):
             self._call("on_epoch_begin", epoch)
-            lr = float(self.optimizer.learning_rate)  # the rate of the epoch's first step
-            started = time.perf_counter()
-            totals = np.zeros(3)
-            for step in range(1, self.steps_per_epoch + 1):
+            if within is None or epoch != start_epoch + 1:  # the rate of the epoch's first step
+                within = EpochProgress(lr=float(self.optimizer.learning_rate))
+            self.progress = progress = within
+            started, before = time.perf_counter(), progress.seconds
+            for step in range(progress.steps + 1, self.steps_per_epoch + 1):
                 values = np.array([float(v) for v in self.train_step(self.iterator)])
-                totals += values
+                progress.add(values, before + time.perf_counter() - started)
+                self.images_seen += int(values[2])
                 self._call("on_train_batch_end", epoch, step, values)
-            seconds = time.perf_counter() - started
-            self.train_seconds += seconds
-            self.images_seen += int(totals[2])
+            totals, lr = progress.totals, progress.lr
+            seconds = progress.seconds
+            self.train_seconds += seconds - before
             self.epochs_run += 1
             self._before_validation()
             val_loss, val_accuracy = self._validate()

@@ -371,7 +371,7 @@ def test_tfds_not_prepared_online_downloads(tmp_path, monkeypatch):
 def test_unknown_dataset_name():
     raises_data_error(
         lambda: describe(DataConfig(dataset="foo")),
-        "Received: dataset='foo'; expected a TFDS name, 'folder', 'synthetic' or 'digits'",
+        "Received: dataset='foo'; expected a TFDS name, 'folder', 'tfrecord', 'synthetic' or 'digits'",
     )
 
 

@@ -167,8 +167,8 @@ def test_two_phase_run_resumes_in_the_right_phase(pretrained, tmp_path):
         if message.startswith("epoch 1/3"):
             raise Interrupt  # like a crash right after the epoch-1 checkpoint
 
-    def conv_weights(number):
-        reader = tf.train.load_checkpoint(str(run / "checkpoints" / f"ckpt-{number}"))
+    def conv_weights(epoch):  # checkpoints are named by global step: 2 steps per epoch
+        reader = tf.train.load_checkpoint(str(run / "checkpoints" / f"ckpt-{2 * epoch}"))
         shapes = reader.get_variable_to_shape_map()
         # the model's variables are saved under the optimizer's list of the variables it trains
         keys = sorted(

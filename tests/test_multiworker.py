@@ -236,8 +236,9 @@ def test_sigkill_one_worker_the_other_fails_and_the_same_command_resumes(tmp_pat
     assert time.time() - killed_at < 150
     kept = history(run)
     assert 1 <= len(kept) < 4 and not (run / "model.keras").exists()
-    saved = sorted(p.name for p in (run / "checkpoints").glob("ckpt-*.index"))
-    assert saved and saved[-1] == f"ckpt-{len(kept)}.index"
+    # Checkpoints are named by global step: 31 steps per epoch.
+    saved = sorted(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("ckpt-*.index"))
+    assert saved and saved[-1] == 31 * len(kept)
 
     # A restart of every worker with the same command continues from the chief's last epoch.
     outputs = [process.communicate(timeout=400)[0] for process in start_workers(args, timeout=60)]
@@ -245,7 +246,7 @@ def test_sigkill_one_worker_the_other_fails_and_the_same_command_resumes(tmp_pat
     rows = history(run)
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
     assert rows[: len(kept)] == kept  # epochs done before the kill were kept, not recomputed
-    assert sorted(p.name for p in (run / "checkpoints").glob("ckpt-*.index")) == ["ckpt-3.index", "ckpt-4.index"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("ckpt-*.index")) == ["ckpt-124.index", "ckpt-93.index"]
     assert (run / "model.keras").exists()
 
 
@@ -269,3 +270,26 @@ def test_a_worker_whose_peer_never_starts_fails_within_the_timeout(tmp_path, sha
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "could not reach all 2 workers" in errors[0]
     assert elapsed < 180  # 10 s timeout + TensorFlow start-up; a hang would run into the 240 s limit
+
+
+@pytest.mark.extended
+def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step_and_the_restart_resumes(tmp_path, shared_data):
+    """Each worker learns at every step whether any worker got SIGTERM (one small all-reduce), so
+    the collective save happens at the same step everywhere and every worker exits 143."""
+    run = tmp_path / "mw"
+    args = [*train_args(shared_data, run, 2), "--checkpoint-every", "5"]
+    chief, worker = start_workers(args, timeout=60)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "checkpoint").exists():  # the first step checkpoint: step 5 of epoch 1
+        assert chief.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGTERM)  # the non-chief only
+    outputs = [process.communicate(timeout=240)[0] for process in (chief, worker)]
+    assert [chief.returncode, worker.returncode] == [143, 143], outputs[0][-2000:]
+    steps = [re.search(r"stopped by SIGTERM.* at epoch 1 step (\d+)", out) for out in outputs]
+    assert all(steps) and steps[0].group(1) == steps[1].group(1), outputs
+    assert "(sent to another worker)" in outputs[0] and "(sent to another worker)" not in outputs[1]
+
+    outputs = [process.communicate(timeout=400)[0] for process in start_workers(args, timeout=60)]
+    assert all(f"at epoch 1 step {steps[0].group(1)}." in out for out in outputs), outputs[0][-2000:]
+    assert [int(row["epoch"]) for row in history(run)] == [1, 2] and (run / "model.keras").exists()

@@ -1,0 +1,307 @@
+"""Sharded TFRecord datasets: `prepare` writes them, `open_records` reads their layout back.
+
+The files follow the layout and `tf.train.Example` schema of the ImageNet conversion scripts
+that the ecosystem reads (TensorFlow's `inception/data/build_imagenet_data.py`, Model Garden,
+TPU reference models)::
+
+    <out>/train-00000-of-00128 ... <out>/validation-00000-of-00016
+    image/encoded (JPEG bytes)  image/format (b"JPEG")  image/class/label (int64)
+    image/class/text  image/height  image/width  image/filename
+
+plus `labels.txt` (class names in label order) and `manifest.json` (counts per split and class,
+each shard's file name, example count and byte size, the label offset). Our labels start at 0;
+the conversion scripts' start at 1 (0 was "background"): `DataConfig.label_offset` subtracts it.
+
+`prepare` decodes every image once on the way in (with Pillow, in worker processes, so no
+TensorFlow runtime is forked): a file that does not decode is named (or skipped with
+`skip_corrupt`); anything but an 8-bit RGB JPEG (PNG, grayscale, CMYK, 16-bit, palette) is
+re-encoded as an RGB JPEG, so the reader only ever decodes RGB JPEG. Each shard is written under
+a temporary name and renamed, so a killed run leaves only whole shards, and a rerun keeps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from resnet_keras.errors import DataError, UsageError, first_line
+from resnet_keras.files import write_atomic
+
+MANIFEST = "manifest.json"
+LABELS = "labels.txt"
+PLAN = ".prepare-plan.json"  # the listing a partial `prepare` was writing, to resume only the same one
+# Our split names -> the file prefix of the conversion scripts.
+SPLIT_FILES = {"train": "train", "val": "validation"}
+KEYS = {
+    "encoded": "image/encoded",
+    "format": "image/format",
+    "label": "image/class/label",
+    "text": "image/class/text",
+    "height": "image/height",
+    "width": "image/width",
+    "filename": "image/filename",
+}
+JPEG_QUALITY = 95  # for re-encoded images: close to lossless at a third of PNG's size
+DEFAULT_IMAGES_PER_SHARD = 1024  # ~100 MB of ImageNet JPEGs: the size the TFRecord guides recommend
+
+
+def shard_name(prefix: str, index: int, count: int) -> str:
+    return f"{prefix}-{index:05d}-of-{count:05d}"
+
+
+# ----------------------------------------------------------------------------- one image
+
+
+def encode_image(data: bytes, name: str) -> tuple[bytes, int, int]:
+    """Encoded image bytes -> (RGB JPEG bytes, height, width), decoding the image fully once.
+
+    An 8-bit RGB JPEG is kept byte for byte; anything else is converted to RGB (grey replicated,
+    alpha dropped, CMYK converted, 16 bits scaled to 8) and encoded as JPEG. Raises ValueError
+    naming `name` when the bytes do not decode.
+    """
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # the whole image: truncated files fail here, not in training
+            if image.format == "JPEG" and image.mode == "RGB":
+                return data, image.height, image.width
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                image = Image.fromarray((np.asarray(image, np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+            rgb = image.convert("RGB")
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for bad data
+        raise ValueError(f"{name}: cannot decode ({first_line(error)})") from None
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue(), rgb.height, rgb.width
+
+
+def make_example(jpeg: bytes, label: int, text: str, height: int, width: int, filename: str) -> bytes:
+    import tensorflow as tf
+
+    def feature(value):
+        if isinstance(value, int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    values = dict(
+        encoded=jpeg,
+        format=b"JPEG",
+        label=int(label),
+        text=text.encode(),
+        height=int(height),
+        width=int(width),
+        filename=filename.encode(),
+    )
+    features = {KEYS[key]: feature(value) for key, value in values.items()}
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+# ----------------------------------------------------------------------------- one shard
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardJob:
+    """One shard to write: `items` are (file path, label) pairs, or (TFDS index, label) with `tfds`."""
+
+    path: str
+    items: tuple[tuple[str, int], ...]
+    class_names: tuple[str, ...]
+    skip_corrupt: bool
+    tfds: dict | None = None  # {"name", "data_dir", "split", "start"}: read the images from TFDS
+
+
+def write_shard(job: ShardJob) -> dict:
+    """Writes one shard (temporary name, then rename); returns its manifest entry."""
+    import tensorflow as tf
+
+    path = Path(job.path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    counts, skipped = [0] * len(job.class_names), []
+    images = _tfds_images(job) if job.tfds else ((item, _read(item)) for item, _ in job.items)
+    try:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            for (name, data), (_, label) in zip(images, job.items, strict=True):
+                try:
+                    jpeg, height, width = encode_image(data, name)
+                except ValueError as error:
+                    if not job.skip_corrupt:
+                        raise DataError(f"{error}; remove it or skip such files (--skip-corrupt)") from None
+                    skipped.append(name)
+                    continue
+                text = job.class_names[label]
+                writer.write(make_example(jpeg, label, text, height, width, os.path.basename(name)))
+                counts[label] += 1
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dict(file=path.name, examples=sum(counts), bytes=path.stat().st_size, per_class=counts, skipped=skipped)
+
+
+def _quiet_worker() -> None:
+    """Imports TensorFlow with stderr pointed at /dev/null: its C++ start-up lines, printed once
+    per worker process, would bury the command's own output."""
+    import sys
+
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _tfds_images(job: ShardJob):
+    """(name, encoded bytes) of this shard's TFDS examples, read in this worker process."""
+    import tensorflow_datasets as tfds
+
+    spec = job.tfds
+    builder = tfds.builder(spec["name"], data_dir=spec["data_dir"])
+    items = builder.as_dataset(
+        split=spec["split"],
+        shuffle_files=False,
+        decoders={spec["image_key"]: tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(try_autocache=False),  # read once, in order: no in-memory copy
+    )
+    items = items.skip(spec["start"]).take(len(job.items))
+    for offset, example in enumerate(items.as_numpy_iterator()):
+        yield f"{spec['name']}/{spec['split']}#{spec['start'] + offset}", example[spec["image_key"]]
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def prepare(
+    config,
+    output_dir: str | os.PathLike,
+    *,
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+    processes: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Writes `config`'s train and val splits (a folder in either layout, or a TFDS dataset) as
+    sharded TFRecords in `output_dir`; returns the manifest.
+
+    `config` is a `DataConfig` (its `skip_corrupt`, `val_split` and `validation_fraction` apply).
+    Shards already written by an interrupted run of the same listing are kept; a different
+    listing in the same folder is refused (UsageError). `processes` defaults to the CPU count.
+    """
+    from resnet_keras.sources import open_source
+
+    if not (isinstance(images_per_shard, int) and images_per_shard >= 1):
+        raise UsageError(f"Received: images_per_shard={images_per_shard!r}; expected an integer >= 1")
+    if config.dataset in ("digits", "synthetic", "tfrecord"):
+        raise UsageError(f"Received: dataset={config.dataset!r}; prepare reads an image folder or a TFDS dataset")
+    out = Path(output_dir)
+    source = open_source(config)
+    names = source.class_names
+    listings = {split: _listing(source, split, config) for split in SPLIT_FILES}
+    plan = dict(
+        # skip_corrupt changes no finished shard: a rerun may add it after a corrupt file stopped a run.
+        source={key: value for key, value in config.to_dict().items() if key != "skip_corrupt"},
+        images_per_shard=images_per_shard,
+        fingerprint=hashlib.sha256(json.dumps([names, listings], default=str).encode()).hexdigest(),
+    )
+    _check_or_start(out, plan)
+    jobs = []
+    for split, (items, tfds_spec) in listings.items():
+        count = max(1, -(-len(items) // images_per_shard))
+        for index in range(count):
+            chunk = tuple(items[index * images_per_shard : (index + 1) * images_per_shard])
+            spec = dict(tfds_spec, start=index * images_per_shard) if tfds_spec else None
+            path = out / shard_name(SPLIT_FILES[split], index, count)
+            jobs.append(ShardJob(str(path), chunk, names, config.skip_corrupt, spec))
+    todo = [job for job in jobs if not Path(job.path).exists()]
+    kept = {job.path: _existing_entry(job) for job in jobs if Path(job.path).exists()}
+    if kept:
+        log(f"Keeping {len(kept)} shard(s) already written in {out}.")
+    workers = max(1, min(processes or os.cpu_count() or 1, len(todo) or 1))
+    log(f"Writing {len(todo)} shard(s) of {sum(len(j.items) for j in todo)} images with {workers} process(es).")
+    entries = dict(kept)
+    if workers == 1:
+        for job in todo:
+            entries[job.path] = write_shard(job)
+    else:
+        import multiprocessing
+
+        # spawn: a forked TensorFlow runtime can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker) as pool:
+            for job, entry in zip(todo, pool.map(write_shard, todo), strict=True):
+                entries[job.path] = entry
+    manifest = _manifest(names, jobs, entries, images_per_shard)
+    write_atomic(out / LABELS, "".join(f"{name}\n" for name in names))
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    (out / PLAN).unlink(missing_ok=True)
+    for split, facts in manifest["splits"].items():
+        log(f"{split}: {facts['examples']} images in {len(facts['shards'])} shard(s), {facts['skipped']} skipped")
+    return manifest
+
+
+def _listing(source, split: str, config) -> tuple[list, dict | None]:
+    """[(path or index, label)] of a split in the source's (seeded, class-mixing) order."""
+    part = source.split(split, 224)
+    labels = [int(label) for _, label in part.items.as_numpy_iterator()]
+    if part.files:
+        return list(zip(part.files, labels, strict=True)), None
+    # TFDS: the split expression the source reads, re-read by index ranges in the worker processes.
+    return list(zip(range(len(labels)), labels, strict=True)), part.origin
+
+
+def _check_or_start(out: Path, plan: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    previous = out / PLAN
+    if previous.exists():
+        if json.loads(previous.read_text()) != plan:
+            raise UsageError(
+                f"{out} holds shards of an interrupted prepare of another listing or setting "
+                f"({PLAN}); use an empty --output folder"
+            )
+        return
+    if any(p.name != PLAN for p in out.iterdir()):
+        raise UsageError(f"{out} is not empty; prepare writes into a new or empty folder (or resumes its own)")
+    write_atomic(previous, json.dumps(plan))
+
+
+def _existing_entry(job: ShardJob) -> dict:
+    """The manifest entry of a shard a previous run finished (counted from the file)."""
+    import tensorflow as tf
+
+    counts = [0] * len(job.class_names)
+    for record in tf.data.TFRecordDataset(job.path):
+        example = tf.train.Example.FromString(record.numpy())
+        counts[example.features.feature[KEYS["label"]].int64_list.value[0]] += 1
+    path = Path(job.path)
+    return dict(file=path.name, examples=sum(counts), bytes=path.stat().st_size, per_class=counts, skipped=[])
+
+
+def _manifest(names: Sequence[str], jobs: list[ShardJob], entries: dict, images_per_shard: int) -> dict:
+    splits = {}
+    for split, prefix in SPLIT_FILES.items():
+        shards = [entries[job.path] for job in jobs if Path(job.path).name.startswith(prefix + "-")]
+        per_class = [sum(s["per_class"][i] for s in shards) for i in range(len(names))]
+        splits[split] = dict(
+            prefix=prefix,
+            examples=sum(s["examples"] for s in shards),
+            skipped=sum(len(s["skipped"]) for s in shards),
+            skipped_files=[f for s in shards for f in s["skipped"]],
+            per_class=dict(zip(names, per_class, strict=True)),
+            shards=[dict(file=s["file"], examples=s["examples"], bytes=s["bytes"]) for s in shards],
+        )
+    return dict(format="resnet-keras tfrecord 1", label_offset=0, class_names=list(names), splits=splits)
