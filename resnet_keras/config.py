@@ -20,7 +20,7 @@ from resnet_keras import recipes, specs
 from resnet_keras.errors import ConfigError, expect, is_int, is_number
 
 SHORTCUTS = ("A", "B")
-STEMS = ("imagenet", "small")
+STEMS = ("imagenet", "small", "deep")
 # "paper": stride on each stage's first block, bias-free convs. "keras": keras.applications'
 # ResNetV2 (pre-activation only): stride on the last block of the stage before, biases on
 # conv1 and on the convs that add into the residual stream, for exact import of its weights.
@@ -57,6 +57,12 @@ class ModelConfig:
     input_mean, input_std: per-channel statistics in raw pixel units, applied inside the model.
     layout: "paper" (default) or "keras", the block layout of keras.applications' ResNetV2
         (v2 only), used for weights imported from it (`resnet_keras.weights`).
+    avg_down: a strided projection shortcut average-pools 2x2 first and projects at stride 1
+        (ResNet-D of He et al. 2019; with `stem="deep"`, timm's `resnet50d`). Needs shortcut "B".
+    se_ratio: squeeze-and-excitation on every residual branch, squeezed to this fraction of its
+        channels (Hu et al. 2018 and timm's `seresnet*`: 1/16); 0 turns it off.
+    drop_path: stochastic depth (Huang et al. 2016) of the last block; block i of N drops its
+        branch with probability drop_path * i / (N - 1), the first block never (timm's rule).
     """
 
     depth: int = 50
@@ -75,6 +81,9 @@ class ModelConfig:
     input_mean: tuple[float, ...] = IMAGENET_MEAN
     input_std: tuple[float, ...] = IMAGENET_STD
     layout: str = "paper"
+    avg_down: bool = False
+    se_ratio: float = 0.0
+    drop_path: float = 0.0
 
     def __post_init__(self) -> None:
         expect(is_int(self.depth), "depth", self.depth, "an integer")
@@ -121,6 +130,23 @@ class ModelConfig:
             self.layout,
             "'paper' unless variant='v2' with shortcut 'B' (the keras layout is keras.applications' ResNetV2)",
         )
+        expect(isinstance(self.avg_down, bool), "avg_down", self.avg_down, "True or False")
+        expect(
+            not self.avg_down or self.shortcut == "B",
+            "avg_down",
+            self.avg_down,
+            "False with shortcut 'A' (average pooling belongs to the projection shortcut 'B')",
+        )
+        expect(is_number(self.se_ratio) and 0.0 <= self.se_ratio <= 1.0, "se_ratio", self.se_ratio, "a ratio in [0, 1]")
+        expect(
+            is_number(self.drop_path) and 0.0 <= self.drop_path < 1.0, "drop_path", self.drop_path, "a rate in [0, 1)"
+        )
+        expect(
+            self.layout == "paper" or not (self.avg_down or self.se_ratio or self.stem == "deep"),
+            "layout",
+            self.layout,
+            "'paper' with avg_down, se_ratio or the deep stem (keras.applications' ResNetV2 has none of them)",
+        )
         minimum = self.output_stride
         expect(
             is_int(self.image_size) and minimum <= self.image_size <= MAX_IMAGE_SIZE,
@@ -142,7 +168,7 @@ class ModelConfig:
 
     @property
     def output_stride(self) -> int:
-        stride = 4 if self.stem == "imagenet" else 1
+        stride = 4 if self.stem in ("imagenet", "deep") else 1
         for stage in specs.stage_specs(self.family, self.depth):
             stride *= stage.stride
         return stride
@@ -159,7 +185,12 @@ class ModelConfig:
     @property
     def name(self) -> str:
         """A short model name, e.g. `resnet50_v1.5` or `resnet20_w2`, used for export folders."""
-        name = f"resnet{self.depth}"
+        name = f"{'se' if self.se_ratio else ''}resnet{self.depth}"
+        # He et al. 2019 name the deep stem ResNet-C and deep stem plus average-pooled shortcut ResNet-D.
+        if self.stem == "deep":
+            name += "d" if self.avg_down else "c"
+        elif self.avg_down:
+            name += "_avgdown"
         if self.variant != "v1":
             name += f"_{self.variant}"
         if self.width != 1.0:
