@@ -317,6 +317,14 @@ PRECISIONS = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_
 # The paper's ResNet-110 start: a tenth of the rate until the training error is below 80 %.
 LOW_LR_FACTOR = 0.1
 LOW_LR_UNTIL_ERROR = 0.8
+# "sgd": momentum SGD with weight decay as L2 in the model (the paper's). "adamw" (Loshchilov & Hutter
+# 2019) and "lamb" (You et al. 2020): Keras' optimizers with decoupled weight decay, none on BN and biases.
+OPTIMIZERS = ("sgd", "adamw", "lamb")
+# "softmax": softmax cross-entropy. "bce": one sigmoid per class, binary cross-entropy averaged over the
+# classes ("ResNet strikes back", Wightman et al. 2021, as timm's BinaryCrossEntropy).
+LOSSES = ("softmax", "bce")
+# TrainConfig fields beyond the paper (filled from the recipe when None); the CLI's and tune's options.
+COMPONENT_FIELDS = ("optimizer", "loss", "clip_norm", "ema_decay", "mixup", "cutmix", "random_erasing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,6 +365,13 @@ class TrainConfig:
     bn_policy: str = "train"
     backbone_lr_multiplier: float = 1.0
     head_epochs: int = 0
+    optimizer: str | None = None
+    loss: str | None = None
+    clip_norm: float | None = None
+    ema_decay: float | None = None
+    mixup: float | None = None
+    cutmix: float | None = None
+    random_erasing: float | None = None
 
     def __post_init__(self) -> None:
         expect(self.recipe in recipes.RECIPES, "recipe", self.recipe, " or ".join(map(repr, recipes.RECIPES)))
@@ -377,6 +392,13 @@ class TrainConfig:
             nesterov=lambda: recipe.nesterov,
             warmup_epochs=lambda: recipe.warmup_epochs(epochs),
             label_smoothing=lambda: recipe.label_smoothing,
+            optimizer=lambda: recipe.optimizer,
+            loss=lambda: recipe.loss,
+            clip_norm=lambda: recipe.clip_norm,
+            ema_decay=lambda: recipe.ema_decay,
+            mixup=lambda: recipe.mixup,
+            cutmix=lambda: recipe.cutmix,
+            random_erasing=lambda: recipe.random_erasing,
         )
         for key, default in defaults.items():
             if getattr(self, key) is None:
@@ -423,9 +445,38 @@ class TrainConfig:
             "None or an integer from 1 to 2**31 - 1",
         )
         expect(self.low_lr_start in (None, True, False), "low_lr_start", self.low_lr_start, "None, True or False")
+        self._check_modern_fields()
         from resnet_keras import finetune
 
         finetune.validate(self)
+
+    def _check_modern_fields(self) -> None:
+        """optimizer, loss, clip_norm, ema_decay and the batch augmentations (see `resnet_keras.augment`)."""
+        expect(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, "one of " + ", ".join(OPTIMIZERS))
+        expect(self.loss in LOSSES, "loss", self.loss, "one of " + ", ".join(LOSSES))
+        expect(
+            is_number(self.clip_norm) and 0 <= self.clip_norm <= FLOAT32_MAX,
+            "clip_norm",
+            self.clip_norm,
+            "a global gradient norm >= 0 (0: no clipping)",
+        )
+        expect(
+            is_number(self.ema_decay) and 0 <= self.ema_decay < 1,
+            "ema_decay",
+            self.ema_decay,
+            "a decay per step in [0, 1) (0: no weight averaging)",
+        )
+        for field in ("mixup", "cutmix"):
+            value = getattr(self, field)
+            expect(
+                is_number(value) and 0 <= value <= 100, field, value, "a Beta(alpha, alpha) alpha in [0, 100] (0: off)"
+            )
+        expect(
+            is_number(self.random_erasing) and 0 <= self.random_erasing <= 1,
+            "random_erasing",
+            self.random_erasing,
+            "a probability per image in [0, 1]",
+        )
 
     def uses_low_lr_start(self, model_config: ModelConfig) -> bool:
         """Whether training starts at a tenth of the rate (paper recipe: CIFAR ResNet-110 and deeper)."""

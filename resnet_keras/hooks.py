@@ -133,7 +133,7 @@ class BestWeights(Hook):
     def on_epoch_end(self, epoch, logs):
         if logs["val_accuracy"] > self.best:
             self.best = logs["val_accuracy"]
-            self.run.save_best_weights(self.trainer.model)
+            self.run.save_best_weights(self.trainer.eval_model)
 
 
 class Checkpoint(Hook):
@@ -181,7 +181,7 @@ class RunSummary(Hook):
             self.log(f"{self.run.path} already trained for {trainer.start_epoch} epochs.")
             self.metrics = self.run.read_json(RunDir.METRICS)
             return
-        self.run.save_final_model(trainer.model)
+        self.run.save_final_model(trainer.eval_model)
         history = self.history
         if history:
             from resnet_keras import plots
@@ -213,3 +213,42 @@ class RunSummary(Hook):
             f"{self.metrics['wall_seconds']:.1f} s, {self.metrics['images_per_second']} images/s; "
             f"saved {self.run.file(RunDir.FINAL_MODEL)}"
         )
+
+
+class WeightAverage(Hook):
+    """An exponential moving average of the weights (Polyak & Juditsky 1992), updated after every step:
+    average = decay * average + (1 - decay) * weights, over every float weight (BN statistics too).
+
+    `average_model` is a second build of the same network that holds the average; the trainer
+    validates and saves it (`Trainer.eval_model`), so `best.weights.h5`, `model.keras` and exports
+    are the averaged network. It is part of the checkpoint, so a resumed run continues the same
+    average. A run that starts fresh (epoch 0) starts the average at the initial weights.
+    """
+
+    def __init__(self, model, average_model, decay: float):
+        import tensorflow as tf
+
+        if len(average_model.weights) != len(model.weights):
+            raise ValueError("average_model must be another build of the model's network")
+        # Float weights only: a DropPath's random-stream state is an integer and is not averaged.
+        pairs = [(a, w) for a, w in zip(average_model.weights, model.weights) if "float" in str(a.dtype)]
+        self.decay = float(decay)
+
+        @tf.function(autograph=False)
+        def update():
+            for average, weight in pairs:
+                average.assign(self.decay * average + (1.0 - self.decay) * tf.cast(weight, average.dtype))
+
+        @tf.function(autograph=False)
+        def copy():
+            for average, weight in pairs:
+                average.assign(tf.cast(weight, average.dtype))
+
+        self.update, self.copy = update, copy
+
+    def on_train_begin(self):
+        if self.trainer.start_epoch == 0:
+            self.copy()
+
+    def on_train_batch_end(self, epoch, step, values):
+        self.update()

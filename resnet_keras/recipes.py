@@ -28,6 +28,9 @@ class Recipe:
     epochs, at most `warmup_max` epochs, and `warmup_short` epochs for runs under 10 epochs;
     no warm-up when `warmup_fraction` is 0. `low_lr_start_depth`: CIFAR nets this deep or
     deeper first train at a tenth of the rate until the training error is below 80 %.
+    optimizer ("sgd", "adamw", "lamb"), loss ("softmax", "bce"), clip_norm (global gradient norm,
+    0: off), ema_decay (per step, 0: off), mixup and cutmix (Beta alpha, 0: off) and random_erasing
+    (probability per image) are `TrainConfig` fields of the same names.
     """
 
     name: str
@@ -47,6 +50,13 @@ class Recipe:
     warmup_max: float = 0.0
     warmup_short: float = 0.0
     low_lr_start_depth: int | None = None
+    optimizer: str = "sgd"
+    loss: str = "softmax"
+    clip_norm: float = 0.0
+    ema_decay: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    random_erasing: float = 0.0
 
     def warmup_epochs(self, epochs: int) -> float:
         if not self.warmup_fraction:

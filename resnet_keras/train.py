@@ -55,7 +55,7 @@ def train(
     from resnet_keras import distribute, finetune
     from resnet_keras.trainer import Trainer, make_validation
 
-    model_config = dataclasses.replace(model_config, weight_decay=float(train_config.weight_decay))
+    model_config = dataclasses.replace(model_config, weight_decay=float(model_weight_decay(train_config)))
     setup = _prepare(model_config, data_config, train_config, RunDir(model_dir), log)
     run, out, strategy = setup.run, setup.out, setup.strategy
     init_weights = None  # read and checked before anything is written
@@ -89,10 +89,11 @@ def train(
         iterator=iter(_train_input(setup, start_epoch)),
         steps_per_epoch=setup.steps_per_epoch,
         epochs=train_config.epochs,
-        validate=make_validation(parts.model, setup.val_dataset, model_config.num_classes),
+        validate=make_validation(parts.eval_model, setup.val_dataset, model_config.num_classes),
         before_validation=distribute.replica_statistics_sync(strategy, parts.model),
         hooks=[*run_hooks, *hooks],
         log=log,
+        eval_model=parts.eval_model,
     )
     trainer.fit(start_epoch)
     return summary.metrics
@@ -171,6 +172,12 @@ class _Parts:
     epoch: Any  # completed epochs, checkpointed
     checkpoint: Any
     manager: Any
+    average_model: Any = None  # the EMA of the weights (TrainConfig.ema_decay > 0)
+
+    @property
+    def eval_model(self):
+        """What is validated and saved: the weight average when one is kept."""
+        return self.model if self.average_model is None else self.average_model
 
 
 def _build(setup: _Setup) -> _Parts:
@@ -190,24 +197,26 @@ def _build(setup: _Setup) -> _Parts:
         lr_factor = tf.Variable(
             LOW_LR_FACTOR if low_lr_start else 1.0, dtype=tf.float32, trainable=False, name="lr_factor"
         )
-        optimizer = keras.optimizers.SGD(
-            learning_rate=make_schedule(train_config, setup.steps_per_epoch, lr_factor if low_lr_start else None),
-            momentum=train_config.momentum,
-            nesterov=train_config.nesterov,
+        optimizer = make_optimizer(
+            train_config,
+            make_schedule(train_config, setup.steps_per_epoch, lr_factor if low_lr_start else None),
+            model.trainable_variables,
         )
+        average_model = build_model(setup.model_config) if train_config.ema_decay else None
         if train_config.mixed_precision == "float16":  # bfloat16 needs no loss scaling
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)  # slots exist before restore: immediate restoration
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch, lr_factor=lr_factor)
+    extra = {"average_model": average_model} if average_model is not None else {}
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch, lr_factor=lr_factor, **extra)
     manager = tf.train.CheckpointManager(checkpoint, str(setup.out.checkpoint_dir), max_to_keep=2)
-    return _Parts(model, optimizer, plan, lr_factor, epoch, checkpoint, manager)
+    return _Parts(model, optimizer, plan, lr_factor, epoch, checkpoint, manager, average_model)
 
 
 def _train_input(setup: _Setup, start_epoch: int):
     """The distributed training stream; a resumed run starts where the epochs done stopped reading."""
+    from resnet_keras import augment, distribute
     from resnet_keras import data as data_lib
-    from resnet_keras import distribute
 
     def dataset(ctx):
         per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines  # one batch per local replica
@@ -222,7 +231,20 @@ def _train_input(setup: _Setup, start_epoch: int):
             skip_batches=start_epoch * setup.steps_per_epoch * per_step,
         )
 
-    return setup.strategy.distribute_datasets_from_function(dataset, options=distribute.input_options(setup.strategy))
+    def with_components(ctx):  # random erasing, mixup, CutMix; batch n is keyed by n, also after a resume
+        per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        return augment.apply(
+            dataset(ctx),
+            setup.train_config,
+            num_classes=setup.model_config.num_classes,
+            fill=setup.model_config.input_mean,
+            seed=setup.data_config.seed,
+            first_batch=start_epoch * setup.steps_per_epoch * per_step,
+            pipeline=(ctx.input_pipeline_id, ctx.num_input_pipelines),
+        )
+
+    source = with_components if augment.active(setup.train_config) else dataset
+    return setup.strategy.distribute_datasets_from_function(source, options=distribute.input_options(setup.strategy))
 
 
 def _train_step(setup: _Setup, parts: _Parts):
@@ -238,6 +260,8 @@ def _train_step(setup: _Setup, parts: _Parts):
         loss_scaling=train_config.mixed_precision == "float16",
         xla=train_config.xla,
         transform_gradients=parts.plan.scale_gradients if parts.plan else None,
+        loss=train_config.loss,
+        clip_norm=train_config.clip_norm,
     )
 
 
@@ -251,6 +275,8 @@ def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log):
         run_hooks.append(hooks.LowLrStart(parts.lr_factor, log))
     if parts.plan:
         run_hooks.append(hooks.FineTunePhases(parts.plan, log))
+    if parts.average_model is not None:  # first: the average is updated before any hook reads it
+        run_hooks.insert(0, hooks.WeightAverage(parts.model, parts.average_model, setup.train_config.ema_decay))
     if hooks.ProgressBar.wanted():
         run_hooks.append(hooks.ProgressBar())
     facts = dict(
@@ -270,3 +296,30 @@ def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log):
         summary,
     ]
     return summary, run_hooks
+
+
+def model_weight_decay(train_config: TrainConfig) -> float:
+    """The L2 built into the model: SGD's weight decay; 0 for AdamW and LAMB, whose decay is decoupled
+    (applied by the optimizer to the weights, not through the gradient, Loshchilov & Hutter 2019)."""
+    return train_config.weight_decay if train_config.optimizer == "sgd" else 0.0
+
+
+def make_optimizer(train_config: TrainConfig, learning_rate, variables):
+    """The run's Keras optimizer (not built): SGD with momentum, AdamW or LAMB.
+
+    SGD's weight decay is the model's L2 (`model_weight_decay`), which covers conv and dense kernels
+    only. AdamW and LAMB decay every variable of more than one dimension (kernels) by lr x
+    weight_decay per step and exempt BN's gamma and beta and the biases, as timm and torchvision
+    do. Keras' LAMB applies that decay outside its trust ratio. Adam-family settings are Keras'
+    defaults (beta_1 0.9, beta_2 0.999, epsilon 1e-7).
+    """
+    import keras
+
+    if train_config.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate=learning_rate, momentum=train_config.momentum, nesterov=train_config.nesterov
+        )
+    kind = {"adamw": keras.optimizers.AdamW, "lamb": keras.optimizers.Lamb}[train_config.optimizer]
+    optimizer = kind(learning_rate=learning_rate, weight_decay=train_config.weight_decay)
+    optimizer.exclude_from_weight_decay(var_list=[v for v in variables if len(v.shape) <= 1])
+    return optimizer
