@@ -415,7 +415,7 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
     "--lr",
     type=float,
     help="Peak learning rate (default: the recipe's rate at its reference batch, scaled linearly with "
-    "--batch-size; " + recipes.default_help("learning_rate") + "; per 128 images CIFAR, 256 ImageNet).",
+    "--batch-size; " + recipes.default_help("learning_rate") + "; paper and short per 128 images CIFAR, 256 ImageNet).",
 )
 @click.option(
     "--low-lr-start/--no-low-lr-start",

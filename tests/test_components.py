@@ -162,3 +162,24 @@ def test_cli_options_come_from_the_constants(tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["optimizer"] == "adamw" and saved["train"]["cutmix"] == 1.0
     assert saved["model"]["se_ratio"] == 0.25 and saved["model"]["weight_decay"] == 0.0
+
+
+def test_modern_recipes_cite_their_sources_and_round_trip_through_config_json_and_resume(tmp_path):
+    from resnet_keras import recipes
+
+    torchvision = TrainConfig(recipe="torchvision", family="imagenet", batch_size=1024)
+    assert (torchvision.learning_rate, torchvision.weight_decay, torchvision.epochs) == (0.5, 2e-5, 600)
+    assert (torchvision.mixup, torchvision.cutmix, torchvision.random_erasing) == (0.2, 1.0, 0.1)
+    assert torchvision.label_smoothing == 0.1 and torchvision.ema_decay > 0.9999 and torchvision.warmup_epochs == 5
+    a3 = TrainConfig(recipe="rsb_a3", family="imagenet", batch_size=512)
+    assert (a3.optimizer, a3.loss, a3.weight_decay, a3.epochs) == ("lamb", "bce", 0.02, 100)
+    assert a3.learning_rate == pytest.approx(8e-3 * 0.5)  # square-root scaling from batch 2048
+    assert "strikes back" in recipes.RECIPES["rsb_a3"].source and "torchvision" in recipes.RECIPES["torchvision"].source
+    config = TrainConfig(recipe="rsb_a3", epochs=1, batch_size=64, steps_per_epoch=2, warmup_epochs=0)
+    logs = []
+    train(TINY, DIGITS, config, tmp_path, log=logs.append)
+    saved = RunDir(tmp_path).read_configs()["train"]
+    assert TrainConfig.from_dict(saved) == config
+    train(TINY, DIGITS, TrainConfig.from_dict({**saved, "epochs": 2}), tmp_path, log=logs.append)
+    assert any("Resuming" in line for line in logs)
+    assert [row["epoch"] for row in RunDir(tmp_path).read_history()] == [1, 2]
