@@ -16,7 +16,16 @@ import click
 from resnet_keras import __version__, recipes, specs
 from resnet_keras import tune as tune_lib
 from resnet_keras.benchmark import MODES as BENCHMARK_MODES
-from resnet_keras.config import COMPONENT_FIELDS, LOSSES, OPTIMIZERS, PRECISIONS, SHORTCUTS, STEMS, STRATEGIES
+from resnet_keras.config import (
+    AUTO_AUGMENTS,
+    COMPONENT_FIELDS,
+    LOSSES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SHORTCUTS,
+    STEMS,
+    STRATEGIES,
+)
 from resnet_keras.errors import ResNetKerasError
 from resnet_keras.export import EXPORT_FORMATS, QUANTIZATIONS
 from resnet_keras.finetune import BN_POLICIES, FREEZE_POLICIES
@@ -305,6 +314,7 @@ _component_options = _options(
     click.option("--mixup", type=float, help="Mixup Beta(alpha, alpha), e.g. 0.2 (0: off)."),
     click.option("--cutmix", type=float, help="CutMix Beta(alpha, alpha), e.g. 1.0 (0: off)."),
     click.option("--random-erasing", type=float, help="Random erasing probability per image, e.g. 0.1."),
+    click.option("--auto-augment", type=click.Choice(AUTO_AUGMENTS), help="ta_wide: TrivialAugment Wide per image."),
 )
 
 

@@ -324,7 +324,18 @@ OPTIMIZERS = ("sgd", "adamw", "lamb")
 # classes ("ResNet strikes back", Wightman et al. 2021, as timm's BinaryCrossEntropy).
 LOSSES = ("softmax", "bce")
 # TrainConfig fields beyond the paper (filled from the recipe when None); the CLI's and tune's options.
-COMPONENT_FIELDS = ("optimizer", "loss", "clip_norm", "ema_decay", "mixup", "cutmix", "random_erasing")
+COMPONENT_FIELDS = (
+    "optimizer",
+    "loss",
+    "clip_norm",
+    "ema_decay",
+    "mixup",
+    "cutmix",
+    "random_erasing",
+    "auto_augment",
+)
+# "ta_wide": TrivialAugment Wide (Mueller & Hutter 2021), torchvision's `--auto-augment ta_wide`.
+AUTO_AUGMENTS = ("none", "ta_wide")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,6 +383,7 @@ class TrainConfig:
     mixup: float | None = None
     cutmix: float | None = None
     random_erasing: float | None = None
+    auto_augment: str | None = None
 
     def __post_init__(self) -> None:
         expect(self.recipe in recipes.RECIPES, "recipe", self.recipe, " or ".join(map(repr, recipes.RECIPES)))
@@ -399,6 +411,7 @@ class TrainConfig:
             mixup=lambda: recipe.mixup,
             cutmix=lambda: recipe.cutmix,
             random_erasing=lambda: recipe.random_erasing,
+            auto_augment=lambda: recipe.auto_augment,
         )
         for key, default in defaults.items():
             if getattr(self, key) is None:
@@ -476,6 +489,9 @@ class TrainConfig:
             "random_erasing",
             self.random_erasing,
             "a probability per image in [0, 1]",
+        )
+        expect(
+            self.auto_augment in AUTO_AUGMENTS, "auto_augment", self.auto_augment, "one of " + ", ".join(AUTO_AUGMENTS)
         )
 
     def uses_low_lr_start(self, model_config: ModelConfig) -> bool:

@@ -30,8 +30,8 @@ class Recipe:
     no warm-up when `warmup_fraction` is 0. `low_lr_start_depth`: CIFAR nets this deep or
     deeper first train at a tenth of the rate until the training error is below 80 %.
     optimizer ("sgd", "adamw", "lamb"), loss ("softmax", "bce"), clip_norm (global gradient norm,
-    0: off), ema_decay (per step, 0: off), mixup and cutmix (Beta alpha, 0: off) and random_erasing
-    (probability per image) are `TrainConfig` fields of the same names.
+    0: off), ema_decay (per step, 0: off), mixup and cutmix (Beta alpha, 0: off), random_erasing
+    (probability per image) and auto_augment ("none", "ta_wide") are `TrainConfig` fields of the same names.
     """
 
     name: str
@@ -58,6 +58,7 @@ class Recipe:
     mixup: float = 0.0
     cutmix: float = 0.0
     random_erasing: float = 0.0
+    auto_augment: str = "none"
     lr_scaling: str = "linear"
 
     def warmup_epochs(self, epochs: int) -> float:
@@ -121,7 +122,7 @@ RECIPES: dict[str, Recipe] = {
                 "--lr 0.5 --lr-scheduler cosineannealinglr --lr-warmup-epochs 5 --label-smoothing 0.1 --mixup-alpha "
                 "0.2 --cutmix-alpha 1.0 --random-erase 0.1 --weight-decay 2e-5 --norm-weight-decay 0.0 --model-ema "
                 "--model-ema-steps 32 --model-ema-decay 0.99998 --auto-augment ta_wide --train-crop-size 176 "
-                "--val-resize-size 232. Not reproduced here: TrivialAugment, the 176/224 train/test sizes and the "
+                "--val-resize-size 232. Not reproduced here: the 176/224 train/test sizes and the "
                 "warm-up's start at 1 % of the rate (ours starts at 0)"
             ),
             epochs={"cifar": 600, "imagenet": 600},
@@ -138,6 +139,7 @@ RECIPES: dict[str, Recipe] = {
             mixup=0.2,
             cutmix=1.0,
             random_erasing=0.1,
+            auto_augment="ta_wide",
         ),
         Recipe(
             name="rsb_a3",

@@ -77,10 +77,56 @@ def test_random_erasing_fills_rectangles_of_the_given_share_with_the_mean():
 def test_apply_keys_batches_by_their_number_so_a_resumed_stream_matches():
     images, labels, _ = constant_batch()
     stream = tf.data.Dataset.from_tensors((images, labels)).repeat(5)
-    config = type("C", (), dict(mixup=0.2, cutmix=1.0, random_erasing=0.25))()
+    config = type("C", (), dict(mixup=0.2, cutmix=1.0, random_erasing=0.25, auto_augment="ta_wide"))()
     kwargs = dict(num_classes=CLASSES, fill=(0.0, 0.0, 0.0), seed=3)
     whole = [np.asarray(x) for x, _ in augment.apply(stream, config, **kwargs)]
     resumed = [np.asarray(x) for x, _ in augment.apply(stream.skip(3), config, first_batch=3, **kwargs)]
     for a, b in zip(whole[3:], resumed):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(whole[0], whole[1])
+
+
+# PIL is what torchvision's TrivialAugmentWide runs on PIL images; Keras needs Pillow, so it is here.
+PIL_OPS = {
+    "brightness": lambda im, f: __import__("PIL.ImageEnhance").ImageEnhance.Brightness(im).enhance(f),
+    "color": lambda im, f: __import__("PIL.ImageEnhance").ImageEnhance.Color(im).enhance(f),
+    "contrast": lambda im, f: __import__("PIL.ImageEnhance").ImageEnhance.Contrast(im).enhance(f),
+    "sharpness": lambda im, f: __import__("PIL.ImageEnhance").ImageEnhance.Sharpness(im).enhance(f),
+    "posterize": lambda im, bits: __import__("PIL.ImageOps").ImageOps.posterize(im, bits),
+    "solarize": lambda im, t: __import__("PIL.ImageOps").ImageOps.solarize(im, t),
+    "autocontrast": lambda im, _: __import__("PIL.ImageOps").ImageOps.autocontrast(im),
+    "equalize": lambda im, _: __import__("PIL.ImageOps").ImageOps.equalize(im),
+    "translate_x": lambda im, t: im.transform(im.size, 0, (1, 0, -t, 0, 1, 0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PIL_OPS))
+def test_trivial_augment_ops_match_pil(name, shared_data):
+    from PIL import Image
+
+    files = sorted((shared_data / "cifar10-mini" / "train").glob("*/*.jpg"))[:4]
+    images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32))) for f in files])
+    level, sign = 20, 1.0  # bin 20 of 31
+    fraction = level / (augment.MAGNITUDE_BINS - 1)
+    argument = {
+        "posterize": int(8 - round(level / 5)),
+        "solarize": 255.0 * (30 - level) / 30,
+        "translate_x": round(32 / 224 * 32 * fraction),
+    }.get(name, 1 + 0.99 * fraction)
+    op = augment.TRIVIAL_AUGMENT_OPS.index(name)
+    n = len(images)
+    ours = np.asarray(augment.apply_ops(images.astype("float32"), [op] * n, [level] * n, [sign] * n))
+    for image, got in zip(images, ours):
+        want = np.asarray(PIL_OPS[name](Image.fromarray(image), argument), "float32")
+        # PIL rounds its intermediate grey images to integers; we keep floats.
+        assert np.abs(got - want).max() <= (3.0 if name in ("contrast", "color", "sharpness") else 1.0)
+    assert np.abs(ours - images).max() > 0  # the op did something
+
+
+def test_trivial_augment_is_seeded_and_changes_most_images():
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3)).astype("float32")
+    once = np.asarray(augment.trivial_augment(images, key(1)))
+    np.testing.assert_array_equal(once, np.asarray(augment.trivial_augment(images, key(1))))
+    assert once.min() >= 0 and once.max() <= 255
+    changed = np.mean([not np.array_equal(a, b) for a, b in zip(once, images)])
+    assert 0.75 < changed < 1.0  # identity and zero-magnitude draws leave a few images as they were

@@ -134,7 +134,7 @@ def test_components_are_train_config_fields_checked_and_recorded(tmp_path):
     config = TrainConfig(optimizer="lamb", loss="bce", clip_norm=1.0, ema_decay=0.99, mixup=0.2, cutmix=1.0)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     plain = TrainConfig()
-    assert [getattr(plain, f) for f in COMPONENT_FIELDS] == ["sgd", "softmax", 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert [getattr(plain, f) for f in COMPONENT_FIELDS] == ["sgd", "softmax", 0.0, 0.0, 0.0, 0.0, 0.0, "none"]
     for field, value in [("optimizer", "rmsprop"), ("ema_decay", 1.0), ("random_erasing", 2), ("clip_norm", -1)]:
         with pytest.raises(ConfigError, match=f"{field}="):
             TrainConfig(**{field: value})
@@ -156,7 +156,16 @@ def test_cli_options_come_from_the_constants(tmp_path):
     args = ["train", "--dataset", "digits", "--depth", "8", "--width", "0.25", "--image-size", "16", "--epochs", "1"]
     args += ["--batch-size", "64", "--optimizer", "adamw", "--lr", "0.003", "--weight-decay", "0.05", "--loss", "bce"]
     args += ["--mixup", "0.2", "--cutmix", "1.0", "--random-erasing", "0.25", "--ema-decay", "0.9", "--clip-norm", "1"]
-    args += ["--se-ratio", "0.25", "--drop-path", "0.1", "--model-dir", str(tmp_path / "run")]
+    args += [
+        "--auto-augment",
+        "ta_wide",
+        "--se-ratio",
+        "0.25",
+        "--drop-path",
+        "0.1",
+        "--model-dir",
+        str(tmp_path / "run"),
+    ]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -170,6 +179,7 @@ def test_modern_recipes_cite_their_sources_and_round_trip_through_config_json_an
     torchvision = TrainConfig(recipe="torchvision", family="imagenet", batch_size=1024)
     assert (torchvision.learning_rate, torchvision.weight_decay, torchvision.epochs) == (0.5, 2e-5, 600)
     assert (torchvision.mixup, torchvision.cutmix, torchvision.random_erasing) == (0.2, 1.0, 0.1)
+    assert torchvision.auto_augment == "ta_wide"
     assert torchvision.label_smoothing == 0.1 and torchvision.ema_decay > 0.9999 and torchvision.warmup_epochs == 5
     a3 = TrainConfig(recipe="rsb_a3", family="imagenet", batch_size=512)
     assert (a3.optimizer, a3.loss, a3.weight_decay, a3.epochs) == ("lamb", "bce", 0.02, 100)
