@@ -27,6 +27,7 @@ from resnet_keras.config import (
     STRATEGIES,
 )
 from resnet_keras.errors import ResNetKerasError
+from resnet_keras.evaluate import TTA_MODES
 from resnet_keras.export import EXPORT_FORMATS, QUANTIZATIONS
 from resnet_keras.finetune import BN_POLICIES, FREEZE_POLICIES
 from resnet_keras.rundir import WEIGHTS
@@ -583,8 +584,15 @@ def train(ctx, **params):
     show_default=True,
     help="final: model.keras; best: the best val-accuracy weights.",
 )
+@click.option(
+    "--tta",
+    type=click.Choice(TTA_MODES),
+    default="none",
+    show_default=True,
+    help="Test-time augmentation: average over the image and its mirror (flip) or ten crops (crops).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
-def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
+def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, tta, as_json):
     """Evaluate a trained run: top-1/top-5, loss, per-class accuracy, confusion matrix (confusion.png)."""
     import dataclasses
 
@@ -595,7 +603,7 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
     changes = {key: value for key, value in dict(dataset=dataset, data_dir=data_dir).items() if value is not None}
     if changes:
         data_config = dataclasses.replace(data_config, **changes)
-    result = run_evaluation(model_dir, data_config, split, batch_size=batch_size, weights=weights)
+    result = run_evaluation(model_dir, data_config, split, batch_size=batch_size, weights=weights, tta=tta)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -32,7 +32,10 @@ class RecordWeights(Hook):
         self.steps.append([np.array(w) for w in self.trainer.model.weights if "float" in str(w.dtype)])
 
 
-def test_ema_equals_the_analytic_average_through_a_resume(tmp_path):
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory):
+    """A tiny digits run with a weight EMA: one epoch of 3 steps, then resumed for a second."""
+    path = tmp_path_factory.mktemp("ema")
     decay = 0.7
     config = TrainConfig(epochs=1, batch_size=64, learning_rate=0.05, steps_per_epoch=3, ema_decay=decay)
     first, second = RecordWeights(), RecordWeights()
@@ -42,21 +45,52 @@ def test_ema_equals_the_analytic_average_through_a_resume(tmp_path):
             self.weights = [np.array(w) for w in self.trainer.model.weights if "float" in str(w.dtype)]
 
     start = Start()
-    train(TINY, DIGITS, config, tmp_path, log=lambda _: None, hooks=[start, first])
-    config2 = TrainConfig(**{**config.to_dict(), "epochs": 2})
-    metrics = train(TINY, DIGITS, config2, tmp_path, log=lambda _: None, hooks=[second])
-    steps = first.steps + second.steps
-    assert len(steps) == 6
-    expected = start.weights
+    train(TINY, DIGITS, config, path, log=lambda _: None, hooks=[start, first])
+    metrics = train(
+        TINY, DIGITS, config.__class__(**{**config.to_dict(), "epochs": 2}), path, log=lambda _: None, hooks=[second]
+    )
+    return dict(path=path, decay=decay, initial=start.weights, steps=first.steps + second.steps, metrics=metrics)
+
+
+def test_ema_equals_the_analytic_average_through_a_resume(ema_run):
+    decay, steps = ema_run["decay"], ema_run["steps"]
+    assert len(steps) == 6 and ema_run["metrics"]["epochs"] == 2
+    expected = ema_run["initial"]
     for weights in steps:
         expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
-    saved = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)  # the final model is the average
+    saved = keras.saving.load_model(ema_run["path"] / "model.keras", safe_mode=True)  # the final model is the average
     got = [np.array(w) for w in saved.weights if "float" in str(w.dtype)]
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
     assert any(not np.allclose(g, w, atol=1e-6) for g, w in zip(got, steps[-1]))  # not the raw weights
-    assert json.loads((tmp_path / "config.json").read_text())["train"]["ema_decay"] == decay
-    assert metrics["epochs"] == 2
+    assert json.loads((ema_run["path"] / "config.json").read_text())["train"]["ema_decay"] == decay
+
+
+def test_validation_reads_the_average_and_evaluate_averages_test_time_views(ema_run):
+    from resnet_keras.data import make_dataset
+    from resnet_keras.evaluate import evaluate
+
+    path = ema_run["path"]
+    plain = evaluate(path, split="val", write=False)
+    assert plain["accuracy"] == pytest.approx(RunDir(path).read_history()[-1]["val_accuracy"])
+    model = keras.saving.load_model(path / "model.keras", safe_mode=True)
+    batches = list(make_dataset(DIGITS, "val", image_size=16, batch_size=512, training=False))
+    images = np.concatenate([np.asarray(x) for x, _ in batches])
+    labels = np.concatenate([np.asarray(y) for _, y in batches])
+
+    def probabilities(views):
+        return np.mean([keras.ops.convert_to_numpy(keras.activations.softmax(model(v))) for v in views], axis=0)
+
+    flipped = probabilities([images, images[:, :, ::-1]])
+    padded = np.pad(images, [(0, 0), (2, 2), (2, 2), (0, 0)])  # 16 // 8 = 2 pixels
+    crops = [padded[:, t : t + 16, c : c + 16] for t, c in [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2)]]
+    ten = probabilities(crops + [c[:, :, ::-1] for c in crops])
+    for tta, expected in (("flip", flipped), ("crops", ten)):
+        result = evaluate(path, split="val", write=False, tta=tta)
+        assert result["accuracy"] == pytest.approx(np.mean(expected.argmax(-1) == labels))
+        assert result["loss"] == pytest.approx(-np.mean(np.log(expected[np.arange(len(labels)), labels])), rel=1e-4)
+        assert result["tta"] == tta
+    assert not np.allclose(flipped, probabilities([images]))
 
 
 def _tiny_model():
