@@ -217,7 +217,10 @@ class RunSummary(Hook):
 
 class WeightAverage(Hook):
     """An exponential moving average of the weights (Polyak & Juditsky 1992), updated after every step:
-    average = decay * average + (1 - decay) * weights, over every float weight (BN statistics too).
+    average = d * average + (1 - d) * weights, over every float weight (BN statistics too), with
+    d = min(decay, (1 + t) / (10 + t)) after optimizer step t (`step_counter`): the warm-up of
+    TensorFlow's `ExponentialMovingAverage(num_updates=...)` and timm's ModelEmaV3, so the
+    average of a short run is not dominated by the random initial weights.
 
     `average_model` is a second build of the same network that holds the average; the trainer
     validates and saves it (`Trainer.eval_model`), so `best.weights.h5`, `model.keras` and exports
@@ -225,7 +228,7 @@ class WeightAverage(Hook):
     average. A run that starts fresh (epoch 0) starts the average at the initial weights.
     """
 
-    def __init__(self, model, average_model, decay: float):
+    def __init__(self, model, average_model, decay: float, step_counter=None):
         import tensorflow as tf
 
         if len(average_model.weights) != len(model.weights):
@@ -236,8 +239,13 @@ class WeightAverage(Hook):
 
         @tf.function(autograph=False)
         def update():
+            decay = tf.constant(self.decay, tf.float32)
+            if step_counter is not None:
+                t = tf.cast(step_counter, tf.float32)
+                decay = tf.minimum(decay, (1.0 + t) / (10.0 + t))
             for average, weight in pairs:
-                average.assign(self.decay * average + (1.0 - self.decay) * tf.cast(weight, average.dtype))
+                d = tf.cast(decay, average.dtype)
+                average.assign(d * average + (1.0 - d) * tf.cast(weight, average.dtype))
 
         @tf.function(autograph=False)
         def copy():

@@ -276,7 +276,10 @@ def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log):
     if parts.plan:
         run_hooks.append(hooks.FineTunePhases(parts.plan, log))
     if parts.average_model is not None:  # first: the average is updated before any hook reads it
-        run_hooks.insert(0, hooks.WeightAverage(parts.model, parts.average_model, setup.train_config.ema_decay))
+        average = hooks.WeightAverage(
+            parts.model, parts.average_model, setup.train_config.ema_decay, step_counter=parts.optimizer.iterations
+        )
+        run_hooks.insert(0, average)
     if hooks.ProgressBar.wanted():
         run_hooks.append(hooks.ProgressBar())
     facts = dict(

@@ -36,7 +36,7 @@ class RecordWeights(Hook):
 def ema_run(tmp_path_factory):
     """A tiny digits run with a weight EMA: one epoch of 3 steps, then resumed for a second."""
     path = tmp_path_factory.mktemp("ema")
-    decay = 0.7
+    decay = 0.4  # below the warm-up's (1 + t) / (10 + t) from step 4 on: both regimes are exercised
     config = TrainConfig(epochs=1, batch_size=64, learning_rate=0.05, steps_per_epoch=3, ema_decay=decay)
     first, second = RecordWeights(), RecordWeights()
 
@@ -56,8 +56,9 @@ def test_ema_equals_the_analytic_average_through_a_resume(ema_run):
     decay, steps = ema_run["decay"], ema_run["steps"]
     assert len(steps) == 6 and ema_run["metrics"]["epochs"] == 2
     expected = ema_run["initial"]
-    for weights in steps:
-        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
+    for t, weights in enumerate(steps, start=1):  # the optimizer has taken t steps
+        d = min(decay, (1 + t) / (10 + t))  # warm-up: 0.18, 0.27, ... then the decay
+        expected = [d * e + (1 - d) * w for e, w in zip(expected, weights)]
     saved = keras.saving.load_model(ema_run["path"] / "model.keras", safe_mode=True)  # the final model is the average
     got = [np.array(w) for w in saved.weights if "float" in str(w.dtype)]
     for e, g in zip(expected, got):
