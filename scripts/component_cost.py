@@ -109,7 +109,7 @@ def main(argv=None) -> int:
             paired_ratio=round(float(np.median(seconds / baseline)), 3),
         )
     for name, options in AUGMENTATIONS.items():
-        settings = dict(mixup=0.0, cutmix=0.0, random_erasing=0.0, auto_augment="none", **options)
+        settings = {**dict(mixup=0.0, cutmix=0.0, random_erasing=0.0, auto_augment="none"), **options}
         mix = tf.function(
             lambda x, y, key, settings=settings: augment.mix_batch(
                 x, y, key, num_classes=base.num_classes, fill=base.input_mean, **settings
