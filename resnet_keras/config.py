@@ -184,14 +184,20 @@ class ModelConfig:
 
     @property
     def name(self) -> str:
-        """A short model name, e.g. `resnet50_v1.5` or `resnet20_w2`, used for export folders."""
+        """A short model name, e.g. `resnet50_v1.5`, `resnet20_w2` or `seresnet50d`, used for export folders."""
         name = f"{'se' if self.se_ratio else ''}resnet{self.depth}"
         # He et al. 2019 name the deep stem ResNet-C and deep stem plus average-pooled shortcut ResNet-D.
         if self.stem == "deep":
             name += "d" if self.avg_down else "c"
         elif self.avg_down:
             name += "_avgdown"
-        if self.variant != "v1":
+        # timm's ResNet-D and SE-ResNets stride the bottleneck's 3x3: for them, v1.5 is the plain name.
+        modern_bottleneck = (self.se_ratio or self.stem == "deep" or self.avg_down) and self.stages[0].block == (
+            "bottleneck"
+        )
+        if modern_bottleneck and self.variant != "v1.5":
+            name += f"_{self.variant}"
+        elif not modern_bottleneck and self.variant != "v1":
             name += f"_{self.variant}"
         if self.width != 1.0:
             name += f"_w{self.width:g}"

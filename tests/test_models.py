@@ -336,6 +336,7 @@ TIMM_PARAMS = {"resnet50d": 25_576_264, "resnet18d": 11_708_744, "seresnet50": 2
 def test_resnet_d_and_se_parameter_counts_match_timm(name):
     model = create_model(name)
     assert count_parameters(model)[0] == TIMM_PARAMS[name]
+    assert ModelConfig.preset(name).name == name  # export folders and `info` use the preset's name
     names = {ly.name for ly in model.layers}
     if name.endswith("d"):  # deep stem 32/32/64, pooled projections of strided blocks only
         assert model.get_layer("conv1_1_conv").kernel.shape == (3, 3, 3, 32)
