@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_keras import plots, specs
-from resnet_keras.config import SHORTCUTS, ModelConfig
+from resnet_keras.config import COMPONENT_FIELDS, SHORTCUTS, ModelConfig
 from resnet_keras.errors import ResNetKerasError, TrainingFailure, UsageError, expect, is_int, is_number
 from resnet_keras.files import write_atomic
 from resnet_keras.rundir import RunDir
@@ -857,6 +857,7 @@ def _best_yaml(best: dict, space: SearchSpace, data_config, train_config, tune: 
         mixed_precision=train_config.mixed_precision,
         xla=train_config.xla,
         seed=train_config.seed,
+        **{field: getattr(train_config, field) for field in COMPONENT_FIELDS},
     )
     config = {key: value for key, value in config.items() if value is not None}
     steps = (
