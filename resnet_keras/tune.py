@@ -621,7 +621,28 @@ def _prepare_results_dir(results_dir: Path, spec: dict, overwrite: bool, who: st
     return False
 
 
+def _with_new_train_fields(old: dict) -> dict:
+    """A search file written before some TrainConfig fields existed, with those fields as its recipe
+    fills them today, so the search still resumes (a run directory gets the same rule)."""
+    from resnet_keras.config import TrainConfig
+
+    train = old.get("train")
+    if not isinstance(train, dict):
+        return old
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        filled = TrainConfig(**{key: value for key, value in train.items() if key in known}).to_dict()
+    except (ResNetKerasError, TypeError):
+        return old
+    return {**old, "train": {**{key: filled[key] for key in known - set(train)}, **train}}
+
+
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    if not prefix:
+        old = _with_new_train_fields(old)
+        for section in ("train",):  # keys the spec leaves out on purpose stay out of the comparison
+            if isinstance(new.get(section), dict) and isinstance(old.get(section), dict):
+                old = {**old, section: {k: v for k, v in old[section].items() if k in new[section]}}
     out = []
     for key in sorted(set(old) | set(new)):
         if not prefix and key == "tune":
