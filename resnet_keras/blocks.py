@@ -175,12 +175,16 @@ def shortcut(
     preact: bool,
     weight_decay: float = 0.0,
     use_bias: bool = False,
+    avg_down: bool = False,
     name: str,
 ):
     """The shortcut path: identity when shapes match, else option A (zero-pad) or B (1x1 projection).
 
     The projection of a post-activation block is followed by BN (as in keras.applications and
     torchvision); a pre-activation block's projection is a bare 1x1 conv (He et al. 2016).
+    `avg_down` (ResNet-D, He et al. 2019 "Bag of Tricks", sec. 4.1): a strided projection first
+    averages 2x2 windows (`{name}_0_pool`) and then projects at stride 1, so it reads every pixel
+    instead of one in four.
     """
     if stride == 1 and x.shape[-1] == filters:
         return x
@@ -193,6 +197,11 @@ def shortcut(
         return ZeroPadShortcut(filters, stride, name=f"{name}_0_pad")(x)
     if option != "B":
         raise ConfigError(f"Received: shortcut={option!r}; expected one of {', '.join(SHORTCUT_OPTIONS)}.")
+    if avg_down and stride > 1:
+        # "same" pads the bottom/right of an odd map and leaves the padding out of the mean: timm's
+        # AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False).
+        x = layers.AveragePooling2D(2, strides=stride, padding="same", name=f"{name}_0_pool")(x)
+        stride = 1
     x = conv(x, filters, 1, stride=stride, weight_decay=weight_decay, use_bias=use_bias, name=f"{name}_0")
     return x if preact else batch_norm(x, name=f"{name}_0_bn")
 
@@ -208,12 +217,16 @@ def basic_block(
     weight_decay: float = 0.0,
     stride_in_3x3: bool = True,
     layout: str = "paper",
+    se_ratio: float = 0.0,
+    avg_down: bool = False,
+    drop_path: float = 0.0,
     name: str,
 ):
     """Two 3x3 convolutions plus a shortcut (paper Figure 5, left).
 
     [batch, H, W, C] -> [batch, H/stride, W/stride, filters]. `stride_in_3x3` is accepted for
     a uniform signature with the bottleneck; a basic block has only 3x3 convolutions.
+    `se_ratio`, `avg_down` and `drop_path` are described in `_residual`.
     """
     del stride_in_3x3
     return _residual(
@@ -225,6 +238,9 @@ def basic_block(
         zero_init=zero_init,
         weight_decay=weight_decay,
         layout=layout,
+        se_ratio=se_ratio,
+        avg_down=avg_down,
+        drop_path=drop_path,
         name=name,
     )
 
@@ -240,6 +256,9 @@ def bottleneck_block(
     weight_decay: float = 0.0,
     stride_in_3x3: bool = False,
     layout: str = "paper",
+    se_ratio: float = 0.0,
+    avg_down: bool = False,
+    drop_path: float = 0.0,
     name: str,
 ):
     """1x1 reduce, 3x3, 1x1 expand to `4 * filters`, plus a shortcut (paper Figure 5, right).
@@ -258,16 +277,36 @@ def bottleneck_block(
         zero_init=zero_init,
         weight_decay=weight_decay,
         layout=layout,
+        se_ratio=se_ratio,
+        avg_down=avg_down,
+        drop_path=drop_path,
         name=name,
     )
 
 
-def _residual(x, out_filters, branch, *, shortcut_option, preact, zero_init, weight_decay, name, layout="paper"):
+def _residual(
+    x,
+    out_filters,
+    branch,
+    *,
+    shortcut_option,
+    preact,
+    zero_init,
+    weight_decay,
+    name,
+    layout="paper",
+    se_ratio=0.0,
+    avg_down=False,
+    drop_path=0.0,
+):
     """Builds y = F(x) + shortcut(x) with F given as (kernel, stride[, filters]) per conv.
 
     layout="keras" (pre-activation only) reproduces keras.applications' ResNetV2 blocks: the
     convs that add into the residual stream (last conv, projection) have biases, and a strided
     block whose channels do not change subsamples its shortcut (`MaxPooling2D(1, stride)`).
+    se_ratio > 0 rescales F's channels by squeeze-and-excitation (`squeeze_excite`) before the
+    sum; drop_path > 0 drops F for a random `drop_path` of the examples while training
+    (`DropPath`); avg_down pools before a strided projection shortcut (`shortcut`).
     """
     stride = max(layer[1] for layer in branch)
     needs_projection = stride != 1 or x.shape[-1] != out_filters
@@ -288,6 +327,7 @@ def _residual(x, out_filters, branch, *, shortcut_option, preact, zero_init, wei
                 preact=True,
                 weight_decay=weight_decay,
                 use_bias=keras_layout,
+                avg_down=avg_down,
                 name=name,
             )
         y = activated
@@ -305,10 +345,18 @@ def _residual(x, out_filters, branch, *, shortcut_option, preact, zero_init, wei
                 use_bias=keras_layout and last,
                 name=f"{name}_{index}",
             )
+        y = _branch_end(y, se_ratio=se_ratio, drop_path=drop_path, weight_decay=weight_decay, name=name)
         return layers.Add(name=f"{name}_out")([residual, y])
 
     residual = shortcut(
-        x, out_filters, stride=stride, option=shortcut_option, preact=False, weight_decay=weight_decay, name=name
+        x,
+        out_filters,
+        stride=stride,
+        option=shortcut_option,
+        preact=False,
+        weight_decay=weight_decay,
+        avg_down=avg_down,
+        name=name,
     )
     y = x
     for index, (kernel, conv_stride, *width) in enumerate(branch, start=1):
@@ -323,6 +371,7 @@ def _residual(x, out_filters, branch, *, shortcut_option, preact, zero_init, wei
             zero_gamma=zero_init and last,
             name=f"{name}_{index}",
         )
+    y = _branch_end(y, se_ratio=se_ratio, drop_path=drop_path, weight_decay=weight_decay, name=name)
     y = layers.Add(name=f"{name}_add")([residual, y])
     return layers.ReLU(name=f"{name}_out")(y)
 
@@ -332,12 +381,22 @@ BLOCK_EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
 def residual_stage(
-    x, block: str, filters: int, blocks: int, *, stride: int, name: str, last_stride: int = 1, **block_options
+    x,
+    block: str,
+    filters: int,
+    blocks: int,
+    *,
+    stride: int,
+    name: str,
+    last_stride: int = 1,
+    drop_path_rates=(),
+    **block_options,
 ):
     """`blocks` residual blocks of one kind; the first one carries the stage's stride.
 
     `last_stride` strides the stage's last block instead (keras.applications ResNetV2 downsamples
-    at the end of a stage for the next one; with it, pass stride=1). Names the blocks
+    at the end of a stage for the next one; with it, pass stride=1). `drop_path_rates` (one per
+    block, or empty for none) is each block's stochastic-depth rate. Names the blocks
     `{name}_block1`, `{name}_block2`, ...
     """
     if block not in BLOCKS:
@@ -346,6 +405,8 @@ def residual_stage(
         block_stride = stride if index == 0 else 1
         if index == blocks - 1 and last_stride != 1:
             block_stride *= last_stride
+        if drop_path_rates:
+            block_options["drop_path"] = drop_path_rates[index]
         x = BLOCKS[block](x, filters, stride=block_stride, name=f"{name}_block{index + 1}", **block_options)
     return x
 
@@ -379,4 +440,105 @@ def small_stem(x, filters: int = 16, *, preact: bool = False, weight_decay: floa
     return conv_bn(x, filters, 3, weight_decay=weight_decay, name="conv1")
 
 
-STEMS = {"imagenet": imagenet_stem, "small": small_stem}
+def deep_stem(x, filters: int = 64, *, preact: bool = False, weight_decay: float = 0.0, use_bias: bool = False):
+    """ResNet-C stem (He et al. 2019, "Bag of Tricks", sec. 4.1): three 3x3 convs of filters/2,
+    filters/2 and filters channels, the first at stride 2, then the 3x3/2 max pool: H -> H/4.
+
+    Three 3x3 convs see the 7x7 field of the paper's conv1 at less cost per output channel and
+    with two more non-linearities. Widths 32/32/64 at filters=64, as timm's `resnet50d`
+    (`stem_width=32, stem_type="deep"`). Names `conv1_1_*`, `conv1_2_*`, `conv1_3_conv`, then
+    `conv1_bn`/`conv1_relu` (post-activation) and `pool1_pool` as the 7x7 stem.
+    """
+    del use_bias  # only the keras.applications ResNetV2 layout has a conv1 bias; it has no deep stem
+    half = max(1, filters // 2)
+    x = conv_bn(x, half, 3, stride=2, weight_decay=weight_decay, name="conv1_1")
+    x = conv_bn(x, half, 3, weight_decay=weight_decay, name="conv1_2")
+    x = conv(x, filters, 3, weight_decay=weight_decay, name="conv1_3")
+    if not preact:
+        x = bn_relu(x, name="conv1")
+    x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+
+
+STEMS = {"imagenet": imagenet_stem, "small": small_stem, "deep": deep_stem}
+
+
+# ----------------------------------------------------------------------------- modern block options
+
+# timm's SEModule rounds the squeezed width to a multiple of 8 (at least 8), never up by 10 %.
+SE_DIVISOR = 8
+
+
+def se_channels(channels: int, ratio: float) -> int:
+    """Channels of the squeeze: round(channels * ratio) to a multiple of SE_DIVISOR, at least SE_DIVISOR
+    (timm's `make_divisible(..., round_limit=0)`, so parameter counts match its `seresnet*`)."""
+    value = channels * ratio
+    return max(SE_DIVISOR, int(value + SE_DIVISOR / 2) // SE_DIVISOR * SE_DIVISOR)
+
+
+def squeeze_excite(x, ratio: float, *, weight_decay: float = 0.0, name: str):
+    """Squeeze-and-excitation (Hu et al. 2018, Figure 3): [b, H, W, C] -> [b, H, W, C] rescaled per channel.
+
+    Global average (`{name}_se_squeeze`), 1x1 conv to `se_channels(C, ratio)` with bias and ReLU
+    (`_se_reduce`, `_se_relu`), 1x1 conv back to C with bias and sigmoid (`_se_expand`), product
+    (`_se_excite`): the names of keras.applications' EfficientNet. Applied to the residual branch
+    after its last BN, before the sum, as in the paper's SE-ResNet module and timm.
+    """
+    channels = x.shape[-1]
+    s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_squeeze")(x)
+    s = layers.Conv2D(
+        se_channels(channels, ratio),
+        1,
+        kernel_initializer=KERNEL_INITIALIZER,
+        kernel_regularizer=_regularizer(weight_decay),
+        name=f"{name}_se_reduce",
+    )(s)
+    s = layers.ReLU(name=f"{name}_se_relu")(s)
+    s = layers.Conv2D(
+        channels,
+        1,
+        activation="sigmoid",
+        kernel_initializer=KERNEL_INITIALIZER,
+        kernel_regularizer=_regularizer(weight_decay),
+        name=f"{name}_se_expand",
+    )(s)
+    return layers.Multiply(name=f"{name}_se_excite")([x, s])
+
+
+@keras.saving.register_keras_serializable(package="resnet_keras")
+class DropPath(layers.Layer):
+    """Stochastic depth (Huang et al. 2016): while training, zero the input of a random `rate` of the
+    examples and scale the others by 1 / (1 - rate), so the expected output equals the input.
+
+    Applied to a residual branch, it drops the whole block for those examples (the shortcut still
+    carries them). Identity at inference. [batch, ...] -> same shape. A real layer rather than a
+    `Lambda`, so models load with `safe_mode=True`; its random stream is a Keras `SeedGenerator`
+    (seeded by `keras.utils.set_random_seed`, as `Dropout`).
+    """
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate <= 0.0:
+            return inputs
+        noise_shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        return keras.random.dropout(inputs, self.rate, noise_shape=noise_shape, seed=self.seed_generator)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+def _branch_end(y, *, se_ratio: float, drop_path: float, weight_decay: float, name: str):
+    """The residual branch's optional squeeze-and-excitation, then its optional drop path."""
+    if se_ratio:
+        y = squeeze_excite(y, se_ratio, weight_decay=weight_decay, name=name)
+    if drop_path:
+        y = DropPath(drop_path, name=f"{name}_drop_path")(y)
+    return y

@@ -16,8 +16,18 @@ import click
 from resnet_keras import __version__, recipes, specs
 from resnet_keras import tune as tune_lib
 from resnet_keras.benchmark import MODES as BENCHMARK_MODES
-from resnet_keras.config import PRECISIONS, SHORTCUTS, STRATEGIES
+from resnet_keras.config import (
+    AUTO_AUGMENTS,
+    COMPONENT_FIELDS,
+    LOSSES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SHORTCUTS,
+    STEMS,
+    STRATEGIES,
+)
 from resnet_keras.errors import ResNetKerasError
+from resnet_keras.evaluate import TTA_MODES
 from resnet_keras.export import EXPORT_FORMATS, QUANTIZATIONS
 from resnet_keras.finetune import BN_POLICIES, FREEZE_POLICIES
 from resnet_keras.rundir import WEIGHTS
@@ -289,6 +299,39 @@ _data_options = _options(
     click.option("--skip-corrupt", is_flag=True, help="Skip image files that cannot be decoded."),
 )
 
+# Architecture options beyond the paper's (ResNet-C/D, squeeze-and-excitation, stochastic depth).
+_ARCH_KEYS = ("stem", "avg_down", "se_ratio", "drop_path")
+_arch_options = _options(
+    click.option(
+        "--stem",
+        type=click.Choice(STEMS),
+        help="imagenet: 7x7/2 + max pool; small: 3x3/1 (CIFAR); deep: three 3x3 convs + max pool (ResNet-C/D).",
+    ),
+    click.option(
+        "--avg-down/--no-avg-down",
+        default=None,
+        help="Average-pool before strided projection shortcuts (ResNet-D; needs --shortcut B).",
+    ),
+    click.option("--se-ratio", type=float, help="Squeeze-and-excitation on every block at this ratio (1/16 = 0.0625)."),
+    click.option("--drop-path", type=float, help="Stochastic depth rate of the last block, linear from 0 (e.g. 0.05)."),
+)
+# Training components beyond the paper's; None keeps the recipe's value.
+_component_options = _options(
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="Optimizer (default: the recipe's; sgd)."),
+    click.option("--loss", type=click.Choice(LOSSES), help="softmax cross-entropy or per-class binary (bce)."),
+    click.option("--clip-norm", type=float, help="Clip the gradient to this global norm (0: off)."),
+    click.option("--ema-decay", type=float, help="Validate and save an EMA of the weights, e.g. 0.999 (0: off)."),
+    click.option("--mixup", type=float, help="Mixup Beta(alpha, alpha), e.g. 0.2 (0: off)."),
+    click.option("--cutmix", type=float, help="CutMix Beta(alpha, alpha), e.g. 1.0 (0: off)."),
+    click.option("--random-erasing", type=float, help="Random erasing probability per image, e.g. 0.1."),
+    click.option("--auto-augment", type=click.Choice(AUTO_AUGMENTS), help="ta_wide: TrivialAugment Wide per image."),
+)
+
+
+def _component_values(p: dict) -> dict:
+    """The training-component options given (on the command line or in --config)."""
+    return {key: p[key] for key in COMPONENT_FIELDS if p.get(key) is not None}
+
 
 CONFIG_FILE_LIMIT = 1024 * 1024  # bytes; an option file is a few hundred
 
@@ -377,6 +420,7 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 @click.option("--width", type=float, help="Width multiplier on every stage's channels.")
 @click.option("--shortcut", type=click.Choice(SHORTCUTS), help="A: zero-padded identity; B: projection.")
 @click.option("--image-size", type=int, help="Input size (default: the family's, 32 for digits).")
+@_arch_options
 @_source_options
 @click.option(
     "--recipe",
@@ -391,7 +435,7 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
     "--lr",
     type=float,
     help="Peak learning rate (default: the recipe's rate at its reference batch, scaled linearly with "
-    "--batch-size; " + recipes.default_help("learning_rate") + "; per 128 images CIFAR, 256 ImageNet).",
+    "--batch-size; " + recipes.default_help("learning_rate") + "; paper and short per 128 images CIFAR, 256 ImageNet).",
 )
 @click.option(
     "--low-lr-start/--no-low-lr-start",
@@ -400,6 +444,7 @@ def _merge_config_file(ctx: click.Context, params: dict, allowed: tuple[str, ...
 )
 @click.option("--weight-decay", type=float, help="L2 weight decay (" + recipes.default_help("weight_decay") + ").")
 @_schedule_options
+@_component_options
 @click.option(
     "--strategy",
     type=click.Choice(STRATEGIES),
@@ -473,6 +518,7 @@ def train(ctx, **params):
     """Train a ResNet with checkpoints, resume, TensorBoard logs, history and curves."""
     allowed = _MODEL_KEYS + _DATA_KEYS + _TRAIN_KEYS
     allowed += ("model_dir", "overwrite", "export", "checkpoint_every", "label_offset")
+    allowed += _ARCH_KEYS + COMPONENT_FIELDS
     p = _merge_config_file(ctx, params, allowed)
     from resnet_keras.config import ModelConfig
     from resnet_keras.data import DataConfig
@@ -490,6 +536,7 @@ def train(ctx, **params):
     model_overrides = {
         key: p[key] for key in ("family", "variant", "width", "shortcut", "image_size") if p[key] is not None
     }
+    model_overrides.update({key: p[key] for key in _ARCH_KEYS if p[key] is not None})
     if p["image_size"] is None and p["dataset"] == "digits":
         model_overrides["image_size"] = 32  # 8x8 digits upsampled; 224 would only cost time
     if p["preset"] and p["depth"] is not None:
@@ -523,6 +570,7 @@ def train(ctx, **params):
             xla=bool(p["xla"]),
             seed=p["seed"],
             **_finetune_options(p),
+            **_component_values(p),
         )
 
     train_config = make_train_config(probe.family)
@@ -567,8 +615,15 @@ def train(ctx, **params):
     show_default=True,
     help="final: model.keras; best: the best val-accuracy weights.",
 )
+@click.option(
+    "--tta",
+    type=click.Choice(TTA_MODES),
+    default="none",
+    show_default=True,
+    help="Test-time augmentation: average over the image and its mirror (flip) or ten crops (crops).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
-def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
+def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, tta, as_json):
     """Evaluate a trained run: top-1/top-5, loss, per-class accuracy, confusion matrix (confusion.png)."""
     import dataclasses
 
@@ -579,7 +634,7 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, as_json):
     changes = {key: value for key, value in dict(dataset=dataset, data_dir=data_dir).items() if value is not None}
     if changes:
         data_config = dataclasses.replace(data_config, **changes)
-    result = run_evaluation(model_dir, data_config, split, batch_size=batch_size, weights=weights)
+    result = run_evaluation(model_dir, data_config, split, batch_size=batch_size, weights=weights, tta=tta)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -989,6 +1044,7 @@ _TUNE_KEYS = (
 )
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch size.")
 @_schedule_options
+@_component_options
 @click.option(
     "--strategy",
     type=click.Choice([name for name in STRATEGIES if name != "multi-worker"]),
@@ -1020,7 +1076,7 @@ def tune(ctx, **params):
     best.yaml (for `train --config`) and objective_vs_size.png to the results directory. For a
     distributed search, run scripts/tune_distributed.py (KerasTuner chief and workers).
     """
-    p = _merge_config_file(ctx, params, _TUNE_KEYS)
+    p = _merge_config_file(ctx, params, _TUNE_KEYS + COMPONENT_FIELDS)
     from resnet_keras.data import DataConfig
 
     space = tune_lib.SearchSpace(
@@ -1072,6 +1128,7 @@ def tune(ctx, **params):
         xla=bool(p["xla"]),
         seed=p["seed"],
         steps_per_epoch=p["steps_per_epoch"],
+        **_component_values(p),
     )
     name = p["name"] or "{}-{}".format(
         os.path.basename(os.path.normpath(p["data_dir"]))

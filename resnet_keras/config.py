@@ -20,7 +20,7 @@ from resnet_keras import recipes, specs
 from resnet_keras.errors import ConfigError, expect, is_int, is_number
 
 SHORTCUTS = ("A", "B")
-STEMS = ("imagenet", "small")
+STEMS = ("imagenet", "small", "deep")
 # "paper": stride on each stage's first block, bias-free convs. "keras": keras.applications'
 # ResNetV2 (pre-activation only): stride on the last block of the stage before, biases on
 # conv1 and on the convs that add into the residual stream, for exact import of its weights.
@@ -57,6 +57,12 @@ class ModelConfig:
     input_mean, input_std: per-channel statistics in raw pixel units, applied inside the model.
     layout: "paper" (default) or "keras", the block layout of keras.applications' ResNetV2
         (v2 only), used for weights imported from it (`resnet_keras.weights`).
+    avg_down: a strided projection shortcut average-pools 2x2 first and projects at stride 1
+        (ResNet-D of He et al. 2019; with `stem="deep"`, timm's `resnet50d`). Needs shortcut "B".
+    se_ratio: squeeze-and-excitation on every residual branch, squeezed to this fraction of its
+        channels (Hu et al. 2018 and timm's `seresnet*`: 1/16); 0 turns it off.
+    drop_path: stochastic depth (Huang et al. 2016) of the last block; block i of N drops its
+        branch with probability drop_path * i / (N - 1), the first block never (timm's rule).
     """
 
     depth: int = 50
@@ -75,6 +81,9 @@ class ModelConfig:
     input_mean: tuple[float, ...] = IMAGENET_MEAN
     input_std: tuple[float, ...] = IMAGENET_STD
     layout: str = "paper"
+    avg_down: bool = False
+    se_ratio: float = 0.0
+    drop_path: float = 0.0
 
     def __post_init__(self) -> None:
         expect(is_int(self.depth), "depth", self.depth, "an integer")
@@ -121,6 +130,23 @@ class ModelConfig:
             self.layout,
             "'paper' unless variant='v2' with shortcut 'B' (the keras layout is keras.applications' ResNetV2)",
         )
+        expect(isinstance(self.avg_down, bool), "avg_down", self.avg_down, "True or False")
+        expect(
+            not self.avg_down or self.shortcut == "B",
+            "avg_down",
+            self.avg_down,
+            "False with shortcut 'A' (average pooling belongs to the projection shortcut 'B')",
+        )
+        expect(is_number(self.se_ratio) and 0.0 <= self.se_ratio <= 1.0, "se_ratio", self.se_ratio, "a ratio in [0, 1]")
+        expect(
+            is_number(self.drop_path) and 0.0 <= self.drop_path < 1.0, "drop_path", self.drop_path, "a rate in [0, 1)"
+        )
+        expect(
+            self.layout == "paper" or not (self.avg_down or self.se_ratio or self.stem == "deep"),
+            "layout",
+            self.layout,
+            "'paper' with avg_down, se_ratio or the deep stem (keras.applications' ResNetV2 has none of them)",
+        )
         minimum = self.output_stride
         expect(
             is_int(self.image_size) and minimum <= self.image_size <= MAX_IMAGE_SIZE,
@@ -142,7 +168,7 @@ class ModelConfig:
 
     @property
     def output_stride(self) -> int:
-        stride = 4 if self.stem == "imagenet" else 1
+        stride = 4 if self.stem in ("imagenet", "deep") else 1
         for stage in specs.stage_specs(self.family, self.depth):
             stride *= stage.stride
         return stride
@@ -158,9 +184,20 @@ class ModelConfig:
 
     @property
     def name(self) -> str:
-        """A short model name, e.g. `resnet50_v1.5` or `resnet20_w2`, used for export folders."""
-        name = f"resnet{self.depth}"
-        if self.variant != "v1":
+        """A short model name, e.g. `resnet50_v1.5`, `resnet20_w2` or `seresnet50d`, used for export folders."""
+        name = f"{'se' if self.se_ratio else ''}resnet{self.depth}"
+        # He et al. 2019 name the deep stem ResNet-C and deep stem plus average-pooled shortcut ResNet-D.
+        if self.stem == "deep":
+            name += "d" if self.avg_down else "c"
+        elif self.avg_down:
+            name += "_avgdown"
+        # timm's ResNet-D and SE-ResNets stride the bottleneck's 3x3: for them, v1.5 is the plain name.
+        modern_bottleneck = (self.se_ratio or self.stem == "deep" or self.avg_down) and self.stages[0].block == (
+            "bottleneck"
+        )
+        if modern_bottleneck and self.variant != "v1.5":
+            name += f"_{self.variant}"
+        elif not modern_bottleneck and self.variant != "v1":
             name += f"_{self.variant}"
         if self.width != 1.0:
             name += f"_w{self.width:g}"
@@ -289,6 +326,25 @@ PRECISIONS = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_
 # The paper's ResNet-110 start: a tenth of the rate until the training error is below 80 %.
 LOW_LR_FACTOR = 0.1
 LOW_LR_UNTIL_ERROR = 0.8
+# "sgd": momentum SGD with weight decay as L2 in the model (the paper's). "adamw" (Loshchilov & Hutter
+# 2019) and "lamb" (You et al. 2020): Keras' optimizers with decoupled weight decay, none on BN and biases.
+OPTIMIZERS = ("sgd", "adamw", "lamb")
+# "softmax": softmax cross-entropy. "bce": one sigmoid per class, binary cross-entropy averaged over the
+# classes ("ResNet strikes back", Wightman et al. 2021, as timm's BinaryCrossEntropy).
+LOSSES = ("softmax", "bce")
+# TrainConfig fields beyond the paper (filled from the recipe when None); the CLI's and tune's options.
+COMPONENT_FIELDS = (
+    "optimizer",
+    "loss",
+    "clip_norm",
+    "ema_decay",
+    "mixup",
+    "cutmix",
+    "random_erasing",
+    "auto_augment",
+)
+# "ta_wide": TrivialAugment Wide (Mueller & Hutter 2021), torchvision's `--auto-augment ta_wide`.
+AUTO_AUGMENTS = ("none", "ta_wide")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +385,14 @@ class TrainConfig:
     bn_policy: str = "train"
     backbone_lr_multiplier: float = 1.0
     head_epochs: int = 0
+    optimizer: str | None = None
+    loss: str | None = None
+    clip_norm: float | None = None
+    ema_decay: float | None = None
+    mixup: float | None = None
+    cutmix: float | None = None
+    random_erasing: float | None = None
+    auto_augment: str | None = None
 
     def __post_init__(self) -> None:
         expect(self.recipe in recipes.RECIPES, "recipe", self.recipe, " or ".join(map(repr, recipes.RECIPES)))
@@ -349,6 +413,14 @@ class TrainConfig:
             nesterov=lambda: recipe.nesterov,
             warmup_epochs=lambda: recipe.warmup_epochs(epochs),
             label_smoothing=lambda: recipe.label_smoothing,
+            optimizer=lambda: recipe.optimizer,
+            loss=lambda: recipe.loss,
+            clip_norm=lambda: recipe.clip_norm,
+            ema_decay=lambda: recipe.ema_decay,
+            mixup=lambda: recipe.mixup,
+            cutmix=lambda: recipe.cutmix,
+            random_erasing=lambda: recipe.random_erasing,
+            auto_augment=lambda: recipe.auto_augment,
         )
         for key, default in defaults.items():
             if getattr(self, key) is None:
@@ -395,9 +467,41 @@ class TrainConfig:
             "None or an integer from 1 to 2**31 - 1",
         )
         expect(self.low_lr_start in (None, True, False), "low_lr_start", self.low_lr_start, "None, True or False")
+        self._check_modern_fields()
         from resnet_keras import finetune
 
         finetune.validate(self)
+
+    def _check_modern_fields(self) -> None:
+        """optimizer, loss, clip_norm, ema_decay and the batch augmentations (see `resnet_keras.augment`)."""
+        expect(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, "one of " + ", ".join(OPTIMIZERS))
+        expect(self.loss in LOSSES, "loss", self.loss, "one of " + ", ".join(LOSSES))
+        expect(
+            is_number(self.clip_norm) and 0 <= self.clip_norm <= FLOAT32_MAX,
+            "clip_norm",
+            self.clip_norm,
+            "a global gradient norm >= 0 (0: no clipping)",
+        )
+        expect(
+            is_number(self.ema_decay) and 0 <= self.ema_decay < 1,
+            "ema_decay",
+            self.ema_decay,
+            "a decay per step in [0, 1) (0: no weight averaging)",
+        )
+        for field in ("mixup", "cutmix"):
+            value = getattr(self, field)
+            expect(
+                is_number(value) and 0 <= value <= 100, field, value, "a Beta(alpha, alpha) alpha in [0, 100] (0: off)"
+            )
+        expect(
+            is_number(self.random_erasing) and 0 <= self.random_erasing <= 1,
+            "random_erasing",
+            self.random_erasing,
+            "a probability per image in [0, 1]",
+        )
+        expect(
+            self.auto_augment in AUTO_AUGMENTS, "auto_augment", self.auto_augment, "one of " + ", ".join(AUTO_AUGMENTS)
+        )
 
     def uses_low_lr_start(self, model_config: ModelConfig) -> bool:
         """Whether training starts at a tenth of the rate (paper recipe: CIFAR ResNet-110 and deeper)."""

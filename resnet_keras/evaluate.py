@@ -9,6 +9,11 @@ from resnet_keras.config import DataConfig
 from resnet_keras.errors import UsageError, expect
 from resnet_keras.rundir import WEIGHTS, RunDir
 
+# Test-time augmentation: "flip" averages the probabilities of the image and its mirror; "crops"
+# averages ten views, the four corner and the centre crops of the image padded by 1/8 of its side
+# (4 pixels at 32, the training crops' range) and their mirrors, as the paper's 10-crop testing.
+TTA_MODES = ("none", "flip", "crops")
+
 
 def evaluate(
     model_dir: str | os.PathLike,
@@ -18,6 +23,7 @@ def evaluate(
     batch_size: int = 128,
     weights: str = "final",
     write: bool = True,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Evaluates a run's model on `split`; returns loss, top-1, top-5, per-class accuracy and confusion.
 
@@ -27,9 +33,13 @@ def evaluate(
     of the classes; a class folder the run does not know is an error. `weights` is "final"
     (model.keras) or "best" (best.weights.h5 by val accuracy). The confusion matrix is rows =
     true class, columns = predicted class. With `write`, saves `confusion.png` and
-    `eval-<split>.json` in the run directory.
+    `eval-<split>.json` in the run directory. `tta` (TTA_MODES) averages the softmax probabilities
+    of several views of each image; the loss is then the cross-entropy of the averaged probabilities.
+    "crops" needs an evaluation view that is the whole image (the "cifar" and "none" views): the
+    "imagenet" view is already a centre crop.
     """
     expect(weights in WEIGHTS, "weights", weights, "'final' or 'best'")
+    expect(tta in TTA_MODES, "tta", tta, "one of " + ", ".join(TTA_MODES))
     run = RunDir(model_dir)
     model_config = run.model_config()
     own_data = run.data_config()
@@ -53,6 +63,14 @@ def evaluate(
             raise UsageError(
                 f"dataset {data_config.dataset!r} has {info.num_classes} classes; the model in {run.path} predicts {n}"
             )
+    if tta == "crops":
+        from resnet_keras.preprocessing import view_family
+
+        if view_family(data_config, model_config.image_size) == "imagenet":
+            raise UsageError(
+                "Received: tta='crops' with the imagenet evaluation view, which is already a centre crop; "
+                "use tta='flip'"
+            )
     model = run.load_model(weights, model_config)
     ds = data_lib.make_dataset(
         data_config,
@@ -66,7 +84,13 @@ def evaluate(
 
     @tf.function(autograph=False)
     def predict(images):
-        return tf.cast(model(images, training=False), tf.float32)
+        if tta == "none":
+            return tf.cast(model(images, training=False), tf.float32)
+        views = test_time_views(tf, images, tta)
+        probabilities = [tf.nn.softmax(tf.cast(model(view, training=False), tf.float32)) for view in views]
+        # log of the mean probability: the softmax of these "logits" is that mean, so the loss,
+        # top-1 and top-5 below read the averaged prediction.
+        return tf.math.log(tf.add_n(probabilities) / len(views) + 1e-12)
 
     confusion = np.zeros((n, n), np.int64)
     loss_sum, top5_hits, count = 0.0, 0, 0
@@ -94,8 +118,21 @@ def evaluate(
         confusion_matrix=confusion.tolist(),
         class_names=names,
         weights=weights,
+        tta=tta,
     )
     if write:
         run.write_png(RunDir.CONFUSION, plots.confusion_matrix(confusion, names, split))
         run.write_json(run.eval_file(split).name, result)
     return result
+
+
+def test_time_views(tf, images, tta: str) -> list:
+    """The views of a float32 batch [b, S, S, 3] that `tta` averages over (see TTA_MODES)."""
+    if tta == "flip":
+        return [images, tf.reverse(images, axis=[2])]
+    size = images.shape[1]
+    pad = max(1, size // 8)
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    offsets = [(0, 0), (0, 2 * pad), (2 * pad, 0), (2 * pad, 2 * pad), (pad, pad)]
+    crops = [padded[:, top : top + size, left : left + size, :] for top, left in offsets]
+    return crops + [tf.reverse(crop, axis=[2]) for crop in crops]

@@ -134,7 +134,7 @@ class BestWeights(Hook):
     def on_epoch_end(self, epoch, logs):
         if logs["val_accuracy"] > self.best:
             self.best = logs["val_accuracy"]
-            self.run.save_best_weights(self.trainer.model)
+            self.run.save_best_weights(self.trainer.eval_model)
 
 
 class Checkpoint(Hook):
@@ -310,7 +310,7 @@ class RunSummary(Hook):
             self.log(f"{self.run.path} already trained for {trainer.start_epoch} epochs.")
             self.metrics = self.run.read_json(RunDir.METRICS)
             return
-        self.run.save_final_model(trainer.model)
+        self.run.save_final_model(trainer.eval_model)
         history = self.history
         if history:
             from resnet_keras import plots
@@ -342,3 +342,50 @@ class RunSummary(Hook):
             f"{self.metrics['wall_seconds']:.1f} s, {self.metrics['images_per_second']} images/s; "
             f"saved {self.run.file(RunDir.FINAL_MODEL)}"
         )
+
+
+class WeightAverage(Hook):
+    """An exponential moving average of the weights (Polyak & Juditsky 1992), updated after every step:
+    average = d * average + (1 - d) * weights, over every float weight (BN statistics too), with
+    d = min(decay, (1 + t) / (10 + t)) after optimizer step t (`step_counter`): the warm-up of
+    TensorFlow's `ExponentialMovingAverage(num_updates=...)` and timm's ModelEmaV3, so the
+    average of a short run is not dominated by the random initial weights.
+
+    `average_model` is a second build of the same network that holds the average; the trainer
+    validates and saves it (`Trainer.eval_model`), so `best.weights.h5`, `model.keras` and exports
+    are the averaged network. It is part of the checkpoint, so a resumed run continues the same
+    average. A run that starts fresh (epoch 0) starts the average at the initial weights.
+    """
+
+    def __init__(self, model, average_model, decay: float, step_counter=None):
+        import tensorflow as tf
+
+        if len(average_model.weights) != len(model.weights):
+            raise ValueError("average_model must be another build of the model's network")
+        # Float weights only: a DropPath's random-stream state is an integer and is not averaged.
+        pairs = [(a, w) for a, w in zip(average_model.weights, model.weights) if "float" in str(a.dtype)]
+        self.decay = float(decay)
+
+        @tf.function(autograph=False)
+        def update():
+            decay = tf.constant(self.decay, tf.float32)
+            if step_counter is not None:
+                t = tf.cast(step_counter, tf.float32)
+                decay = tf.minimum(decay, (1.0 + t) / (10.0 + t))
+            for average, weight in pairs:
+                d = tf.cast(decay, average.dtype)
+                average.assign(d * average + (1.0 - d) * tf.cast(weight, average.dtype))
+
+        @tf.function(autograph=False)
+        def copy():
+            for average, weight in pairs:
+                average.assign(tf.cast(weight, average.dtype))
+
+        self.update, self.copy = update, copy
+
+    def on_train_begin(self):
+        if self.trainer.start_epoch == 0:
+            self.copy()
+
+    def on_train_batch_end(self, epoch, step, values):
+        self.update()

@@ -48,6 +48,7 @@ def backbone_features(x, config: ModelConfig) -> dict[str, Any]:
     )
     features = {}
     stages = config.stages
+    rates = drop_path_rates(config)
     for index, stage in enumerate(stages, start=2):
         # The keras layout moves each stage's downsampling to the last block of the stage before.
         following = stages[index - 1].stride if index - 1 < len(stages) else 1
@@ -65,12 +66,28 @@ def backbone_features(x, config: ModelConfig) -> dict[str, Any]:
             stride_in_3x3=config.stride_in_3x3,
             zero_init=config.zero_init_residual,
             weight_decay=config.weight_decay,
+            se_ratio=config.se_ratio,
+            avg_down=config.avg_down,
+            drop_path_rates=[rates.pop(0) for _ in range(stage.blocks)] if rates else (),
         )
         features[f"conv{index}"] = x
     if config.preact:
         last = list(features)[-1]
         features[last] = blocks.bn_relu(x, name="post")
     return features
+
+
+def drop_path_rates(config: ModelConfig) -> list[float]:
+    """Each block's stochastic-depth rate, in network order; empty when `config.drop_path` is 0.
+
+    Linear in depth (Huang et al. 2016, "linear decay rule"): block i of N (from 0) drops with
+    probability drop_path * i / (N - 1), so early blocks, whose features every later block reads,
+    are kept and the last one is dropped at `drop_path` (timm's `drop_path_rate`).
+    """
+    if not config.drop_path:
+        return []
+    count = sum(stage.blocks for stage in config.stages)
+    return [config.drop_path * i / max(count - 1, 1) for i in range(count)]
 
 
 def build_backbone(config: ModelConfig) -> keras.Model:

@@ -23,11 +23,15 @@ class Recipe:
     """One named recipe. Per-family values are mappings keyed by "cifar" and "imagenet".
 
     learning_rate is quoted at `reference_batch` and scales linearly with the global batch
-    (Goyal et al. 2017). schedule: "step" divides the rate by 10 at each fraction of the steps
+    (Goyal et al. 2017), or with its square root when `lr_scaling` is "sqrt". schedule: "step"
+    divides the rate by 10 at each fraction of the steps
     in `boundaries`; "cosine" decays it to 0. Warm-up (linear from 0): `warmup_fraction` of the
     epochs, at most `warmup_max` epochs, and `warmup_short` epochs for runs under 10 epochs;
     no warm-up when `warmup_fraction` is 0. `low_lr_start_depth`: CIFAR nets this deep or
     deeper first train at a tenth of the rate until the training error is below 80 %.
+    optimizer ("sgd", "adamw", "lamb"), loss ("softmax", "bce"), clip_norm (global gradient norm,
+    0: off), ema_decay (per step, 0: off), mixup and cutmix (Beta alpha, 0: off), random_erasing
+    (probability per image) and auto_augment ("none", "ta_wide") are `TrainConfig` fields of the same names.
     """
 
     name: str
@@ -47,6 +51,15 @@ class Recipe:
     warmup_max: float = 0.0
     warmup_short: float = 0.0
     low_lr_start_depth: int | None = None
+    optimizer: str = "sgd"
+    loss: str = "softmax"
+    clip_norm: float = 0.0
+    ema_decay: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    random_erasing: float = 0.0
+    auto_augment: str = "none"
+    lr_scaling: str = "linear"
 
     def warmup_epochs(self, epochs: int) -> float:
         if not self.warmup_fraction:
@@ -54,7 +67,9 @@ class Recipe:
         return self.warmup_short if epochs < 10 else min(self.warmup_max, int(epochs * self.warmup_fraction))
 
     def learning_rate_for(self, family: str, batch_size: int) -> float:
-        return self.learning_rate[family] * batch_size / self.reference_batch[family]
+        ratio = batch_size / self.reference_batch[family]
+        # timm scales adaptive optimizers' (LAMB, Adam) rates with the square root of the batch ratio.
+        return self.learning_rate[family] * (math.sqrt(ratio) if self.lr_scaling == "sqrt" else ratio)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -94,6 +109,63 @@ RECIPES: dict[str, Recipe] = {
             warmup_fraction=0.1,
             warmup_max=5,
             warmup_short=0.5,
+        ),
+        Recipe(
+            name="torchvision",
+            summary=(
+                "torchvision's ResNet-50 recipe (80.9 %): SGD lr 0.5 per 1024 images, cosine, 5 warm-up epochs, "
+                "600 epochs, label smoothing 0.1, mixup 0.2, CutMix 1.0, random erasing 0.1, EMA, weight decay 2e-5"
+            ),
+            source=(
+                "Vryniotis 2021, 'How to Train State-Of-The-Art Models Using TorchVision's Latest Primitives' and "
+                "torchvision references/classification README (IMAGENET1K_V2 weights, 80.858 %): 8 GPUs x batch 128, "
+                "--lr 0.5 --lr-scheduler cosineannealinglr --lr-warmup-epochs 5 --label-smoothing 0.1 --mixup-alpha "
+                "0.2 --cutmix-alpha 1.0 --random-erase 0.1 --weight-decay 2e-5 --norm-weight-decay 0.0 --model-ema "
+                "--model-ema-steps 32 --model-ema-decay 0.99998 --auto-augment ta_wide --train-crop-size 176 "
+                "--val-resize-size 232. Not reproduced here: the 176/224 train/test sizes and the "
+                "warm-up's start at 1 % of the rate (ours starts at 0)"
+            ),
+            epochs={"cifar": 600, "imagenet": 600},
+            learning_rate={"cifar": 0.5, "imagenet": 0.5},
+            weight_decay={"cifar": 2e-5, "imagenet": 2e-5},
+            reference_batch={"cifar": 1024, "imagenet": 1024},
+            schedule="cosine",
+            label_smoothing=0.1,
+            warmup_fraction=0.01,
+            warmup_max=5,
+            warmup_short=0.5,
+            # torchvision averages every 32 steps with decay 1 - 2e-5 x (1024 x 32 / 600); per step, 0.999966.
+            ema_decay=0.99997,
+            mixup=0.2,
+            cutmix=1.0,
+            random_erasing=0.1,
+            auto_augment="ta_wide",
+        ),
+        Recipe(
+            name="rsb_a3",
+            summary=(
+                "'ResNet strikes back' A3 (ResNet-50 78.1 % in 100 epochs): LAMB lr 8e-3 per 2048 images, weight "
+                "decay 0.02, cosine, 5 warm-up epochs, binary cross-entropy, mixup 0.1, CutMix 1.0"
+            ),
+            source=(
+                "Wightman, Touvron & Jegou 2021, 'ResNet strikes back', Table 1, procedure A3: 100 epochs, batch 2048, "
+                "LAMB, lr 8e-3, weight decay 0.02 (none on BN and biases), cosine with 5 warm-up epochs, BCE loss, "
+                "no label smoothing, mixup 0.1, CutMix 1.0, no EMA, no stochastic depth, train 160 / test 224. Not "
+                "reproduced here: RandAugment (m6, std 0.5) and the 160/224 train/test sizes"
+            ),
+            epochs={"cifar": 100, "imagenet": 100},
+            learning_rate={"cifar": 8e-3, "imagenet": 8e-3},
+            weight_decay={"cifar": 0.02, "imagenet": 0.02},
+            reference_batch={"cifar": 2048, "imagenet": 2048},
+            schedule="cosine",
+            warmup_fraction=0.05,
+            warmup_max=5,
+            warmup_short=0.5,
+            optimizer="lamb",
+            loss="bce",
+            lr_scaling="sqrt",
+            mixup=0.1,
+            cutmix=1.0,
         ),
     )
 }

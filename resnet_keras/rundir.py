@@ -127,6 +127,10 @@ class RunDir:
             if field.default is not dataclasses.MISSING
         }
         old.update({key: new[key] for key in set(new) - set(old) if key in defaults and new[key] == defaults[key]})
+        # ... or the value its recipe gives the field today (fields left None are filled from the recipe).
+        if missing := set(new) - set(old):
+            resolved = _resolved_configs(self.file(self.CONFIG).read_text())
+            old.update({key: new[key] for key in missing if key in resolved and resolved[key] == new[key]})
         differing = sorted(
             key
             for key in set(old) | set(new)
@@ -266,6 +270,20 @@ class RunDir:
         scratch = Path(tempfile.mkdtemp(prefix=f"resnet-keras-worker-{self.path.name}-"))
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         return RunDir(scratch)
+
+
+def _resolved_configs(text: str) -> dict:
+    """A config.json's sections as the current dataclasses resolve them, flattened ({} if they cannot)."""
+    try:
+        raw = json.loads(text)
+        return _flatten(
+            {
+                section: cls.from_dict(raw[section]).to_dict()
+                for section, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig))
+            }
+        )
+    except Exception:  # an old or hand-edited file that no longer validates: no field is filled in
+        return {}
 
 
 def _flatten(configs: dict) -> dict:

@@ -119,6 +119,18 @@ def _preset_table() -> dict[str, dict]:
     return presets
 
 
+def _modern_presets() -> dict[str, dict]:
+    """timm's ResNet-D (`resnet50d`: deep stem, average-pooled projection shortcuts) and SE-ResNet
+    (`seresnet50`: squeeze-and-excitation, ratio 1/16) at every ImageNet depth. timm strides the
+    bottleneck's 3x3 (our v1.5); a basic block has only 3x3s, so its v1 is the same network."""
+    presets: dict[str, dict] = {}
+    for depth, (block, _) in IMAGENET_DEPTHS.items():
+        base = dict(family="imagenet", depth=depth, variant="v1.5" if block == "bottleneck" else "v1")
+        presets[f"resnet{depth}d"] = dict(base, stem="deep", avg_down=True)
+        presets[f"seresnet{depth}"] = dict(base, se_ratio=1 / 16)
+    return presets
+
+
 # Named presets: `resnet50` is the paper's v1; `resnet50_v1.5` strides on the 3x3 as
 # torchvision and NVIDIA train it; `_v2` is the pre-activation network of He et al. 2016.
-PRESETS: dict[str, dict] = _preset_table()
+PRESETS: dict[str, dict] = {**_preset_table(), **_modern_presets()}

@@ -64,7 +64,7 @@ def train(
             f"Received: checkpoint_every={checkpoint_every!r} with --strategy multi-worker; "
             "give a number of steps, which every worker counts alike"
         )
-    model_config = dataclasses.replace(model_config, weight_decay=float(train_config.weight_decay))
+    model_config = dataclasses.replace(model_config, weight_decay=float(model_weight_decay(train_config)))
     setup = _prepare(model_config, data_config, train_config, RunDir(model_dir), log)
     run, out, strategy = setup.run, setup.out, setup.strategy
     init_weights = None  # read and checked before anything is written
@@ -102,10 +102,11 @@ def train(
         iterator=iter(_train_input(setup, start_epoch, within.steps if within else 0)),
         steps_per_epoch=setup.steps_per_epoch,
         epochs=train_config.epochs,
-        validate=make_validation(parts.model, setup.val_dataset, model_config.num_classes),
+        validate=make_validation(parts.eval_model, setup.val_dataset, model_config.num_classes),
         before_validation=distribute.replica_statistics_sync(strategy, parts.model),
         hooks=[*run_hooks, *hooks],
         log=log,
+        eval_model=parts.eval_model,
     )
     import tensorflow as tf
 
@@ -214,6 +215,12 @@ class _Parts:
     checkpoint: Any
     manager: Any
     progress: Any = None  # float64 [6]: trainer.EpochProgress of a mid-epoch checkpoint, zeros at epoch ends
+    average_model: Any = None  # the EMA of the weights (TrainConfig.ema_decay > 0)
+
+    @property
+    def eval_model(self):
+        """What is validated and saved: the weight average when one is kept."""
+        return self.model if self.average_model is None else self.average_model
 
 
 def _build(setup: _Setup) -> _Parts:
@@ -233,21 +240,23 @@ def _build(setup: _Setup) -> _Parts:
         lr_factor = tf.Variable(
             LOW_LR_FACTOR if low_lr_start else 1.0, dtype=tf.float32, trainable=False, name="lr_factor"
         )
-        optimizer = keras.optimizers.SGD(
-            learning_rate=make_schedule(train_config, setup.steps_per_epoch, lr_factor if low_lr_start else None),
-            momentum=train_config.momentum,
-            nesterov=train_config.nesterov,
+        optimizer = make_optimizer(
+            train_config,
+            make_schedule(train_config, setup.steps_per_epoch, lr_factor if low_lr_start else None),
+            model.trainable_variables,
         )
         if train_config.mixed_precision == "float16":  # bfloat16 needs no loss scaling
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        average_model = build_model(setup.model_config) if train_config.ema_decay else None
         optimizer.build(model.trainable_variables)  # slots exist before restore: immediate restoration
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
         progress = tf.Variable(tf.zeros([6], tf.float64), trainable=False, name="epoch_progress")
+    extra = {"average_model": average_model} if average_model is not None else {}
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, epoch=epoch, lr_factor=lr_factor, epoch_progress=progress
+        model=model, optimizer=optimizer, epoch=epoch, lr_factor=lr_factor, epoch_progress=progress, **extra
     )
     manager = tf.train.CheckpointManager(checkpoint, str(setup.out.checkpoint_dir), max_to_keep=2)
-    return _Parts(model, optimizer, plan, lr_factor, epoch, checkpoint, manager, progress)
+    return _Parts(model, optimizer, plan, lr_factor, epoch, checkpoint, manager, progress, average_model)
 
 
 def _restore(parts: _Parts, path: str):
@@ -263,8 +272,9 @@ def _restore(parts: _Parts, path: str):
         parts.checkpoint.restore(path).assert_existing_objects_matched()
     else:
         parts.progress.assign(tf.zeros([6], tf.float64))
+        extra = {"average_model": parts.average_model} if parts.average_model is not None else {}
         checkpoint = tf.train.Checkpoint(
-            model=parts.model, optimizer=parts.optimizer, epoch=parts.epoch, lr_factor=parts.lr_factor
+            model=parts.model, optimizer=parts.optimizer, epoch=parts.epoch, lr_factor=parts.lr_factor, **extra
         )
         checkpoint.restore(path).assert_existing_objects_matched()
     within = EpochProgress.from_array(parts.progress.numpy())
@@ -273,8 +283,8 @@ def _restore(parts: _Parts, path: str):
 
 def _train_input(setup: _Setup, start_epoch: int, start_step: int = 0):
     """The distributed training stream; a resumed run starts where the steps done stopped reading."""
+    from resnet_keras import augment, distribute
     from resnet_keras import data as data_lib
-    from resnet_keras import distribute
 
     def dataset(ctx):
         per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines  # one batch per local replica
@@ -289,7 +299,20 @@ def _train_input(setup: _Setup, start_epoch: int, start_step: int = 0):
             skip_batches=(start_epoch * setup.steps_per_epoch + start_step) * per_step,
         )
 
-    return setup.strategy.distribute_datasets_from_function(dataset, options=distribute.input_options(setup.strategy))
+    def with_components(ctx):  # random erasing, mixup, CutMix; batch n is keyed by n, also after a resume
+        per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        return augment.apply(
+            dataset(ctx),
+            setup.train_config,
+            num_classes=setup.model_config.num_classes,
+            fill=setup.model_config.input_mean,
+            seed=setup.data_config.seed,
+            first_batch=(start_epoch * setup.steps_per_epoch + start_step) * per_step,
+            pipeline=(ctx.input_pipeline_id, ctx.num_input_pipelines),
+        )
+
+    source = with_components if augment.active(setup.train_config) else dataset
+    return setup.strategy.distribute_datasets_from_function(source, options=distribute.input_options(setup.strategy))
 
 
 def _train_step(setup: _Setup, parts: _Parts):
@@ -305,6 +328,8 @@ def _train_step(setup: _Setup, parts: _Parts):
         loss_scaling=train_config.mixed_precision == "float16",
         xla=train_config.xla,
         transform_gradients=parts.plan.scale_gradients if parts.plan else None,
+        loss=train_config.loss,
+        clip_norm=train_config.clip_norm,
     )
 
 
@@ -320,6 +345,11 @@ def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log, checkpoint_ev
         run_hooks.append(hooks.FineTunePhases(parts.plan, log))
     if hooks.ProgressBar.wanted():
         run_hooks.append(hooks.ProgressBar())
+    if parts.average_model is not None:  # first: the average is updated before any hook reads it
+        average = hooks.WeightAverage(
+            parts.model, parts.average_model, setup.train_config.ema_decay, step_counter=parts.optimizer.iterations
+        )
+        run_hooks.insert(0, average)
     facts = dict(
         model=setup.model_config.name,
         dataset=setup.data_config.dataset,
@@ -341,3 +371,30 @@ def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log, checkpoint_ev
     agree = distribute.any_worker(setup.strategy) if multi_worker else None
     run_hooks += [hooks.Preemption(checkpoint, log, agree), summary]
     return summary, run_hooks
+
+
+def model_weight_decay(train_config: TrainConfig) -> float:
+    """The L2 built into the model: SGD's weight decay; 0 for AdamW and LAMB, whose decay is decoupled
+    (applied by the optimizer to the weights, not through the gradient, Loshchilov & Hutter 2019)."""
+    return train_config.weight_decay if train_config.optimizer == "sgd" else 0.0
+
+
+def make_optimizer(train_config: TrainConfig, learning_rate, variables):
+    """The run's Keras optimizer (not built): SGD with momentum, AdamW or LAMB.
+
+    SGD's weight decay is the model's L2 (`model_weight_decay`), which covers conv and dense kernels
+    only. AdamW and LAMB decay every variable of more than one dimension (kernels) by lr x
+    weight_decay per step and exempt BN's gamma and beta and the biases, as timm and torchvision
+    do. Keras' LAMB applies that decay outside its trust ratio. Adam-family settings are Keras'
+    defaults (beta_1 0.9, beta_2 0.999, epsilon 1e-7).
+    """
+    import keras
+
+    if train_config.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate=learning_rate, momentum=train_config.momentum, nesterov=train_config.nesterov
+        )
+    kind = {"adamw": keras.optimizers.AdamW, "lamb": keras.optimizers.Lamb}[train_config.optimizer]
+    optimizer = kind(learning_rate=learning_rate, weight_decay=train_config.weight_decay)
+    optimizer.exclude_from_weight_decay(var_list=[v for v in variables if len(v.shape) <= 1])
+    return optimizer

@@ -74,7 +74,8 @@ class Trainer:
     make_step() -> step(iterator) -> [loss sum, correct, count] (see `make_train_step`); it is
     called again by `rebuild_step()` when the trainable variables change. validate() ->
     (val_loss, val_accuracy) over the whole validation split. before_validation() runs after
-    each epoch's steps (the replicas' BatchNorm statistics are averaged there).
+    each epoch's steps (the replicas' BatchNorm statistics are averaged there). eval_model
+    (default: model) is what `BestWeights` and `RunSummary` save: the EMA model when one is kept.
     """
 
     def __init__(
@@ -90,8 +91,11 @@ class Trainer:
         before_validation: Callable[[], None] = lambda: None,
         hooks: Sequence[Hook] = (),
         log: Callable[[str], None] = print,
+        eval_model=None,
     ):
         self.model, self.optimizer, self.log = model, optimizer, log
+        # The model that is validated and saved (best, final): the trained one, or its weight average.
+        self.eval_model = model if eval_model is None else eval_model
         self.iterator, self.steps_per_epoch, self.epochs = iterator, steps_per_epoch, epochs
         self._make_step, self._validate, self._before_validation = make_step, validate, before_validation
         self.hooks = list(hooks)
@@ -152,12 +156,28 @@ class Trainer:
 # ----------------------------------------------------------------------------- the step
 
 
-def per_example_loss(tf, labels, logits, num_classes: int, label_smoothing: float):
-    """Softmax cross-entropy from float32 logits and int labels, with optional label smoothing."""
-    targets = tf.one_hot(labels, num_classes, dtype=tf.float32)
+def per_example_loss(tf, labels, logits, num_classes: int, label_smoothing: float, loss: str = "softmax"):
+    """Cross-entropy per example from float32 logits, with optional label smoothing.
+
+    `labels` are int class indices [b] or, after mixup/cutmix, float32 class weights [b, C]
+    that sum to 1. loss="softmax": softmax cross-entropy. loss="bce": an independent sigmoid per
+    class and binary cross-entropy averaged over the classes, as timm's BinaryCrossEntropy that
+    "ResNet strikes back" trains with.
+    """
+    if labels.shape.rank == 2:
+        targets = tf.cast(labels, tf.float32)
+    else:
+        targets = tf.one_hot(labels, num_classes, dtype=tf.float32)
     if label_smoothing:
         targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+    if loss == "bce":
+        return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits), axis=-1)
     return tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+
+
+def hard_labels(tf, labels):
+    """Class indices int32 [b] from int labels or mixed class weights [b, C] (the larger share)."""
+    return tf.argmax(labels, -1, output_type=tf.int32) if labels.shape.rank == 2 else labels
 
 
 def make_train_step(
@@ -171,29 +191,38 @@ def make_train_step(
     loss_scaling: bool,
     xla: bool,
     transform_gradients: Callable | None = None,
+    loss: str = "softmax",
+    clip_norm: float = 0.0,
 ):
     """The training step: `train_step(iterator)` -> summed [loss, correct, count] over the batch.
 
     One step reads the next (distributed) batch, runs the replica step under `strategy.run` and
     sums the three float32 scalars over replicas. Shared with `resnet_keras.benchmark`, so the
     benchmark times exactly the step that training runs. `transform_gradients(grads, variables)`
-    (fine-tuning: a lower rate for the backbone) runs before the update.
+    (fine-tuning: a lower rate for the backbone) runs before the update. `loss` is "softmax" or
+    "bce" (`per_example_loss`); labels may be mixed class weights [b, C]. `clip_norm` > 0 clips
+    the gradient to that global norm (Pascanu et al. 2013) before the update.
     """
     import tensorflow as tf
+
+    loss_kind = loss
 
     def step_fn(images, labels):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
-            per_example = per_example_loss(tf, labels, logits, num_classes, label_smoothing)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            per_example = per_example_loss(tf, labels, logits, num_classes, label_smoothing, loss_kind)
+            total = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(ly, tf.float32) for ly in model.losses]))
-            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
+                total += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(ly, tf.float32) for ly in model.losses]))
+            scaled = optimizer.scale_loss(total) if loss_scaling else total
         grads = tape.gradient(scaled, model.trainable_variables)
         if transform_gradients is not None:
             grads = transform_gradients(grads, model.trainable_variables)
+        if clip_norm:
+            grads = clip_global_norm(tf, grads, clip_norm * (optimizer.dynamic_scale if loss_scaling else 1.0))
         optimizer.apply(grads, model.trainable_variables)  # sums gradients over replicas; unscales
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        predicted = tf.argmax(logits, -1, output_type=tf.int32)
+        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, hard_labels(tf, labels)), tf.float32))
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         return tf.reduce_sum(per_example), correct, count
 
@@ -208,6 +237,21 @@ def make_train_step(
         return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in results]
 
     return train_step
+
+
+def clip_global_norm(tf, grads, clip_norm):
+    """Gradients scaled down to global norm `clip_norm` when larger, over every replica's share.
+
+    Each replica holds a part of the gradient (the optimizer sums them), so the norm is taken of
+    their sum; each replica then passes on its clipped share (sum / replicas). One replica: plain
+    `tf.clip_by_global_norm`. A non-finite gradient stays non-finite (loss scaling skips the step).
+    """
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync if context is not None else 1
+    if replicas > 1:
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    clipped, _ = tf.clip_by_global_norm(grads, clip_norm)
+    return [g / replicas for g in clipped] if replicas > 1 else clipped
 
 
 def make_validation(model, dataset, num_classes: int) -> Callable[[], tuple[float, float]]:

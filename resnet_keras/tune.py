@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_keras import plots, specs
-from resnet_keras.config import SHORTCUTS, ModelConfig
+from resnet_keras.config import COMPONENT_FIELDS, SHORTCUTS, ModelConfig
 from resnet_keras.errors import ResNetKerasError, TrainingFailure, UsageError, expect, is_int, is_number
 from resnet_keras.files import write_atomic
 from resnet_keras.rundir import RunDir
@@ -621,7 +621,28 @@ def _prepare_results_dir(results_dir: Path, spec: dict, overwrite: bool, who: st
     return False
 
 
+def _with_new_train_fields(old: dict) -> dict:
+    """A search file written before some TrainConfig fields existed, with those fields as its recipe
+    fills them today, so the search still resumes (a run directory gets the same rule)."""
+    from resnet_keras.config import TrainConfig
+
+    train = old.get("train")
+    if not isinstance(train, dict):
+        return old
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        filled = TrainConfig(**{key: value for key, value in train.items() if key in known}).to_dict()
+    except (ResNetKerasError, TypeError):
+        return old
+    return {**old, "train": {**{key: filled[key] for key in known - set(train)}, **train}}
+
+
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    if not prefix:
+        old = _with_new_train_fields(old)
+        for section in ("train",):  # keys the spec leaves out on purpose stay out of the comparison
+            if isinstance(new.get(section), dict) and isinstance(old.get(section), dict):
+                old = {**old, section: {k: v for k, v in old[section].items() if k in new[section]}}
     out = []
     for key in sorted(set(old) | set(new)):
         if not prefix and key == "tune":
@@ -857,6 +878,7 @@ def _best_yaml(best: dict, space: SearchSpace, data_config, train_config, tune: 
         mixed_precision=train_config.mixed_precision,
         xla=train_config.xla,
         seed=train_config.seed,
+        **{field: getattr(train_config, field) for field in COMPONENT_FIELDS},
     )
     config = {key: value for key, value in config.items() if value is not None}
     steps = (

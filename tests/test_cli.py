@@ -19,7 +19,7 @@ def test_info_json_gives_published_sizes():
     assert rows["resnet18"]["trainable_params"] == 11_689_512
     assert rows["resnet18"]["blocks_per_stage"] == [2, 2, 2, 2]
     assert rows["resnet18"]["multiply_adds"] == pytest.approx(1.8e9, rel=0.02)
-    assert set(rows) == {"resnet18", "resnet18_v2"}
+    assert set(rows) == {"resnet18", "resnet18_v2", "resnet18d", "seresnet18"}
 
 
 def test_info_table_for_cifar_presets():

@@ -324,3 +324,95 @@ def test_models_use_the_fused_batch_norm_and_reload_with_safe_mode(tmp_path):
     assert isinstance(loaded.get_layer("conv1_bn"), FusedBatchNormalization)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-5)
+
+
+# -- ResNet-C/D, squeeze-and-excitation, stochastic depth ---------------------------------------
+
+# timm 1.0.31 `sum(p.numel() for p in model.parameters())`, 1000 classes (see STACK-FACTS).
+TIMM_PARAMS = {"resnet50d": 25_576_264, "resnet18d": 11_708_744, "seresnet50": 28_088_024}
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_PARAMS))
+def test_resnet_d_and_se_parameter_counts_match_timm(name):
+    model = create_model(name)
+    assert count_parameters(model)[0] == TIMM_PARAMS[name]
+    assert ModelConfig.preset(name).name == name  # export folders and `info` use the preset's name
+    names = {ly.name for ly in model.layers}
+    if name.endswith("d"):  # deep stem 32/32/64, pooled projections of strided blocks only
+        assert model.get_layer("conv1_1_conv").kernel.shape == (3, 3, 3, 32)
+        assert model.get_layer("conv1_3_conv").kernel.shape == (3, 3, 32, 64)
+        assert {"conv3_block1_0_pool", "conv5_block1_0_pool"} <= names and "conv2_block1_0_pool" not in names
+    else:  # SE squeezes 256 -> 16 channels in conv2 (ratio 1/16), before the sum
+        assert model.get_layer("conv2_block1_se_reduce").kernel.shape == (1, 1, 256, 16)
+        assert model.get_layer("conv2_block1_add").input[1] is model.get_layer("conv2_block1_se_excite").output
+
+
+def test_se_width_rounds_as_timm_and_basic_blocks_take_every_option():
+    from resnet_keras.blocks import se_channels
+
+    assert [se_channels(c, 1 / 16) for c in (16, 64, 200, 256, 2048)] == [8, 8, 16, 16, 128]
+    config = ModelConfig(
+        depth=8, family="cifar", shortcut="B", stem="deep", avg_down=True, se_ratio=0.25, drop_path=0.2
+    )
+    assert config.name == "seresnet8d" and config.output_stride == 16
+    logits = build_model(config)(np.zeros((2, 32, 32, 3), "float32"))
+    assert logits.shape == (2, 10)
+    with pytest.raises(ConfigError, match="avg_down=True"):
+        ModelConfig(depth=20, avg_down=True)  # option A has no projection to pool before
+
+
+def test_avg_down_pools_odd_maps_like_timm():
+    """2x2/2 average over the pixels that exist (ceil mode, padding not counted), then the 1x1 conv."""
+    from resnet_keras.blocks import shortcut
+
+    inputs = keras.Input((7, 7, 4))
+    out = shortcut(inputs, 8, stride=2, option="B", preact=True, avg_down=True, name="s")
+    model = keras.Model(inputs, [out, keras.Model(inputs, out).get_layer("s_0_pool").output])
+    x = np.random.default_rng(0).normal(size=(1, 7, 7, 4)).astype("float32")
+    projected, pooled = (np.asarray(t) for t in model(x))
+    expected = np.array(
+        [[x[0, r : r + 2, c : c + 2].mean(axis=(0, 1)) for c in range(0, 7, 2)] for r in range(0, 7, 2)]
+    )
+    np.testing.assert_allclose(pooled[0], expected, rtol=1e-6)
+    assert projected.shape == (1, 4, 4, 8)
+
+
+def test_drop_path_keeps_the_expected_value_and_is_identity_at_inference():
+    from resnet_keras.blocks import DropPath
+
+    keras.utils.set_random_seed(1)
+    rate, n = 0.3, 20_000
+    layer = DropPath(rate)
+    x = np.ones((n, 2, 2, 3), "float32")
+    y = np.asarray(layer(x, training=True))
+    per_example = y.reshape(n, -1)
+    assert np.all(per_example == per_example[:, :1])  # the whole example is kept or dropped
+    np.testing.assert_allclose(np.unique(per_example), [0.0, 1 / (1 - rate)], rtol=1e-6)
+    sigma = np.sqrt(rate * (1 - rate) / n) / (1 - rate)  # standard error of the mean
+    assert abs(y.mean() - 1.0) < 5 * sigma
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+
+
+def test_drop_path_rates_grow_linearly_with_depth():
+    from resnet_keras.models import drop_path_rates
+
+    config = ModelConfig.preset("resnet20", drop_path=0.2)
+    rates = drop_path_rates(config)
+    np.testing.assert_allclose(rates, np.linspace(0, 0.2, 9))
+    model = build_model(config)
+    layers = [ly for ly in model.layers if ly.name.endswith("_drop_path")]
+    assert [ly.name for ly in layers][:2] == ["conv2_block2_drop_path", "conv2_block3_drop_path"]  # block 1 keeps 0
+    np.testing.assert_allclose([ly.rate for ly in layers], rates[1:])
+
+
+def test_modern_options_round_trip_through_json_and_safe_mode(tmp_path):
+    config = ModelConfig(
+        depth=8, family="cifar", shortcut="B", stem="deep", avg_down=True, se_ratio=0.25, drop_path=0.1, num_classes=3
+    )
+    assert ModelConfig.from_json(config.to_json()) == config
+    model = build_model(config)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)

@@ -32,7 +32,8 @@ def test_train_config_defaults_come_from_the_recipe(name, family):
     recipe = recipes.RECIPES[name]
     config = TrainConfig(recipe=name, family=family, batch_size=512)
     assert config.epochs == recipe.epochs[family]
-    assert config.learning_rate == pytest.approx(recipe.learning_rate[family] * 512 / recipe.reference_batch[family])
+    scale = (512 / recipe.reference_batch[family]) ** (0.5 if recipe.lr_scaling == "sqrt" else 1)
+    assert config.learning_rate == pytest.approx(recipe.learning_rate[family] * scale)
     assert config.weight_decay == recipe.weight_decay[family]
     assert (config.nesterov, config.label_smoothing) == (recipe.nesterov, recipe.label_smoothing)
     assert config.warmup_epochs == recipe.warmup_epochs(config.epochs)

@@ -173,6 +173,22 @@ def test_a_bigger_max_trials_extends_a_search_but_other_changes_do_not():
     ) == ["space.depths: [20] -> [20, 32]", "tune.tuner: 'random' -> 'hyperband'"]
 
 
+def test_a_search_written_before_newer_train_fields_still_resumes():
+    from resnet_keras.config import TrainConfig
+
+    train = {
+        k: v for k, v in TrainConfig(recipe="short").to_dict().items() if k not in ("learning_rate", "weight_decay")
+    }
+    new = {"train": train, "tune": {"tuner": "random"}}
+    old = {
+        "train": {k: v for k, v in train.items() if k not in ("optimizer", "ema_decay", "mixup")},
+        "tune": new["tune"],
+    }
+    assert tune_lib._differences(old, new) == []
+    changed = {"train": {**train, "mixup": 0.5}, "tune": new["tune"]}
+    assert tune_lib._differences(old, changed) == ["train.mixup: 0.0 -> 0.5"]
+
+
 # ----------------------------------------------------------------------------- bad input on the command line
 
 

@@ -1,0 +1,316 @@
+"""Batch-level training augmentations beyond the paper: TrivialAugment, random erasing, mixup and CutMix.
+
+* TrivialAugment Wide (Mueller & Hutter 2021; torchvision's `TrivialAugmentWide`): one of 14 image
+  ops per image at a random strength (`trivial_augment`).
+
+* Random erasing (Zhong et al. 2017; torchvision's `RandomErasing`): with probability `p` per
+  image, a rectangle of 2-33 % of the area and aspect ratio 0.3-3.3 (log-uniform) is filled with
+  the model's input mean, which is 0 after the model's normalisation, as torchvision's `value=0`.
+* Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019): each batch is mixed with itself rolled
+  by one (torchvision's `MixUp`/`CutMix` transforms), with lam ~ Beta(alpha, alpha). When both are
+  on, each batch picks one of the two with equal odds (torchvision's `RandomChoice`, timm's
+  `switch_prob=0.5`). Labels become class weights [b, C]: lam for the image's own class and
+  1 - lam for its partner's; CutMix's lam is the share of pixels the image keeps.
+
+Every random number comes from a stateless op keyed by (seed, batch number): batch n of a
+training stream is augmented the same whether it is reached directly or after a resume.
+Images are float32 raw pixels [b, H, W, C] as `data.make_dataset` yields them.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+ERASE_AREA = (0.02, 0.33)
+ERASE_RATIO = (0.3, 3.3)
+# Keeps these streams apart from the pipeline's own crop and flip seeds.
+_SEED_SALT = 0x5EED_A06
+
+
+def active(train_config) -> bool:
+    return bool(
+        train_config.mixup or train_config.cutmix or train_config.random_erasing or train_config.auto_augment != "none"
+    )
+
+
+def apply(dataset, train_config, *, num_classes: int, fill, seed: int, first_batch: int = 0, pipeline=(0, 1)):
+    """Augments a stream of (images, int labels) batches; returns (images, float32 class weights [b, C]).
+
+    `first_batch` is the number of batches the stream already skipped (a resumed run), so batch n
+    is keyed by n; `pipeline` = (input_pipeline_id, num_input_pipelines) keeps pipelines apart.
+    """
+    index, count = pipeline
+
+    def augment(n, batch):
+        images, labels = batch
+        key = tf.stack([tf.constant(seed + _SEED_SALT, tf.int64), n * count + index])
+        return mix_batch(
+            images,
+            labels,
+            key,
+            num_classes=num_classes,
+            mixup=train_config.mixup,
+            cutmix=train_config.cutmix,
+            random_erasing=train_config.random_erasing,
+            fill=fill,
+            auto_augment=train_config.auto_augment,
+        )
+
+    dataset = dataset.enumerate(start=first_batch)
+    return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def mix_batch(
+    images,
+    labels,
+    key,
+    *,
+    num_classes: int,
+    mixup: float,
+    cutmix: float,
+    random_erasing: float,
+    fill,
+    auto_augment: str = "none",
+):
+    """float32 [b, H, W, C], int labels [b], int64 key [2] -> (images, float32 class weights [b, C]).
+
+    In torchvision's order: TrivialAugment, random erasing, then mixup or CutMix.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    targets = tf.one_hot(labels, num_classes, dtype=tf.float32)
+    if auto_augment == "ta_wide":
+        images = trivial_augment(images, key)
+    if random_erasing:
+        images = random_erase(images, _subkey(key, 0), random_erasing, fill)
+    if not (mixup or cutmix):
+        return images, targets
+    if mixup and cutmix:
+        use_cutmix = tf.random.stateless_uniform([], _subkey(key, 1)) < 0.5
+        lam_mix = _beta(_subkey(key, 2), mixup)
+        lam_cut = _beta(_subkey(key, 3), cutmix)
+        mixed = tf.cond(
+            use_cutmix,
+            lambda: cutmix_images(images, lam_cut, _subkey(key, 4)),
+            lambda: mixup_images(images, lam_mix),
+        )
+        return mixed[0], _mix_targets(targets, mixed[1])
+    if mixup:
+        images, lam = mixup_images(images, _beta(_subkey(key, 2), mixup))
+    else:
+        images, lam = cutmix_images(images, _beta(_subkey(key, 3), cutmix), _subkey(key, 4))
+    return images, _mix_targets(targets, lam)
+
+
+def mixup_images(images, lam):
+    """lam * images + (1 - lam) * images rolled by one: (mixed images, lam)."""
+    return lam * images + (1.0 - lam) * tf.roll(images, 1, axis=0), lam
+
+
+def cutmix_images(images, lam, key):
+    """Pastes a box of about (1 - lam) of the area from the rolled batch: (images, the kept share).
+
+    The box has sides sqrt(1 - lam) x H and x W around a uniform centre, clipped at the borders
+    (Yun et al. 2019, Algorithm A1); the returned share counts the pixels actually kept.
+    """
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    cut = tf.sqrt(1.0 - lam)
+    centre = tf.random.stateless_uniform([2], key) * tf.stack([h, w])
+    half = tf.stack([cut * h, cut * w]) / 2.0
+    low = tf.cast(tf.clip_by_value(tf.round(centre - half), 0.0, tf.stack([h, w])), tf.int32)
+    high = tf.cast(tf.clip_by_value(tf.round(centre + half), 0.0, tf.stack([h, w])), tf.int32)
+    rows = tf.range(height)
+    cols = tf.range(width)
+    inside_rows = (rows >= low[0]) & (rows < high[0])
+    inside_cols = (cols >= low[1]) & (cols < high[1])
+    box = tf.cast(inside_rows[:, None] & inside_cols[None, :], tf.float32)[None, :, :, None]
+    mixed = images * (1.0 - box) + tf.roll(images, 1, axis=0) * box
+    kept = 1.0 - tf.reduce_sum(box) / (h * w)
+    return mixed, kept
+
+
+def random_erase(images, key, probability: float, fill):
+    """Per image, with `probability`: a rectangle of ERASE_AREA of the image and ERASE_RATIO aspect
+    (log-uniform) at a uniform position, filled with `fill` (per channel, raw pixel units)."""
+    n = tf.shape(images)[0]
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    draws = tf.random.stateless_uniform([5, n], key)
+    area = (ERASE_AREA[0] + draws[0] * (ERASE_AREA[1] - ERASE_AREA[0])) * h * w
+    log_low, log_high = tf.math.log(ERASE_RATIO[0]), tf.math.log(ERASE_RATIO[1])
+    ratio = tf.exp(log_low + draws[1] * (log_high - log_low))
+    box_h = tf.minimum(tf.round(tf.sqrt(area * ratio)), h)
+    box_w = tf.minimum(tf.round(tf.sqrt(area / ratio)), w)
+    top = tf.floor(draws[2] * (h - box_h + 1.0))
+    left = tf.floor(draws[3] * (w - box_w + 1.0))
+    erase = draws[4] < probability
+    rows = tf.range(h)[None, :]
+    cols = tf.range(w)[None, :]
+    inside_rows = (rows >= top[:, None]) & (rows < (top + box_h)[:, None])
+    inside_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])
+    mask = inside_rows[:, :, None] & inside_cols[:, None, :] & erase[:, None, None]
+    fill = tf.reshape(tf.cast(fill, tf.float32), [1, 1, 1, -1])
+    return tf.where(mask[..., None], fill, images)
+
+
+def _mix_targets(targets, lam):
+    return lam * targets + (1.0 - lam) * tf.roll(targets, 1, axis=0)
+
+
+def _beta(key, alpha: float):
+    """One draw of Beta(alpha, alpha) as X / (X + Y) of two Gamma(alpha) draws."""
+    gammas = tf.random.stateless_gamma([2], key, alpha=alpha)
+    return gammas[0] / tf.maximum(gammas[0] + gammas[1], 1e-12)
+
+
+def _subkey(key, stream: int):
+    return tf.stack([key[0] * 16 + stream, key[1]])
+
+
+# ----------------------------------------------------------------------------- TrivialAugment
+
+# torchvision's TrivialAugmentWide (Mueller & Hutter 2021, "wide" search space): one op per image,
+# uniform over these, at a uniform magnitude bin of 31, with a random sign where the op has one.
+TRIVIAL_AUGMENT_OPS = (
+    "identity",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "rotate",
+    "brightness",
+    "color",
+    "contrast",
+    "sharpness",
+    "posterize",
+    "solarize",
+    "autocontrast",
+    "equalize",
+)
+MAGNITUDE_BINS = 31
+# Largest magnitudes of the wide space: shear 0.99, rotation 135 degrees, enhance factors 1 +- 0.99,
+# posterize down to 2 bits, solarize down to threshold 0. Translation is 32 pixels at 224 in
+# torchvision; here it is the same fraction of the image (4.6 pixels on a 32x32 CIFAR image).
+_SHEAR, _ROTATE, _ENHANCE, _TRANSLATE_FRACTION = 0.99, 135.0, 0.99, 32.0 / 224.0
+
+
+def trivial_augment(images, key):
+    """TrivialAugment Wide on a batch: float32 [b, H, W, 3] raw pixels -> the same, one random op each.
+
+    Geometric ops use nearest-neighbour sampling and black fill (torchvision's defaults); shear is
+    about the top-left corner and rotation about the centre, as torchvision does.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    n = tf.shape(images)[0]
+    op = tf.random.stateless_uniform([n], _subkey(key, 10), 0, len(TRIVIAL_AUGMENT_OPS), tf.int32)
+    level = tf.random.stateless_uniform([n], _subkey(key, 11), 0, MAGNITUDE_BINS, tf.int32)
+    sign = tf.where(tf.random.stateless_uniform([n], _subkey(key, 12)) < 0.5, -1.0, 1.0)
+    return apply_ops(images, op, level, sign)
+
+
+def apply_ops(images, op, level, sign):
+    """Op `op[i]` (an index into TRIVIAL_AUGMENT_OPS) at magnitude bin `level[i]` with sign `sign[i]`
+    on image i of float32 [b, H, W, 3] raw pixels."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    op = tf.convert_to_tensor(op, tf.int32)
+    n = tf.shape(images)[0]
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    level = tf.cast(level, tf.float32)
+    sign = tf.cast(sign, tf.float32)
+    fraction = level / (MAGNITUDE_BINS - 1)  # 0 .. 1 along the linspace of each op
+
+    def is_op(name):
+        return tf.equal(op, TRIVIAL_AUGMENT_OPS.index(name))
+
+    # Geometric ops: one projective transform per image (output pixel -> input pixel); identity for the rest.
+    shear = sign * _SHEAR * fraction
+    shift = sign * tf.round(_TRANSLATE_FRACTION * w * fraction)
+    angle = sign * _ROTATE * fraction * (3.141592653589793 / 180.0)
+    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    zero, one = tf.zeros([n]), tf.ones([n])
+    identity = tf.stack([one, zero, zero, zero, one, zero, zero, zero], axis=1)
+    candidates = {
+        "shear_x": tf.stack([one, shear, zero, zero, one, zero, zero, zero], axis=1),
+        "shear_y": tf.stack([one, zero, zero, shear, one, zero, zero, zero], axis=1),
+        "translate_x": tf.stack([one, zero, -shift, zero, one, zero, zero, zero], axis=1),
+        "translate_y": tf.stack([one, zero, zero, zero, one, -shift, zero, zero], axis=1),
+        "rotate": tf.stack(
+            [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, zero, zero], axis=1
+        ),
+    }
+    transforms = identity
+    for name, matrix in candidates.items():
+        transforms = tf.where(is_op(name)[:, None], matrix, transforms)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.stack([height, width]),
+        fill_value=0.0,
+        interpolation="NEAREST",
+        fill_mode="CONSTANT",
+    )
+
+    # Colour ops, each computed for the batch and kept where chosen (cheap next to a training step).
+    factor = (1.0 + sign * _ENHANCE * fraction)[:, None, None, None]
+    grey = tf.reduce_sum(out * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+    pixels = tf.clip_by_value(tf.round(out), 0.0, 255.0)
+    bits = 8.0 - tf.round(level / ((MAGNITUDE_BINS - 1) / 6.0))
+    step = tf.pow(2.0, 8.0 - bits)[:, None, None, None]
+    threshold = (255.0 * (MAGNITUDE_BINS - 1 - level) / (MAGNITUDE_BINS - 1))[:, None, None, None]  # exact bins
+    colour = {
+        "brightness": lambda: _blend(out, tf.zeros_like(out), factor),
+        "color": lambda: _blend(out, grey, factor),
+        "contrast": lambda: _blend(out, tf.reduce_mean(grey, axis=[1, 2, 3], keepdims=True), factor),
+        "sharpness": lambda: _blend(out, _smooth(out), factor),
+        "posterize": lambda: tf.floor(pixels / step) * step,
+        "solarize": lambda: tf.where(pixels >= threshold, 255.0 - pixels, pixels),
+        "autocontrast": lambda: _autocontrast(out),
+        "equalize": lambda: _equalize(pixels),
+    }
+    for name, make in colour.items():
+        out = tf.where(is_op(name)[:, None, None, None], make(), out)
+    return tf.clip_by_value(out, 0.0, 255.0)
+
+
+def _blend(image, degenerate, factor):
+    """PIL's ImageEnhance: degenerate + factor * (image - degenerate), clipped to 0-255."""
+    return tf.clip_by_value(degenerate + factor * (image - degenerate), 0.0, 255.0)
+
+
+def _smooth(images):
+    """PIL's SMOOTH filter (3x3, centre weight 5, total 13) inside; the border pixels stay as they are."""
+    kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
+    inner = tf.nn.depthwise_conv2d(images, kernel, [1, 1, 1, 1], "VALID")
+    padded = tf.pad(inner, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    border = tf.pad(tf.zeros_like(inner[..., :1]), [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=1.0)
+    return tf.where(border > 0, images, padded)
+
+
+def _autocontrast(images):
+    """Per image and channel, stretch [min, max] to [0, 255]; a flat channel stays as it is."""
+    low = tf.reduce_min(images, axis=[1, 2], keepdims=True)
+    high = tf.reduce_max(images, axis=[1, 2], keepdims=True)
+    scale = tf.where(high > low, 255.0 / tf.maximum(high - low, 1e-6), 1.0)
+    low = tf.where(high > low, low, 0.0)
+    return tf.clip_by_value((images - low) * scale, 0.0, 255.0)
+
+
+def _equalize(pixels):
+    """PIL's ImageOps.equalize per image and channel, on integer pixels float32 [b, H, W, C]."""
+    shape = tf.shape(pixels)
+    channels_first = tf.transpose(tf.cast(pixels, tf.int32), [0, 3, 1, 2])
+    flat = tf.reshape(channels_first, [shape[0] * shape[3], shape[1] * shape[2]])
+    hist = tf.cast(tf.math.bincount(flat, minlength=256, maxlength=256, axis=-1), tf.float32)  # [b*C, 256]
+    # PIL: step = (count - count of the last non-empty bin) // 255; lut[i] = (cum[i-1] + step // 2) // step.
+    last = tf.reduce_max(tf.where(hist > 0, tf.range(256, dtype=tf.float32), -1.0), axis=-1)
+    last_count = tf.gather(hist, tf.cast(last, tf.int32), batch_dims=1)
+    step = tf.floor((tf.reduce_sum(hist, axis=-1) - last_count) / 255.0)
+    before = tf.cumsum(hist, axis=-1, exclusive=True)
+    lut = tf.clip_by_value(tf.floor((before + tf.floor(step / 2.0)[:, None]) / tf.maximum(step, 1.0)[:, None]), 0, 255)
+    mapped = tf.gather(lut, flat, batch_dims=1)
+    mapped = tf.where(step[:, None] > 0, mapped, tf.cast(flat, tf.float32))
+    mapped = tf.reshape(mapped, [shape[0], shape[3], shape[1], shape[2]])
+    return tf.transpose(mapped, [0, 2, 3, 1])
