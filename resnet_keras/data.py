@@ -163,6 +163,8 @@ def make_dataset(
         ds = ds.batch(batch_size, drop_remainder=drop_remainder).cache()
         ds = (ds.repeat() if repeat else ds).map(_to_float)
     elif training and repeat:
+        per_epoch = max(count // batch_size if drop_remainder else -(-count // batch_size), 1)
+        first_epoch, offset = divmod(skip_batches, per_epoch)
 
         @tf.autograph.experimental.do_not_convert  # plain Python branching on configs, no tensors
         def epoch(index):  # one pass, shuffled and augmented from (seed, index) alone
@@ -180,11 +182,11 @@ def make_dataset(
                 drop_remainder,
                 seed,
                 reshuffle=False,
+                # The resumed epoch skips its first batches before they are decoded and cropped.
+                skip_batches=tf.where(index == first_epoch, tf.constant(offset, tf.int64), 0),
             )
 
-        per_epoch = max(count // batch_size if drop_remainder else -(-count // batch_size), 1)
-        first_epoch, offset = divmod(skip_batches, per_epoch)
-        ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch).skip(offset)
+        ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
     else:
         if training:
             ds = ds.shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True)
@@ -199,28 +201,40 @@ def make_dataset(
 # ----------------------------------------------------------------------------- augmentation
 
 
-def _augment_and_batch(ds, family, training, size, batch_size, drop_remainder, seed, reshuffle=True):
-    """(index, uint8 image, label) elements -> float32 batches, augmented when training."""
+def _augment_and_batch(ds, family, training, size, batch_size, drop_remainder, seed, reshuffle=True, skip_batches=0):
+    """(index, uint8 image, label) elements -> float32 batches, augmented when training.
+
+    `skip_batches` (an int or int64 tensor) drops the first batches before their images are
+    augmented (and, for encoded images, decoded), with the seeds they would have used.
+    """
     # Dataset.random gives each element (or batch) its own stateless seed: reproducible under
     # parallel map, and (with `reshuffle`) a fresh stream on every iteration of the same dataset.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=reshuffle)
     if family == "imagenet":
         if training:
-            ds = tf.data.Dataset.zip((ds, seeds)).map(
-                lambda element, key: (random_resized_crop(element[1], key, size), element[2]),
-                num_parallel_calls=tf.data.AUTOTUNE,
+            ds = (
+                tf.data.Dataset.zip((ds, seeds))
+                .skip(skip_batches * batch_size)
+                .map(
+                    lambda element, key: (random_resized_crop(element[1], key, size), element[2]),
+                    num_parallel_calls=tf.data.AUTOTUNE,
+                )
             )
         else:
-            ds = ds.map(lambda _, image, label: (centre_crop(image, size), label), num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.skip(skip_batches * batch_size).map(
+                lambda _, image, label: (centre_crop(image, size), label), num_parallel_calls=tf.data.AUTOTUNE
+            )
         return ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if family == "cifar" and training:
         # One vectorised gather per batch: 94k images/s on 2 cores vs 26k for a per-image map,
         # which leaves the cores to the model.
-        return tf.data.Dataset.zip((ds, seeds)).map(
-            lambda batch, key: cifar_pad_crop_flip(batch[1], key, batch[2]), num_parallel_calls=tf.data.AUTOTUNE
+        return (
+            tf.data.Dataset.zip((ds, seeds))
+            .skip(skip_batches)
+            .map(lambda batch, key: cifar_pad_crop_flip(batch[1], key, batch[2]), num_parallel_calls=tf.data.AUTOTUNE)
         )
-    return ds.map(_to_float)
+    return ds.skip(skip_batches).map(_to_float)
 
 
 def _to_float(_, images, labels):

@@ -256,3 +256,16 @@ def test_tfds_splits_are_sharded_by_file_per_worker(tmp_path):
     assert [manifest["splits"][s]["examples"] for s in ("train", "val")] == [20, 20]
     first = read_examples(tmp_path / "records" / "train-00000-of-00003")[0]
     assert tf.io.decode_jpeg(value(first, "encoded")).shape == (28, 28, 3)
+
+
+def test_a_resumed_fused_stream_continues_with_the_batches_an_uninterrupted_one_reads(cifar_records):
+    # 1000 records in batches of 100: skipping 13 lands at batch 3 of epoch 1 (the second epoch).
+    config = DataConfig(dataset="tfrecord", data_dir=str(cifar_records), seed=3, deterministic=True, augment="imagenet")
+
+    def stream(skip, take):
+        ds = make_dataset(config, "train", image_size=40, batch_size=100, training=True, repeat=True, skip_batches=skip)
+        return [(x.numpy(), y.numpy()) for x, y in ds.take(take)]
+
+    straight, resumed = stream(0, 15), stream(13, 2)
+    for (x, y), (x_resumed, y_resumed) in zip(straight[13:], resumed, strict=True):
+        assert np.array_equal(x, x_resumed) and np.array_equal(y, y_resumed)
