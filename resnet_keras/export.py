@@ -528,6 +528,35 @@ def _convert(run: TrainedRun, quantize: str, calibration, scratch: Path) -> byte
         raise ExportFailure(f"TFLite conversion ({quantize}) failed: {first_line(error)}") from error
 
 
+def check_file_export_options(
+    quantize, quantizations, calibration_samples, eval_samples, max_accuracy_drop, calibration_data
+) -> None:
+    """The options every checked single-file export (TFLite, ONNX) takes, validated alike."""
+    expect(quantize in quantizations, "quantize", quantize, "one of " + ", ".join(quantizations))
+    expect(
+        is_int(calibration_samples) and calibration_samples >= 1,
+        "calibration_samples",
+        calibration_samples,
+        "an integer >= 1",
+    )
+    expect(
+        eval_samples is None or (is_int(eval_samples) and eval_samples >= 1),
+        "eval_samples",
+        eval_samples,
+        "None or an integer >= 1",
+    )
+    expect(
+        isinstance(max_accuracy_drop, (int, float))
+        and not isinstance(max_accuracy_drop, bool)
+        and max_accuracy_drop >= 0,
+        "max_accuracy_drop",
+        max_accuracy_drop,
+        "a number of points >= 0",
+    )
+    if calibration_data is not None and quantize != "int8":
+        raise UsageError(f"Received: calibration_data with quantize={quantize!r}; only int8 is calibrated")
+
+
 def default_tflite_path(base_dir: str | os.PathLike, run_name: str, quantize: str) -> Path:
     return Path(base_dir) / "tflite" / f"{run_name}_{'float32' if quantize == 'none' else quantize}.tflite"
 
@@ -554,29 +583,9 @@ def export_tflite(
     percentage points below Keras. int8 needs calibration images (UsageError without them) and
     the validation data (it is the check that int8 is still good).
     """
-    expect(quantize in QUANTIZATIONS, "quantize", quantize, "one of " + ", ".join(QUANTIZATIONS))
-    expect(
-        is_int(calibration_samples) and calibration_samples >= 1,
-        "calibration_samples",
-        calibration_samples,
-        "an integer >= 1",
+    check_file_export_options(
+        quantize, QUANTIZATIONS, calibration_samples, eval_samples, max_accuracy_drop, calibration_data
     )
-    expect(
-        eval_samples is None or (is_int(eval_samples) and eval_samples >= 1),
-        "eval_samples",
-        eval_samples,
-        "None or an integer >= 1",
-    )
-    expect(
-        isinstance(max_accuracy_drop, (int, float))
-        and not isinstance(max_accuracy_drop, bool)
-        and max_accuracy_drop >= 0,
-        "max_accuracy_drop",
-        max_accuracy_drop,
-        "a number of points >= 0",
-    )
-    if calibration_data is not None and quantize != "int8":
-        raise UsageError(f"Received: calibration_data with quantize={quantize!r}; only int8 is calibrated")
     run = load_run(model_dir, weights)
     output = Path(output) if output is not None else default_tflite_path(base_dir, run.name, quantize)
     if output.suffix != ".tflite":

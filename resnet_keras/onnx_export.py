@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from resnet_keras.errors import ExportFailure, UsageError, expect, first_line, is_int
+from resnet_keras.errors import ExportFailure, UsageError, first_line
 from resnet_keras.files import write_atomic
 
 QUANTIZATIONS = ("none", "int8")
@@ -268,29 +268,11 @@ def export_onnx(
     (ExportFailure otherwise, exit 1, no file). int8 needs calibration images and the validation
     data (UsageError without them). Returns the export report (also stored in the file's metadata).
     """
-    expect(quantize in QUANTIZATIONS, "quantize", quantize, "one of " + ", ".join(QUANTIZATIONS))
-    expect(
-        is_int(calibration_samples) and calibration_samples >= 1,
-        "calibration_samples",
-        calibration_samples,
-        "an integer >= 1",
+    from resnet_keras.export import check_file_export_options
+
+    check_file_export_options(
+        quantize, QUANTIZATIONS, calibration_samples, eval_samples, max_accuracy_drop, calibration_data
     )
-    expect(
-        eval_samples is None or (is_int(eval_samples) and eval_samples >= 1),
-        "eval_samples",
-        eval_samples,
-        "None or an integer >= 1",
-    )
-    expect(
-        isinstance(max_accuracy_drop, (int, float))
-        and not isinstance(max_accuracy_drop, bool)
-        and max_accuracy_drop >= 0,
-        "max_accuracy_drop",
-        max_accuracy_drop,
-        "a number of points >= 0",
-    )
-    if calibration_data is not None and quantize != "int8":
-        raise UsageError(f"Received: calibration_data with quantize={quantize!r}; only int8 is calibrated")
     _require("onnx", "onnxruntime", "tf2onnx")
     from resnet_keras import export as export_lib
 
