@@ -209,8 +209,15 @@ def random_resized_crop(image, key, size: int) -> tf.Tensor:
     """
     if image.dtype == tf.string:
         return decode_random_crop(image, key, size)
+    begin, crop = _sample_crop(tf.shape(image), key)
+    return _resize_and_flip(tf.slice(image, begin, crop), key, size)
+
+
+def _sample_crop(shape, key):
+    """(begin, size) of an Inception-style crop (8-100 % of the area, aspect 3/4-4/3) of an image of
+    `shape` [h, w, c], drawn from the stateless `key`."""
     begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image),
+        shape,
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
         seed=tf.stack([key, 0]),
         min_object_covered=0.0,
@@ -219,7 +226,11 @@ def random_resized_crop(image, key, size: int) -> tf.Tensor:
         max_attempts=10,
         use_image_if_no_bounding_boxes=True,
     )
-    image = tf.image.resize(tf.slice(image, begin, crop), [size, size], antialias=True)
+    return begin, crop
+
+
+def _resize_and_flip(crop, key, size: int):
+    image = tf.image.resize(crop, [size, size], antialias=True)
     return tf.image.stateless_random_flip_left_right(image, seed=tf.stack([key, 1]))
 
 
@@ -234,20 +245,10 @@ def decode_random_crop(data, key, size: int) -> tf.Tensor:
     """
 
     def fused():
-        begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.image.extract_jpeg_shape(data),
-            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-            seed=tf.stack([key, 0]),
-            min_object_covered=0.0,
-            aspect_ratio_range=(3 / 4, 4 / 3),
-            area_range=(0.08, 1.0),
-            max_attempts=10,
-            use_image_if_no_bounding_boxes=True,
-        )
+        begin, crop = _sample_crop(tf.image.extract_jpeg_shape(data), key)
         window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
         image = tf.ensure_shape(tf.io.decode_and_crop_jpeg(data, window, channels=3), [None, None, 3])
-        image = tf.image.resize(image, [size, size], antialias=True)
-        return tf.image.stateless_random_flip_left_right(image, seed=tf.stack([key, 1]))
+        return _resize_and_flip(image, key, size)
 
     def whole():
         return random_resized_crop(decode_image(data), key, size)
