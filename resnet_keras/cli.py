@@ -253,6 +253,13 @@ def _options(*options):
     return apply
 
 
+_run_weights_option = click.option(
+    "--weights",
+    type=click.Choice(WEIGHTS),
+    default="final",
+    show_default=True,
+    help="final: model.keras; best: the best val-accuracy weights.",
+)
 _schedule_options = _options(
     click.option(
         "--label-smoothing",
@@ -608,13 +615,7 @@ def train(ctx, **params):
 @click.option("--data-dir", help="Dataset root (default: the run's).")
 @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Batch size.")
-@click.option(
-    "--weights",
-    type=click.Choice(WEIGHTS),
-    default="final",
-    show_default=True,
-    help="final: model.keras; best: the best val-accuracy weights.",
-)
+@_run_weights_option
 @click.option(
     "--tta",
     type=click.Choice(TTA_MODES),
@@ -692,13 +693,7 @@ def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, tta, as_j
     show_default=True,
     help="TFLite: refuse when accuracy falls more than this many points below the Keras model.",
 )
-@click.option(
-    "--weights",
-    type=click.Choice(WEIGHTS),
-    default="final",
-    show_default=True,
-    help="final: model.keras; best: the best val-accuracy weights.",
-)
+@_run_weights_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing version or file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export(
