@@ -1,0 +1,78 @@
+"""The CIFAR-10 budget record's script: epochs fitted to the budget, and the accounting of its seconds."""
+
+import importlib.util
+import json
+
+import pytest
+from conftest import REPO
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_epochs_for_budget_leaves_the_margin_and_trains_at_least_one_epoch():
+    bench = load_script("cifar10_benchmark")
+    assert bench.epochs_for_budget(1409, 72.0) == int(bench.BUDGET_MARGIN * 1409 / 72.0) == 18
+    assert bench.epochs_for_budget(1409, 140.0) == 9  # a machine half as fast trains half the epochs
+    assert bench.epochs_for_budget(10, 72.0) == 1
+
+
+@pytest.mark.slow
+def test_budget_run_fits_its_epochs_and_counts_the_calibration(shared_data, tmp_path, capsys):
+    bench = load_script("cifar10_benchmark")
+    budget = 12.0
+    summary_path = tmp_path / "summary.json"
+    argv = ["--data-root", str(shared_data / "cifar10-mini"), "--preset", "resnet8", "--batch-size", "32"]
+    argv += ["--budget-seconds", str(budget), "--model-dir", str(tmp_path / "run"), "--json-out", str(summary_path)]
+    assert bench.main(argv) == 0
+
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    calibration = next(line for line in lines if line["kind"] == "calibration")
+    epochs = [line for line in lines if line["kind"] == "epoch"]
+    summary = json.loads(summary_path.read_text())
+
+    assert calibration["steps"] == 2 * bench.CALIBRATION_STEPS and calibration["epoch_seconds"] > 0
+    expected = bench.epochs_for_budget(budget - calibration["train_seconds"], calibration["epoch_seconds"])
+    assert summary["epochs"] == expected == len(epochs)
+    # Cumulative training seconds start from the calibration's and only grow.
+    seconds = [calibration["train_seconds"]] + [e["train_seconds"] for e in epochs]
+    assert seconds == sorted(seconds) and seconds[1] > seconds[0]
+    assert summary["train_seconds"] == pytest.approx(epochs[-1]["train_seconds"], abs=0.2)
+    # The record is the last epoch that ended inside the budget.
+    inside = [e["val_accuracy"] for e in epochs if e["train_seconds"] <= budget]
+    assert summary["val_accuracy_within_budget"] == (inside[-1] if inside else None)
+    assert summary["final_within_budget"] == (epochs[-1]["train_seconds"] <= budget)
+    assert 0.0 <= summary["final_val_accuracy_tta"] <= 1.0 and summary["tta"] == "flip"
+
+
+def test_ablation_lists_arms_and_tabulates_against_the_first(capsys):
+    ablation = load_script("cifar10_ablation")
+    assert ablation.main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(ablation.arm_key(name) in listed for name in ablation.ARMS)
+
+    def result(accuracy, within=True):
+        return dict(
+            epochs=18,
+            train_seconds=1400.0,
+            images_per_second=620.0,
+            val_accuracy_within_budget=accuracy,
+            final_val_accuracy_tta=0.9,
+            final_within_budget=within,
+        )
+
+    text = ablation.table({"baseline": result(0.88), "EMA": result(0.8825), "SE": result(0.87, False)})
+    rows = text.splitlines()[2:]
+    assert rows[0].startswith("| baseline | 18 |") and "88.00 %" in rows[0]
+    assert "| +0.25 |" in rows[1] and "90.00 %" in rows[1]
+    assert "| -1.00 |" in rows[2] and rows[2].endswith("| - |")  # TTA of a model past the budget is not shown
+
+
+def test_ablation_refuses_an_unknown_arm():
+    ablation = load_script("cifar10_ablation")
+    with pytest.raises(SystemExit, match="unknown arm"):
+        ablation.main(["--arms", "baseline", "no-such-arm"])
