@@ -25,9 +25,9 @@ class Recipe:
     learning_rate is quoted at `reference_batch` and scales linearly with the global batch
     (Goyal et al. 2017), or with its square root when `lr_scaling` is "sqrt". schedule: "step"
     divides the rate by 10 at each fraction of the steps
-    in `boundaries`; "cosine" decays it to 0. Warm-up (linear from 0): `warmup_fraction` of the
-    epochs, at most `warmup_max` epochs, and `warmup_short` epochs for runs under 10 epochs;
-    no warm-up when `warmup_fraction` is 0. `low_lr_start_depth`: CIFAR nets this deep or
+    in `boundaries`; "cosine" decays it to 0. Warm-up (linear from `warmup_start` of the peak rate):
+    `warmup_fraction` of the epochs, at most `warmup_max` epochs, and `warmup_short` epochs for runs
+    under 10 epochs; no warm-up when `warmup_fraction` is 0. `low_lr_start_depth`: CIFAR nets this deep or
     deeper first train at a tenth of the rate until the training error is below 80 %.
     optimizer ("sgd", "adamw", "lamb"), loss ("softmax", "bce"), clip_norm (global gradient norm,
     0: off), ema_decay (per step, 0: off), mixup and cutmix (Beta alpha, 0: off), random_erasing
@@ -63,6 +63,7 @@ class Recipe:
     random_erasing: float = 0.0
     auto_augment: str = "none"
     lr_scaling: str = "linear"
+    warmup_start: float = 0.0
     train_size_ratio: Mapping[str, float] = dataclasses.field(default_factory=lambda: {"cifar": 1.0, "imagenet": 1.0})
 
     def warmup_epochs(self, epochs: int) -> float:
@@ -138,6 +139,7 @@ RECIPES: dict[str, Recipe] = {
             warmup_fraction=0.01,
             warmup_max=5,
             warmup_short=0.5,
+            warmup_start=0.01,  # --lr-warmup-method linear --lr-warmup-decay 0.01
             # torchvision averages every 32 steps with decay 1 - 2e-5 x (1024 x 32 / 600); per step, 0.999966.
             ema_decay=0.99997,
             mixup=0.2,
@@ -167,6 +169,8 @@ RECIPES: dict[str, Recipe] = {
             warmup_fraction=0.05,
             warmup_max=5,
             warmup_short=0.5,
+            # timm's --warmup-lr 1e-6 under the peak --lr 8e-3, as a share of the peak.
+            warmup_start=1e-6 / 8e-3,
             optimizer="lamb",
             loss="bce",
             lr_scaling="sqrt",
@@ -202,19 +206,30 @@ def make_schedule(train_config, steps_per_epoch: int, factor=None):
     total = train_config.epochs * steps_per_epoch
     warmup = int(round(train_config.warmup_epochs * steps_per_epoch))
     boundaries = recipe.boundaries[train_config.family] if recipe.schedule == "step" else ()
-    return _schedule_class()(train_config.learning_rate, total, warmup, recipe.schedule, boundaries, factor)
+    return _schedule_class()(
+        train_config.learning_rate, total, warmup, recipe.schedule, boundaries, factor, recipe.warmup_start
+    )
 
 
 def _schedule_class():
     import keras
 
     class ResNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
-        """Linear warm-up from 0, then "step" (/10 at each boundary fraction of the steps) or "cosine"
-        decay to 0; a function of the optimizer's iteration count, times `factor` if given."""
+        """Linear warm-up, then "step" (/10 at each boundary fraction of the steps) or "cosine" decay
+        to 0; a function of the optimizer's iteration count, times `factor` if given.
 
-        def __init__(self, base, total_steps, warmup_steps, kind, boundaries=(0.5, 0.75), factor=None):
+        The warm-up line runs from `warmup_start` x base before the first step to base at the last
+        warm-up step: step s < W has base x (start + (1 - start) x (s + 1) / W). From 0, the first
+        step already moves (base / W); torchvision's LinearLR and timm start exactly at `start` x base
+        and reach base one step later, a difference of one step of the warm-up.
+        """
+
+        def __init__(
+            self, base, total_steps, warmup_steps, kind, boundaries=(0.5, 0.75), factor=None, warmup_start=0.0
+        ):
             self.base, self.total_steps, self.warmup_steps = float(base), int(total_steps), int(warmup_steps)
             self.kind, self.boundaries, self.factor = kind, tuple(boundaries), factor
+            self.warmup_start = float(warmup_start)
 
         def __call__(self, step):
             rate = self._rate(step)
@@ -235,7 +250,9 @@ def _schedule_class():
                 after = 0.5 * self.base * (1.0 + tf.cos(math.pi * progress))
             if self.warmup_steps <= 0:
                 return after
-            return tf.where(step < self.warmup_steps, self.base * (step + 1) / float(self.warmup_steps), after)
+            start = self.warmup_start
+            ramp = self.base * (start + (1.0 - start) * (step + 1) / float(self.warmup_steps))
+            return tf.where(step < self.warmup_steps, ramp, after)
 
         def get_config(self):
             return dict(
@@ -244,6 +261,7 @@ def _schedule_class():
                 warmup_steps=self.warmup_steps,
                 kind=self.kind,
                 boundaries=self.boundaries,
+                warmup_start=self.warmup_start,
             )
 
     return ResNetSchedule

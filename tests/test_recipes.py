@@ -111,3 +111,22 @@ def test_training_crops_have_the_train_size_and_evaluation_the_image_size(shared
     # The CIFAR view resizes to the train size, then pads and crops.
     small, _ = next(iter(make_dataset(config, "train", image_size=32, crop_size=24, batch_size=4, training=True)))
     assert small.shape == (4, 24, 24, 3)
+
+
+def test_torchvision_warms_up_from_one_percent_of_the_rate():
+    from resnet_keras.train import make_schedule
+
+    config = TrainConfig(recipe="torchvision", family="imagenet", epochs=10, warmup_epochs=1, learning_rate=0.4)
+    schedule = make_schedule(config, steps_per_epoch=100)  # 100 warm-up steps
+    assert float(schedule(0)) == pytest.approx(0.4 * (0.01 + 0.99 / 100))
+    assert float(schedule(49)) == pytest.approx(0.4 * (0.01 + 0.99 * 0.5))
+    assert float(schedule(99)) == pytest.approx(0.4)  # the last warm-up step is at the peak
+    assert float(schedule(100)) == pytest.approx(0.4)  # the cosine starts there
+    copy = type(schedule).from_config(schedule.get_config())
+    assert float(copy(0)) == pytest.approx(float(schedule(0)))
+    # The paper and short recipes start from 0; rsb_a3 from timm's 1e-6 under its 8e-3.
+    short = make_schedule(TrainConfig(recipe="short", epochs=10, warmup_epochs=1, learning_rate=0.4), 100)
+    assert float(short(0)) == pytest.approx(0.4 / 100) and float(short(49)) == pytest.approx(0.2)
+    a3 = make_schedule(TrainConfig(recipe="rsb_a3", epochs=10, warmup_epochs=1, learning_rate=8e-3), 100)
+    assert float(a3(0)) == pytest.approx(1e-6 + (8e-3 - 1e-6) / 100)
+    assert float(a3(99)) == pytest.approx(8e-3)
