@@ -345,8 +345,11 @@ COMPONENT_FIELDS = (
     "auto_augment",
     "train_image_size",
 )
+# "rand_m<M>_mstd<S>": RandAugment as timm's `rand-m<M>-mstd<S>-inc1`, -> (magnitude of 10, its noise std):
+# m6 is "ResNet strikes back" A3's, m7 its A1 and A2's, m9 timm's usual (DeiT).
+RAND_AUGMENTS = {"rand_m6_mstd0.5": (6.0, 0.5), "rand_m7_mstd0.5": (7.0, 0.5), "rand_m9_mstd0.5": (9.0, 0.5)}
 # "ta_wide": TrivialAugment Wide (Mueller & Hutter 2021), torchvision's `--auto-augment ta_wide`.
-AUTO_AUGMENTS = ("none", "ta_wide")
+AUTO_AUGMENTS = ("none", "ta_wide", *RAND_AUGMENTS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,8 @@ class Recipe:
     deeper first train at a tenth of the rate until the training error is below 80 %.
     optimizer ("sgd", "adamw", "lamb"), loss ("softmax", "bce"), clip_norm (global gradient norm,
     0: off), ema_decay (per step, 0: off), mixup and cutmix (Beta alpha, 0: off), random_erasing
-    (probability per image) and auto_augment ("none", "ta_wide") are `TrainConfig` fields of the same names.
+    (probability per image) and auto_augment ("none", "ta_wide", "rand_m6_mstd0.5", ...) are
+    `TrainConfig` fields of the same names.
     `train_size_ratio`: training crops of this fraction of the model's image size, the test size
     (Touvron et al. 2019, "FixRes": a smaller train size makes up for the apparent object size that
     random-resized crops enlarge); `TrainConfig.train_image_size` left None takes it.
@@ -119,16 +120,18 @@ RECIPES: dict[str, Recipe] = {
             name="torchvision",
             summary=(
                 "torchvision's ResNet-50 recipe (80.9 %): SGD lr 0.5 per 1024 images, cosine, 5 warm-up epochs, "
-                "600 epochs, label smoothing 0.1, mixup 0.2, CutMix 1.0, random erasing 0.1, EMA, weight decay 2e-5"
+                "600 epochs, label smoothing 0.1, mixup 0.2, CutMix 1.0, random erasing 0.1, TrivialAugment, EMA, "
+                "weight decay 2e-5, train 176 / test 224"
             ),
             source=(
                 "Vryniotis 2021, 'How to Train State-Of-The-Art Models Using TorchVision's Latest Primitives' and "
                 "torchvision references/classification README (IMAGENET1K_V2 weights, 80.858 %): 8 GPUs x batch 128, "
-                "--lr 0.5 --lr-scheduler cosineannealinglr --lr-warmup-epochs 5 --label-smoothing 0.1 --mixup-alpha "
-                "0.2 --cutmix-alpha 1.0 --random-erase 0.1 --weight-decay 2e-5 --norm-weight-decay 0.0 --model-ema "
-                "--model-ema-steps 32 --model-ema-decay 0.99998 --auto-augment ta_wide --train-crop-size 176 "
-                "--val-resize-size 232. Not reproduced here: the 176/224 train/test sizes and the "
-                "warm-up's start at 1 % of the rate (ours starts at 0)"
+                "--lr 0.5 --lr-scheduler cosineannealinglr --lr-warmup-epochs 5 --lr-warmup-method linear (train.py's "
+                "--lr-warmup-decay 0.01: from 1 % of the rate) --label-smoothing 0.1 --mixup-alpha 0.2 --cutmix-alpha "
+                "1.0 --random-erase 0.1 --weight-decay 2e-5 --norm-weight-decay 0.0 --model-ema --model-ema-steps 32 "
+                "--model-ema-decay 0.99998 --auto-augment ta_wide --train-crop-size 176 --val-resize-size 232 (train "
+                "at 176/224 of the test size). Differs here: the evaluation view resizes to 256 before its 224 crop, "
+                "not 232, and the warm-up reaches the peak one step earlier"
             ),
             epochs={"cifar": 600, "imagenet": 600},
             learning_rate={"cifar": 0.5, "imagenet": 0.5},
@@ -153,13 +156,15 @@ RECIPES: dict[str, Recipe] = {
             name="rsb_a3",
             summary=(
                 "'ResNet strikes back' A3 (ResNet-50 78.1 % in 100 epochs): LAMB lr 8e-3 per 2048 images, weight "
-                "decay 0.02, cosine, 5 warm-up epochs, binary cross-entropy, mixup 0.1, CutMix 1.0"
+                "decay 0.02, cosine, 5 warm-up epochs, binary cross-entropy, mixup 0.1, CutMix 1.0, RandAugment m6, "
+                "train 160 / test 224"
             ),
             source=(
                 "Wightman, Touvron & Jegou 2021, 'ResNet strikes back', Table 1, procedure A3: 100 epochs, batch 2048, "
                 "LAMB, lr 8e-3, weight decay 0.02 (none on BN and biases), cosine with 5 warm-up epochs, BCE loss, "
-                "no label smoothing, mixup 0.1, CutMix 1.0, no EMA, no stochastic depth, train 160 / test 224. Not "
-                "reproduced here: RandAugment (m6, std 0.5) and the 160/224 train/test sizes"
+                "no label smoothing, mixup 0.1, CutMix 1.0, no EMA, no stochastic depth, train 160 / test 224, "
+                "RandAugment rand-m6-mstd0.5-inc1; timm's --warmup-lr 1e-6. Differs here: RandAugment's geometric "
+                "ops sample nearest-neighbour (timm: bilinear or bicubic)"
             ),
             epochs={"cifar": 100, "imagenet": 100},
             learning_rate={"cifar": 8e-3, "imagenet": 8e-3},
@@ -176,6 +181,7 @@ RECIPES: dict[str, Recipe] = {
             lr_scaling="sqrt",
             mixup=0.1,
             cutmix=1.0,
+            auto_augment="rand_m6_mstd0.5",  # timm's --aa rand-m6-mstd0.5-inc1
             # Table 1: train at 160, test at 224; CIFAR nets keep their 32-pixel images.
             train_size_ratio={"cifar": 1.0, "imagenet": 160 / 224},
         ),

@@ -130,3 +130,16 @@ def test_torchvision_warms_up_from_one_percent_of_the_rate():
     a3 = make_schedule(TrainConfig(recipe="rsb_a3", epochs=10, warmup_epochs=1, learning_rate=8e-3), 100)
     assert float(a3(0)) == pytest.approx(1e-6 + (8e-3 - 1e-6) / 100)
     assert float(a3(99)) == pytest.approx(8e-3)
+
+
+def test_rsb_a3_trains_with_randaugment_m6_and_torchvision_with_trivialaugment():
+    from resnet_keras import recipes
+    from resnet_keras.config import AUTO_AUGMENTS, RAND_AUGMENTS
+
+    a3 = TrainConfig(recipe="rsb_a3", family="imagenet")
+    assert a3.auto_augment == "rand_m6_mstd0.5" and RAND_AUGMENTS[a3.auto_augment] == (6.0, 0.5)
+    assert TrainConfig(recipe="torchvision").auto_augment == "ta_wide"
+    assert set(RAND_AUGMENTS) <= set(AUTO_AUGMENTS)
+    for name in ("rsb_a3", "torchvision"):
+        assert "Not reproduced" not in recipes.RECIPES[name].source
+    assert "rand-m6-mstd0.5-inc1" in recipes.RECIPES["rsb_a3"].source
