@@ -1,7 +1,11 @@
-"""Batch-level training augmentations beyond the paper: TrivialAugment, random erasing, mixup and CutMix.
+"""Batch-level training augmentations beyond the paper: TrivialAugment, RandAugment, random erasing,
+mixup and CutMix.
 
 * TrivialAugment Wide (Mueller & Hutter 2021; torchvision's `TrivialAugmentWide`): one of 14 image
   ops per image at a random strength (`trivial_augment`).
+* RandAugment (Cubuk et al. 2020) as timm's `rand-m{M}-mstd{S}-inc1` that "ResNet strikes back"
+  trains with: two ops per image, each drawn from 15 and applied with probability 1/2 at a
+  magnitude ~ N(M, S) of 10 (`rand_augment`). Both share the op implementations (`_run_ops`).
 
 * Random erasing (Zhong et al. 2017; torchvision's `RandomErasing`): with probability `p` per
   image, a rectangle of 2-33 % of the area and aspect ratio 0.3-3.3 (log-uniform) is filled with
@@ -20,6 +24,8 @@ Images are float32 raw pixels [b, H, W, C] as `data.make_dataset` yields them.
 from __future__ import annotations
 
 import tensorflow as tf
+
+from resnet_keras.config import RAND_AUGMENTS
 
 ERASE_AREA = (0.02, 0.33)
 ERASE_RATIO = (0.3, 3.3)
@@ -74,12 +80,15 @@ def mix_batch(
 ):
     """float32 [b, H, W, C], int labels [b], int64 key [2] -> (images, float32 class weights [b, C]).
 
-    In torchvision's order: TrivialAugment, random erasing, then mixup or CutMix.
+    In torchvision's (and timm's) order: TrivialAugment or RandAugment, random erasing, then mixup or CutMix.
     """
     images = tf.convert_to_tensor(images, tf.float32)
     targets = tf.one_hot(labels, num_classes, dtype=tf.float32)
     if auto_augment == "ta_wide":
         images = trivial_augment(images, key)
+    elif auto_augment in RAND_AUGMENTS:
+        magnitude, std = RAND_AUGMENTS[auto_augment]
+        images = rand_augment(images, key, magnitude=magnitude, std=std)
     if random_erasing:
         images = random_erase(images, _subkey(key, 0), random_erasing, fill)
     if not (mixup or cutmix):
@@ -213,20 +222,42 @@ def apply_ops(images, op, level, sign):
     on image i of float32 [b, H, W, 3] raw pixels."""
     images = tf.convert_to_tensor(images, tf.float32)
     op = tf.convert_to_tensor(op, tf.int32)
-    n = tf.shape(images)[0]
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    w = tf.cast(tf.shape(images)[2], tf.float32)
     level = tf.cast(level, tf.float32)
     sign = tf.cast(sign, tf.float32)
     fraction = level / (MAGNITUDE_BINS - 1)  # 0 .. 1 along the linspace of each op
+    bits = 8.0 - tf.round(level / ((MAGNITUDE_BINS - 1) / 6.0))
+    return _run_ops(
+        images,
+        tf.gather(tf.constant([_OPS.index(name) for name in TRIVIAL_AUGMENT_OPS]), op),
+        shear=sign * _SHEAR * fraction,
+        shift=sign * tf.round(_TRANSLATE_FRACTION * w * fraction),
+        angle=sign * _ROTATE * fraction,
+        factor=1.0 + sign * _ENHANCE * fraction,
+        bits=bits,
+        threshold=255.0 * (MAGNITUDE_BINS - 1 - level) / (MAGNITUDE_BINS - 1),  # exact bins
+        add=tf.zeros_like(level),
+    )
+
+
+# Every op either augmentation uses; each picks its own subset and maps magnitudes to arguments.
+_OPS = (*TRIVIAL_AUGMENT_OPS, "invert", "solarize_add")
+
+
+def _run_ops(images, op, *, shear, shift, angle, factor, bits, threshold, add, fill=None):
+    """Op `_OPS[op[i]]` on image i of float32 [b, H, W, 3] raw pixels, with per-image arguments [b]:
+    shear factor, translation in pixels, rotation in degrees, enhance factor, posterize bits kept,
+    solarize threshold, and solarize_add's increment (below 128). `fill` (per channel, default
+    black) fills what geometric ops uncover."""
+    n = tf.shape(images)[0]
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
 
     def is_op(name):
-        return tf.equal(op, TRIVIAL_AUGMENT_OPS.index(name))
+        return tf.equal(op, _OPS.index(name))
 
     # Geometric ops: one projective transform per image (output pixel -> input pixel); identity for the rest.
-    shear = sign * _SHEAR * fraction
-    shift = sign * tf.round(_TRANSLATE_FRACTION * w * fraction)
-    angle = sign * _ROTATE * fraction * (3.141592653589793 / 180.0)
+    angle = angle * (3.141592653589793 / 180.0)
     cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
     cos, sin = tf.cos(angle), tf.sin(angle)
     zero, one = tf.zeros([n]), tf.ones([n])
@@ -243,22 +274,26 @@ def apply_ops(images, op, level, sign):
     transforms = identity
     for name, matrix in candidates.items():
         transforms = tf.where(is_op(name)[:, None], matrix, transforms)
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=transforms,
-        output_shape=tf.stack([height, width]),
-        fill_value=0.0,
-        interpolation="NEAREST",
-        fill_mode="CONSTANT",
+    # Uncovered pixels are 0 after the transform: shifting by the fill first makes them the fill.
+    offset = 0.0 if fill is None else tf.reshape(tf.cast(fill, tf.float32), [1, 1, 1, -1])
+    out = (
+        tf.raw_ops.ImageProjectiveTransformV3(
+            images=images - offset,
+            transforms=transforms,
+            output_shape=tf.stack([height, width]),
+            fill_value=0.0,
+            interpolation="NEAREST",
+            fill_mode="CONSTANT",
+        )
+        + offset
     )
 
     # Colour ops, each computed for the batch and kept where chosen (cheap next to a training step).
-    factor = (1.0 + sign * _ENHANCE * fraction)[:, None, None, None]
+    factor = factor[:, None, None, None]
     grey = tf.reduce_sum(out * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
     pixels = tf.clip_by_value(tf.round(out), 0.0, 255.0)
-    bits = 8.0 - tf.round(level / ((MAGNITUDE_BINS - 1) / 6.0))
     step = tf.pow(2.0, 8.0 - bits)[:, None, None, None]
-    threshold = (255.0 * (MAGNITUDE_BINS - 1 - level) / (MAGNITUDE_BINS - 1))[:, None, None, None]  # exact bins
+    threshold = threshold[:, None, None, None]
     colour = {
         "brightness": lambda: _blend(out, tf.zeros_like(out), factor),
         "color": lambda: _blend(out, grey, factor),
@@ -268,10 +303,87 @@ def apply_ops(images, op, level, sign):
         "solarize": lambda: tf.where(pixels >= threshold, 255.0 - pixels, pixels),
         "autocontrast": lambda: _autocontrast(out),
         "equalize": lambda: _equalize(pixels),
+        "invert": lambda: 255.0 - pixels,
+        "solarize_add": lambda: tf.where(pixels < 128.0, tf.minimum(pixels + add[:, None, None, None], 255.0), pixels),
     }
     for name, make in colour.items():
         out = tf.where(is_op(name)[:, None, None, None], make(), out)
     return tf.clip_by_value(out, 0.0, 255.0)
+
+
+# ----------------------------------------------------------------------------- RandAugment
+
+# timm's _RAND_INCREASING_TRANSFORMS ("inc1": every op grows stronger with the magnitude), in its order.
+RAND_AUGMENT_OPS = (
+    "autocontrast",
+    "equalize",
+    "invert",
+    "rotate",
+    "posterize",
+    "solarize",
+    "solarize_add",
+    "color",
+    "contrast",
+    "brightness",
+    "sharpness",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+)
+RAND_AUGMENT_LAYERS = 2
+RAND_AUGMENT_PROBABILITY = 0.5  # timm's rand_augment_ops: each chosen op runs with probability 1/2
+MAX_MAGNITUDE = 10.0  # timm's _LEVEL_DENOM: magnitudes are clipped to [0, 10]
+# timm's hparams for ImageNet training (create_transform): uncovered pixels take the mean pixel.
+_RAND_FILL = (124.0, 116.0, 104.0)
+
+
+def rand_augment_draws(n, key, *, magnitude: float, std: float, layers: int = RAND_AUGMENT_LAYERS):
+    """The random choices of `rand_augment` for n images: a dict of [layers, n] tensors: `op`
+    (index into RAND_AUGMENT_OPS, drawn with replacement), `applied` (bool, probability 1/2),
+    `magnitude` (N(magnitude, std) clipped to [0, 10], drawn per op as timm does) and `sign` (+-1)."""
+    shape = [layers, n]
+    return dict(
+        op=tf.random.stateless_uniform(shape, _subkey(key, 20), 0, len(RAND_AUGMENT_OPS), tf.int32),
+        applied=tf.random.stateless_uniform(shape, _subkey(key, 21)) < RAND_AUGMENT_PROBABILITY,
+        magnitude=tf.clip_by_value(
+            magnitude + std * tf.random.stateless_normal(shape, _subkey(key, 22)), 0.0, MAX_MAGNITUDE
+        ),
+        sign=tf.where(tf.random.stateless_uniform(shape, _subkey(key, 23)) < 0.5, -1.0, 1.0),
+    )
+
+
+def rand_augment(images, key, *, magnitude: float, std: float, layers: int = RAND_AUGMENT_LAYERS):
+    """RandAugment as timm's `rand-m{magnitude}-mstd{std}-inc1` on a batch of float32 [b, H, W, 3]
+    raw pixels: `layers` ops in turn per image (`rand_augment_draws`).
+
+    Arguments follow timm's level functions at fraction f = magnitude / 10: rotate +-30 f degrees,
+    shear +-0.3 f, translate +-0.45 f of the side, enhance factors max(0.1, 1 +- 0.9 f), posterize
+    to 4 - int(4 f) bits, solarize above 256 - int(256 f), solarize_add int(110 f) below 128.
+    Geometric ops sample nearest-neighbour (timm: bilinear or bicubic at random) and fill with
+    timm's mean pixel.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    draws = rand_augment_draws(tf.shape(images)[0], key, magnitude=magnitude, std=std, layers=layers)
+    w = tf.cast(tf.shape(images)[2], tf.float32)
+    table = tf.constant([_OPS.index(name) for name in RAND_AUGMENT_OPS])
+    for layer in range(layers):
+        fraction = draws["magnitude"][layer] / MAX_MAGNITUDE
+        sign = draws["sign"][layer]
+        op = tf.where(draws["applied"][layer], tf.gather(table, draws["op"][layer]), _OPS.index("identity"))
+        images = _run_ops(
+            images,
+            op,
+            shear=sign * 0.3 * fraction,
+            shift=sign * 0.45 * fraction * w,
+            angle=sign * 30.0 * fraction,
+            factor=tf.maximum(0.1, 1.0 + sign * 0.9 * fraction),
+            bits=4.0 - tf.floor(4.0 * fraction),
+            threshold=256.0 - tf.floor(256.0 * fraction),
+            add=tf.floor(110.0 * fraction),
+            fill=_RAND_FILL,
+        )
+    return images
 
 
 def _blend(image, degenerate, factor):

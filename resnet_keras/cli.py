@@ -331,7 +331,17 @@ _component_options = _options(
     click.option("--mixup", type=float, help="Mixup Beta(alpha, alpha), e.g. 0.2 (0: off)."),
     click.option("--cutmix", type=float, help="CutMix Beta(alpha, alpha), e.g. 1.0 (0: off)."),
     click.option("--random-erasing", type=float, help="Random erasing probability per image, e.g. 0.1."),
-    click.option("--auto-augment", type=click.Choice(AUTO_AUGMENTS), help="ta_wide: TrivialAugment Wide per image."),
+    click.option(
+        "--auto-augment",
+        type=click.Choice(AUTO_AUGMENTS),
+        help="ta_wide: TrivialAugment Wide per image; rand_mM_mstdS: RandAugment (timm's rand-mM-mstdS-inc1).",
+    ),
+    click.option(
+        "--train-image-size",
+        type=int,
+        help="Train on crops of this size, validate and export at --image-size (FixRes; default: the recipe's "
+        "share of it, torchvision 176/224, rsb_a3 160/224, else the image size).",
+    ),
 )
 
 

@@ -332,7 +332,8 @@ OPTIMIZERS = ("sgd", "adamw", "lamb")
 # "softmax": softmax cross-entropy. "bce": one sigmoid per class, binary cross-entropy averaged over the
 # classes ("ResNet strikes back", Wightman et al. 2021, as timm's BinaryCrossEntropy).
 LOSSES = ("softmax", "bce")
-# TrainConfig fields beyond the paper (filled from the recipe when None); the CLI's and tune's options.
+# TrainConfig fields beyond the paper (filled from the recipe when None; train_image_size when the
+# model is known, by `TrainConfig.for_model`); the CLI's and tune's options.
 COMPONENT_FIELDS = (
     "optimizer",
     "loss",
@@ -342,9 +343,13 @@ COMPONENT_FIELDS = (
     "cutmix",
     "random_erasing",
     "auto_augment",
+    "train_image_size",
 )
+# "rand_m<M>_mstd<S>": RandAugment as timm's `rand-m<M>-mstd<S>-inc1`, -> (magnitude of 10, its noise std):
+# m6 is "ResNet strikes back" A3's, m7 its A1 and A2's, m9 timm's usual (DeiT).
+RAND_AUGMENTS = {"rand_m6_mstd0.5": (6.0, 0.5), "rand_m7_mstd0.5": (7.0, 0.5), "rand_m9_mstd0.5": (9.0, 0.5)}
 # "ta_wide": TrivialAugment Wide (Mueller & Hutter 2021), torchvision's `--auto-augment ta_wide`.
-AUTO_AUGMENTS = ("none", "ta_wide")
+AUTO_AUGMENTS = ("none", "ta_wide", *RAND_AUGMENTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,7 +366,9 @@ class TrainConfig:
     low_lr_start (None: the recipe decides; paper: CIFAR nets of 110+ layers) trains at a
     tenth of the rate until the training error is below 80 %. The fine-tuning fields
     (init_from, freeze, bn_policy, backbone_lr_multiplier, head_epochs) are described and
-    validated in `resnet_keras.finetune`.
+    validated in `resnet_keras.finetune`. train_image_size: the side of the training crops (FixRes,
+    Touvron et al. 2019), at most the model's image_size, which validation, evaluation, prediction
+    and exports keep; None means the model's image_size (`for_model` fills in the recipe's ratio).
     """
 
     recipe: str = "paper"
@@ -393,6 +400,7 @@ class TrainConfig:
     cutmix: float | None = None
     random_erasing: float | None = None
     auto_augment: str | None = None
+    train_image_size: int | None = None
 
     def __post_init__(self) -> None:
         expect(self.recipe in recipes.RECIPES, "recipe", self.recipe, " or ".join(map(repr, recipes.RECIPES)))
@@ -502,6 +510,37 @@ class TrainConfig:
         expect(
             self.auto_augment in AUTO_AUGMENTS, "auto_augment", self.auto_augment, "one of " + ", ".join(AUTO_AUGMENTS)
         )
+        expect(
+            self.train_image_size is None or (is_int(self.train_image_size) and 1 <= self.train_image_size),
+            "train_image_size",
+            self.train_image_size,
+            "None (the model's image_size) or an integer no larger than the model's image_size",
+        )
+
+    def for_model(self, model_config: ModelConfig) -> TrainConfig:
+        """This config with `train_image_size` checked against `model_config` and, when None, set to
+        the recipe's share of its image_size (torchvision 176/224, rsb_a3 160/224; not below the
+        network's smallest input). A size equal to image_size is recorded as None, its meaning, so
+        runs written before the field existed resume. ConfigError for a size the model cannot train at.
+        """
+        size, minimum = model_config.image_size, model_config.output_stride
+        if self.train_image_size is None:
+            ratio = recipes.RECIPES[self.recipe].train_size_ratio[model_config.family]
+            train_size = max(minimum, min(size, round(size * ratio)))
+        else:
+            train_size = self.train_image_size
+            expect(
+                minimum <= train_size <= size,
+                "train_image_size",
+                train_size,
+                f"an integer from {minimum} (the network downsamples by {minimum}) to the model's "
+                f"image_size={size} (training crops are at most the size it is validated and exported at)",
+            )
+        return dataclasses.replace(self, train_image_size=None if train_size == size else train_size)
+
+    def train_size(self, model_config: ModelConfig) -> int:
+        """The side of the training crops for `model_config` (after `for_model`)."""
+        return self.train_image_size or model_config.image_size
 
     def uses_low_lr_start(self, model_config: ModelConfig) -> bool:
         """Whether training starts at a tenth of the rate (paper recipe: CIFAR ResNet-110 and deeper)."""

@@ -84,6 +84,7 @@ def make_dataset(
     drop_remainder: bool | None = None,
     skip_batches: int = 0,
     class_names: tuple[str, ...] | None = None,
+    crop_size: int | None = None,
 ) -> tf.data.Dataset:
     """Batches ``(float32 [b, image_size, image_size, 3] in [0, 255], int32 [b])``.
 
@@ -101,13 +102,25 @@ def make_dataset(
     ``class_names`` (a trained model's, in its label order) labels an image folder by class name
     instead of by its own listing: evaluating on a folder that holds only some classes or only a
     ``test/`` split (see `sources.open_source`).
+
+    ``crop_size`` (``training`` only; default ``image_size``) is the side of the training images
+    when they are smaller than the test size (FixRes): the view is still the one of ``image_size``,
+    its crops (and the "cifar" view's resize before the crop) are ``crop_size``.
     """
     expect(is_int(image_size) and image_size >= 8, "image_size", image_size, "an integer >= 8")
+    expect(
+        crop_size is None or (is_int(crop_size) and 1 <= crop_size <= image_size),
+        "crop_size",
+        crop_size,
+        f"None or an integer from 1 to image_size={image_size}",
+    )
     expect(is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
     expect(is_int(skip_batches) and skip_batches >= 0, "skip_batches", skip_batches, "an integer >= 0")
     family = view_family(config, image_size)
     drop_remainder = training if drop_remainder is None else drop_remainder
-    part = open_source(config, class_names).split(split, image_size)
+    if training and crop_size is not None:
+        image_size = crop_size  # the view was chosen by the test size; every crop is the training size
+    part = open_source(config, class_names).split(split, image_size)  # synthetic images are made this size
     count = part.count
     ds = part.items.enumerate()
     if input_context is not None:

@@ -236,3 +236,18 @@ def dtype_policy(name: str):
         yield
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
+
+
+def at_input_size(model: keras.Model, size: int) -> keras.Model:
+    """`model` taking `size` x `size` images: the same layers and weights behind a new input.
+
+    Training at a smaller size than testing (FixRes) needs this: a Keras 3 functional model refuses
+    inputs of another shape than its `keras.Input` ("expected shape=(None, 224, 224, 3)"), though
+    convolutions and the global pooling before `predictions` work at any size. The view shares
+    every layer (and so every variable) with `model`; `model` keeps its input, its saved config and
+    its exports. Returns `model` itself when `size` is already its input size.
+    """
+    if tuple(model.input_shape[1:3]) == (size, size):
+        return model
+    inputs = keras.Input((size, size, model.input_shape[-1]), name=IMAGE_INPUT)
+    return keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer)

@@ -25,13 +25,17 @@ class Recipe:
     learning_rate is quoted at `reference_batch` and scales linearly with the global batch
     (Goyal et al. 2017), or with its square root when `lr_scaling` is "sqrt". schedule: "step"
     divides the rate by 10 at each fraction of the steps
-    in `boundaries`; "cosine" decays it to 0. Warm-up (linear from 0): `warmup_fraction` of the
-    epochs, at most `warmup_max` epochs, and `warmup_short` epochs for runs under 10 epochs;
-    no warm-up when `warmup_fraction` is 0. `low_lr_start_depth`: CIFAR nets this deep or
+    in `boundaries`; "cosine" decays it to 0. Warm-up (linear from `warmup_start` of the peak rate):
+    `warmup_fraction` of the epochs, at most `warmup_max` epochs, and `warmup_short` epochs for runs
+    under 10 epochs; no warm-up when `warmup_fraction` is 0. `low_lr_start_depth`: CIFAR nets this deep or
     deeper first train at a tenth of the rate until the training error is below 80 %.
     optimizer ("sgd", "adamw", "lamb"), loss ("softmax", "bce"), clip_norm (global gradient norm,
     0: off), ema_decay (per step, 0: off), mixup and cutmix (Beta alpha, 0: off), random_erasing
-    (probability per image) and auto_augment ("none", "ta_wide") are `TrainConfig` fields of the same names.
+    (probability per image) and auto_augment ("none", "ta_wide", "rand_m6_mstd0.5", ...) are
+    `TrainConfig` fields of the same names.
+    `train_size_ratio`: training crops of this fraction of the model's image size, the test size
+    (Touvron et al. 2019, "FixRes": a smaller train size makes up for the apparent object size that
+    random-resized crops enlarge); `TrainConfig.train_image_size` left None takes it.
     """
 
     name: str
@@ -60,6 +64,8 @@ class Recipe:
     random_erasing: float = 0.0
     auto_augment: str = "none"
     lr_scaling: str = "linear"
+    warmup_start: float = 0.0
+    train_size_ratio: Mapping[str, float] = dataclasses.field(default_factory=lambda: {"cifar": 1.0, "imagenet": 1.0})
 
     def warmup_epochs(self, epochs: int) -> float:
         if not self.warmup_fraction:
@@ -114,16 +120,18 @@ RECIPES: dict[str, Recipe] = {
             name="torchvision",
             summary=(
                 "torchvision's ResNet-50 recipe (80.9 %): SGD lr 0.5 per 1024 images, cosine, 5 warm-up epochs, "
-                "600 epochs, label smoothing 0.1, mixup 0.2, CutMix 1.0, random erasing 0.1, EMA, weight decay 2e-5"
+                "600 epochs, label smoothing 0.1, mixup 0.2, CutMix 1.0, random erasing 0.1, TrivialAugment, EMA, "
+                "weight decay 2e-5, train 176 / test 224"
             ),
             source=(
                 "Vryniotis 2021, 'How to Train State-Of-The-Art Models Using TorchVision's Latest Primitives' and "
                 "torchvision references/classification README (IMAGENET1K_V2 weights, 80.858 %): 8 GPUs x batch 128, "
-                "--lr 0.5 --lr-scheduler cosineannealinglr --lr-warmup-epochs 5 --label-smoothing 0.1 --mixup-alpha "
-                "0.2 --cutmix-alpha 1.0 --random-erase 0.1 --weight-decay 2e-5 --norm-weight-decay 0.0 --model-ema "
-                "--model-ema-steps 32 --model-ema-decay 0.99998 --auto-augment ta_wide --train-crop-size 176 "
-                "--val-resize-size 232. Not reproduced here: the 176/224 train/test sizes and the "
-                "warm-up's start at 1 % of the rate (ours starts at 0)"
+                "--lr 0.5 --lr-scheduler cosineannealinglr --lr-warmup-epochs 5 --lr-warmup-method linear (train.py's "
+                "--lr-warmup-decay 0.01: from 1 % of the rate) --label-smoothing 0.1 --mixup-alpha 0.2 --cutmix-alpha "
+                "1.0 --random-erase 0.1 --weight-decay 2e-5 --norm-weight-decay 0.0 --model-ema --model-ema-steps 32 "
+                "--model-ema-decay 0.99998 --auto-augment ta_wide --train-crop-size 176 --val-resize-size 232 (train "
+                "at 176/224 of the test size). Differs here: the evaluation view resizes to 256 before its 224 crop, "
+                "not 232, and the warm-up reaches the peak one step earlier"
             ),
             epochs={"cifar": 600, "imagenet": 600},
             learning_rate={"cifar": 0.5, "imagenet": 0.5},
@@ -134,24 +142,29 @@ RECIPES: dict[str, Recipe] = {
             warmup_fraction=0.01,
             warmup_max=5,
             warmup_short=0.5,
+            warmup_start=0.01,  # --lr-warmup-method linear --lr-warmup-decay 0.01
             # torchvision averages every 32 steps with decay 1 - 2e-5 x (1024 x 32 / 600); per step, 0.999966.
             ema_decay=0.99997,
             mixup=0.2,
             cutmix=1.0,
             random_erasing=0.1,
             auto_augment="ta_wide",
+            # --train-crop-size 176 against --val-crop-size 224; CIFAR nets keep their 32-pixel images.
+            train_size_ratio={"cifar": 1.0, "imagenet": 176 / 224},
         ),
         Recipe(
             name="rsb_a3",
             summary=(
                 "'ResNet strikes back' A3 (ResNet-50 78.1 % in 100 epochs): LAMB lr 8e-3 per 2048 images, weight "
-                "decay 0.02, cosine, 5 warm-up epochs, binary cross-entropy, mixup 0.1, CutMix 1.0"
+                "decay 0.02, cosine, 5 warm-up epochs, binary cross-entropy, mixup 0.1, CutMix 1.0, RandAugment m6, "
+                "train 160 / test 224"
             ),
             source=(
                 "Wightman, Touvron & Jegou 2021, 'ResNet strikes back', Table 1, procedure A3: 100 epochs, batch 2048, "
                 "LAMB, lr 8e-3, weight decay 0.02 (none on BN and biases), cosine with 5 warm-up epochs, BCE loss, "
-                "no label smoothing, mixup 0.1, CutMix 1.0, no EMA, no stochastic depth, train 160 / test 224. Not "
-                "reproduced here: RandAugment (m6, std 0.5) and the 160/224 train/test sizes"
+                "no label smoothing, mixup 0.1, CutMix 1.0, no EMA, no stochastic depth, train 160 / test 224, "
+                "RandAugment rand-m6-mstd0.5-inc1; timm's --warmup-lr 1e-6. Differs here: RandAugment's geometric "
+                "ops sample nearest-neighbour (timm: bilinear or bicubic)"
             ),
             epochs={"cifar": 100, "imagenet": 100},
             learning_rate={"cifar": 8e-3, "imagenet": 8e-3},
@@ -161,11 +174,16 @@ RECIPES: dict[str, Recipe] = {
             warmup_fraction=0.05,
             warmup_max=5,
             warmup_short=0.5,
+            # timm's --warmup-lr 1e-6 under the peak --lr 8e-3, as a share of the peak.
+            warmup_start=1e-6 / 8e-3,
             optimizer="lamb",
             loss="bce",
             lr_scaling="sqrt",
             mixup=0.1,
             cutmix=1.0,
+            auto_augment="rand_m6_mstd0.5",  # timm's --aa rand-m6-mstd0.5-inc1
+            # Table 1: train at 160, test at 224; CIFAR nets keep their 32-pixel images.
+            train_size_ratio={"cifar": 1.0, "imagenet": 160 / 224},
         ),
     )
 }
@@ -194,19 +212,30 @@ def make_schedule(train_config, steps_per_epoch: int, factor=None):
     total = train_config.epochs * steps_per_epoch
     warmup = int(round(train_config.warmup_epochs * steps_per_epoch))
     boundaries = recipe.boundaries[train_config.family] if recipe.schedule == "step" else ()
-    return _schedule_class()(train_config.learning_rate, total, warmup, recipe.schedule, boundaries, factor)
+    return _schedule_class()(
+        train_config.learning_rate, total, warmup, recipe.schedule, boundaries, factor, recipe.warmup_start
+    )
 
 
 def _schedule_class():
     import keras
 
     class ResNetSchedule(keras.optimizers.schedules.LearningRateSchedule):
-        """Linear warm-up from 0, then "step" (/10 at each boundary fraction of the steps) or "cosine"
-        decay to 0; a function of the optimizer's iteration count, times `factor` if given."""
+        """Linear warm-up, then "step" (/10 at each boundary fraction of the steps) or "cosine" decay
+        to 0; a function of the optimizer's iteration count, times `factor` if given.
 
-        def __init__(self, base, total_steps, warmup_steps, kind, boundaries=(0.5, 0.75), factor=None):
+        The warm-up line runs from `warmup_start` x base before the first step to base at the last
+        warm-up step: step s < W has base x (start + (1 - start) x (s + 1) / W). From 0, the first
+        step already moves (base / W); torchvision's LinearLR and timm start exactly at `start` x base
+        and reach base one step later, a difference of one step of the warm-up.
+        """
+
+        def __init__(
+            self, base, total_steps, warmup_steps, kind, boundaries=(0.5, 0.75), factor=None, warmup_start=0.0
+        ):
             self.base, self.total_steps, self.warmup_steps = float(base), int(total_steps), int(warmup_steps)
             self.kind, self.boundaries, self.factor = kind, tuple(boundaries), factor
+            self.warmup_start = float(warmup_start)
 
         def __call__(self, step):
             rate = self._rate(step)
@@ -227,7 +256,9 @@ def _schedule_class():
                 after = 0.5 * self.base * (1.0 + tf.cos(math.pi * progress))
             if self.warmup_steps <= 0:
                 return after
-            return tf.where(step < self.warmup_steps, self.base * (step + 1) / float(self.warmup_steps), after)
+            start = self.warmup_start
+            ramp = self.base * (start + (1.0 - start) * (step + 1) / float(self.warmup_steps))
+            return tf.where(step < self.warmup_steps, ramp, after)
 
         def get_config(self):
             return dict(
@@ -236,6 +267,7 @@ def _schedule_class():
                 warmup_steps=self.warmup_steps,
                 kind=self.kind,
                 boundaries=self.boundaries,
+                warmup_start=self.warmup_start,
             )
 
     return ResNetSchedule

@@ -45,7 +45,9 @@ def train(
     """Trains `model_config` on `data_config` into `model_dir`; returns the metrics dict.
 
     `model_config.num_classes` must match the dataset (the CLI takes it from `describe`);
-    `train_config.weight_decay` replaces `model_config.weight_decay`. Reruns with the same
+    `train_config.weight_decay` replaces `model_config.weight_decay`; `train_config.train_image_size`
+    (None: the recipe's share of the image size, `TrainConfig.for_model`) sizes the training crops
+    only, validation and the saved model keep `model_config.image_size`. Reruns with the same
     configs resume after the last completed epoch (`epochs` may grow); `overwrite` starts
     fresh. `hooks` run after the built-in ones at every call. Everything is checked before
     the first write: a call that fails with UsageError (a run directory of another config, a
@@ -65,6 +67,7 @@ def train(
             "give a number of steps, which every worker counts alike"
         )
     model_config = dataclasses.replace(model_config, weight_decay=float(model_weight_decay(train_config)))
+    train_config = train_config.for_model(model_config)  # the recipe's training crop size, checked
     setup = _prepare(model_config, data_config, train_config, RunDir(model_dir), log)
     run, out, strategy = setup.run, setup.out, setup.strategy
     init_weights = None  # read and checked before anything is written
@@ -216,6 +219,7 @@ class _Parts:
     manager: Any
     progress: Any = None  # float64 [6]: trainer.EpochProgress of a mid-epoch checkpoint, zeros at epoch ends
     average_model: Any = None  # the EMA of the weights (TrainConfig.ema_decay > 0)
+    train_model: Any = None  # `model` at the training crop size (models.at_input_size), or `model`
 
     @property
     def eval_model(self):
@@ -229,13 +233,14 @@ def _build(setup: _Setup) -> _Parts:
     import tensorflow as tf
 
     from resnet_keras import finetune
-    from resnet_keras.models import build_model, dtype_policy
+    from resnet_keras.models import at_input_size, build_model, dtype_policy
 
     train_config = setup.train_config
     keras.utils.set_random_seed(train_config.seed)
     low_lr_start = train_config.uses_low_lr_start(setup.model_config)
     with dtype_policy(PRECISIONS[train_config.mixed_precision]), setup.strategy.scope():
         model = build_model(setup.model_config)
+        train_model = at_input_size(model, train_config.train_size(setup.model_config))
         plan = finetune.plan(model, train_config)  # trainable flags are set before the optimizer builds
         lr_factor = tf.Variable(
             LOW_LR_FACTOR if low_lr_start else 1.0, dtype=tf.float32, trainable=False, name="lr_factor"
@@ -256,7 +261,7 @@ def _build(setup: _Setup) -> _Parts:
         model=model, optimizer=optimizer, epoch=epoch, lr_factor=lr_factor, epoch_progress=progress, **extra
     )
     manager = tf.train.CheckpointManager(checkpoint, str(setup.out.checkpoint_dir), max_to_keep=2)
-    return _Parts(model, optimizer, plan, lr_factor, epoch, checkpoint, manager, progress, average_model)
+    return _Parts(model, optimizer, plan, lr_factor, epoch, checkpoint, manager, progress, average_model, train_model)
 
 
 def _restore(parts: _Parts, path: str):
@@ -292,6 +297,7 @@ def _train_input(setup: _Setup, start_epoch: int, start_step: int = 0):
             setup.data_config,
             "train",
             image_size=setup.model_config.image_size,
+            crop_size=setup.train_config.train_size(setup.model_config),
             batch_size=setup.train_config.batch_size,
             training=True,
             input_context=ctx,
@@ -319,7 +325,7 @@ def _train_step(setup: _Setup, parts: _Parts):
     """The step, traced again when a fine-tuning phase changes the trainable variables."""
     train_config = setup.train_config
     return make_train_step(
-        parts.model,
+        parts.train_model,
         parts.optimizer,
         setup.strategy,
         num_classes=setup.model_config.num_classes,

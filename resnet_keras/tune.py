@@ -747,6 +747,8 @@ def search(
         check_oracle_address(allow_remote_oracle)
     results_dir = Path(results_dir)
     info = data_lib.describe(data_config)  # fails fast (exit 2) on a missing dataset
+    for arch in space.architectures():  # a training size the networks cannot use fails here, not in each trial
+        train_config.for_model(space.model_config(arch, num_classes=info.num_classes))
     if tune.tuner == "hyperband" and train_config.warmup_epochs:
         # Every round of a bracket must share one run config: warm up within the shortest round.
         warmup = min(train_config.warmup_epochs, 0.5 * _hyperband_min_epochs(tune))

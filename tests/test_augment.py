@@ -74,10 +74,11 @@ def test_random_erasing_fills_rectangles_of_the_given_share_with_the_mean():
         assert np.all(image[~mask] == 255.0)
 
 
-def test_apply_keys_batches_by_their_number_so_a_resumed_stream_matches():
+@pytest.mark.parametrize("auto_augment", ["ta_wide", "rand_m6_mstd0.5"])
+def test_apply_keys_batches_by_their_number_so_a_resumed_stream_matches(auto_augment):
     images, labels, _ = constant_batch()
     stream = tf.data.Dataset.from_tensors((images, labels)).repeat(5)
-    config = type("C", (), dict(mixup=0.2, cutmix=1.0, random_erasing=0.25, auto_augment="ta_wide"))()
+    config = type("C", (), dict(mixup=0.2, cutmix=1.0, random_erasing=0.25, auto_augment=auto_augment))()
     kwargs = dict(num_classes=CLASSES, fill=(0.0, 0.0, 0.0), seed=3)
     whole = [np.asarray(x) for x, _ in augment.apply(stream, config, **kwargs)]
     resumed = [np.asarray(x) for x, _ in augment.apply(stream.skip(3), config, first_batch=3, **kwargs)]
@@ -130,3 +131,61 @@ def test_trivial_augment_is_seeded_and_changes_most_images():
     assert once.min() >= 0 and once.max() <= 255
     changed = np.mean([not np.array_equal(a, b) for a, b in zip(once, images)])
     assert 0.75 < changed < 1.0  # identity and zero-magnitude draws leave a few images as they were
+
+
+def test_rand_augment_draws_two_ops_half_applied_at_noisy_bounded_magnitudes():
+    n = 4000
+    draws = {k: np.asarray(v) for k, v in augment.rand_augment_draws(n, key(2), magnitude=6.0, std=0.5).items()}
+    assert all(value.shape == (2, n) for value in draws.values())
+    assert set(draws["op"].ravel()) == set(range(len(augment.RAND_AUGMENT_OPS)))  # 15 ops, with replacement
+    assert abs(draws["applied"].mean() - 0.5) < 4 * np.sqrt(0.25 / (2 * n))
+    magnitude = draws["magnitude"]
+    assert magnitude.min() >= 0 and magnitude.max() <= 10
+    assert abs(magnitude.mean() - 6.0) < 0.05 and abs(magnitude.std() - 0.5) < 0.05
+    edge = np.asarray(augment.rand_augment_draws(n, key(2), magnitude=10.0, std=0.5)["magnitude"])
+    assert edge.max() == 10.0 and (edge == 10.0).mean() > 0.4  # clipped at 10, as timm clips
+
+
+def test_rand_augment_is_seeded_and_changes_exactly_the_images_an_op_was_applied_to():
+    images = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3)).astype("float32")
+    once = np.asarray(augment.rand_augment(images, key(5), magnitude=6.0, std=0.5))
+    np.testing.assert_array_equal(once, np.asarray(augment.rand_augment(images, key(5), magnitude=6.0, std=0.5)))
+    assert not np.array_equal(once, np.asarray(augment.rand_augment(images, key(6), magnitude=6.0, std=0.5)))
+    assert once.min() >= 0 and once.max() <= 255
+    applied = np.asarray(augment.rand_augment_draws(256, key(5), magnitude=6.0, std=0.5)["applied"]).sum(axis=0)
+    changed = np.array([not np.array_equal(a, b) for a, b in zip(once, images)])
+    assert not changed[applied == 0].any()  # no op drawn to run: the image is untouched
+    assert changed[applied > 0].mean() > 0.9  # a few ops (a flip of sign at a small angle) may do nothing
+    assert 0.15 < (applied == 0).mean() < 0.35  # both skipped with probability 1/4
+
+
+def test_rand_augment_ops_beyond_trivial_augment_match_pil_and_timm(shared_data):
+    from PIL import Image, ImageOps
+
+    files = sorted((shared_data / "cifar10-mini" / "train").glob("*/*.jpg"))[:4]
+    images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32))) for f in files])
+    n, zeros = len(images), np.zeros(len(images), "float32")
+    add = 66.0  # timm's solarize_add at magnitude 6: int(0.6 * 110)
+    args = dict(shear=zeros, shift=zeros, angle=zeros, factor=zeros + 1, bits=zeros + 8, threshold=zeros + 256)
+    for name, want in [
+        ("invert", lambda im: ImageOps.invert(im)),
+        ("solarize_add", lambda im: im.point([min(255, i + int(add)) if i < 128 else i for i in range(256)] * 3)),
+    ]:
+        op = np.full(n, augment._OPS.index(name), "int32")
+        ours = np.asarray(augment._run_ops(images.astype("float32"), op, add=zeros + add, **args))
+        for image, got in zip(images, ours):
+            np.testing.assert_array_equal(got, np.asarray(want(Image.fromarray(image)), "float32"))
+
+
+def test_rand_augment_fills_uncovered_pixels_with_timms_mean_pixel():
+    white = np.full((1, 32, 32, 3), 255.0, "float32")
+    draws = augment.rand_augment_draws(1, key(0), magnitude=10.0, std=0.0, layers=1)
+    assert float(draws["magnitude"][0, 0]) == 10.0
+    # Find a key whose single drawn op is rotate (30 degrees at magnitude 10) and applied.
+    for seed in range(200):
+        draws = augment.rand_augment_draws(1, key(seed), magnitude=10.0, std=0.0, layers=1)
+        if bool(draws["applied"][0, 0]) and augment.RAND_AUGMENT_OPS[int(draws["op"][0, 0])] == "rotate":
+            break
+    rotated = np.asarray(augment.rand_augment(white, key(seed), magnitude=10.0, std=0.0, layers=1))[0]
+    np.testing.assert_array_equal(rotated[0, 0], [124.0, 116.0, 104.0])  # a corner rotated out of view
+    np.testing.assert_array_equal(rotated[16, 16], [255.0, 255.0, 255.0])

@@ -169,7 +169,7 @@ def test_components_are_train_config_fields_checked_and_recorded(tmp_path):
     config = TrainConfig(optimizer="lamb", loss="bce", clip_norm=1.0, ema_decay=0.99, mixup=0.2, cutmix=1.0)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     plain = TrainConfig()
-    assert [getattr(plain, f) for f in COMPONENT_FIELDS] == ["sgd", "softmax", 0.0, 0.0, 0.0, 0.0, 0.0, "none"]
+    assert [getattr(plain, f) for f in COMPONENT_FIELDS] == ["sgd", "softmax", 0.0, 0.0, 0.0, 0.0, 0.0, "none", None]
     for field, value in [("optimizer", "rmsprop"), ("ema_decay", 1.0), ("random_erasing", 2), ("clip_norm", -1)]:
         with pytest.raises(ConfigError, match=f"{field}="):
             TrainConfig(**{field: value})

@@ -219,6 +219,14 @@ def test_cost_limit_nothing_meets_is_exit_2(tmp_path, shared_data):
     assert not list((tmp_path / "r" / "kerastuner").glob("trial_*"))  # nothing trained
 
 
+def test_a_train_size_larger_than_the_image_size_is_exit_2_before_any_trial(tmp_path, shared_data):
+    args = [*data_args(shared_data), *TINY, "--train-image-size", "40", "--results-dir", str(tmp_path / "r")]
+    result = tune_cli(*args)
+    assert result.exit_code == 2, result.output
+    assert "Error: Received: train_image_size=40; expected an integer from" in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_folder_that_is_not_a_search_is_refused(tmp_path, shared_data):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "notes.txt").write_text("mine")
