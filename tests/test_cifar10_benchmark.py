@@ -26,7 +26,7 @@ def test_budget_run_fits_its_epochs_and_counts_the_calibration(shared_data, tmp_
     bench = load_script("cifar10_benchmark")
     budget = 12.0
     summary_path = tmp_path / "summary.json"
-    argv = ["--data-root", str(shared_data / "cifar10-mini"), "--preset", "resnet8", "--batch-size", "32"]
+    argv = ["--data-root", str(shared_data / "cifar10-mini"), "--width", "0.5", "--batch-size", "32"]
     argv += ["--budget-seconds", str(budget), "--model-dir", str(tmp_path / "run"), "--json-out", str(summary_path)]
     assert bench.main(argv) == 0
 
@@ -65,7 +65,7 @@ def test_ablation_lists_arms_and_tabulates_against_the_first(capsys):
             final_within_budget=within,
         )
 
-    text = ablation.table({"baseline": result(0.88), "EMA": result(0.8825), "SE": result(0.87, False)})
+    text = ablation.table({"baseline": result(0.88), "no EMA": result(0.8825), "SE": result(0.87, False)})
     rows = text.splitlines()[2:]
     assert rows[0].startswith("| baseline | 18 |") and "88.00 %" in rows[0]
     assert "| +0.25 |" in rows[1] and "90.00 %" in rows[1]

@@ -96,6 +96,16 @@ def test_short_schedule_warms_up_then_decays_to_zero():
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_linear_schedule_decays_in_a_straight_line_where_cosine_would_bend():
+    budget = make_schedule(TrainConfig(recipe="short_linear", epochs=10, warmup_epochs=1, learning_rate=0.4), 10)
+    short = make_schedule(TrainConfig(recipe="short", epochs=10, warmup_epochs=1, learning_rate=0.4), 10)
+    assert float(budget(9)) == pytest.approx(0.4)
+    # A quarter and three quarters of the way through the decay: linear 0.3 / 0.1, cosine 0.34 / 0.06.
+    assert [float(budget(s)) for s in (10 + 22.5, 10 + 67.5)] == pytest.approx([0.3, 0.1], abs=1e-6)
+    assert [float(short(s)) for s in (10 + 22.5, 10 + 67.5)] == pytest.approx([0.3414, 0.0586], abs=1e-4)
+    assert float(budget(100)) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_imagenet_paper_recipe_uses_batch_256_reference_and_thirds():
     config = TrainConfig(family="imagenet", batch_size=128)
     assert (config.epochs, config.learning_rate) == (90, pytest.approx(0.05))  # 0.1 at batch 256
