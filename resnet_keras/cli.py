@@ -631,7 +631,8 @@ def train(ctx, **params):
     type=click.Choice(TTA_MODES),
     default="none",
     show_default=True,
-    help="Test-time augmentation: average over the image and its mirror (flip) or ten crops (crops).",
+    help="Test-time augmentation: average over the image and its mirror (flip), those and two one-pixel "
+    "shifts (shifts, six views) or ten crops (crops).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 def evaluate(model_dir, dataset, data_dir, split, batch_size, weights, tta, as_json):

@@ -104,8 +104,10 @@ def make_dataset(
     ``test/`` split (see `sources.open_source`).
 
     ``crop_size`` (``training`` only; default ``image_size``) is the side of the training images
-    when they are smaller than the test size (FixRes): the view is still the one of ``image_size``,
-    its crops (and the "cifar" view's resize before the crop) are ``crop_size``.
+    when they are smaller than the test size (FixRes): the view is still the one of ``image_size``.
+    The "imagenet" view's random-resized crops and the "none" view's resize are ``crop_size``; the
+    "cifar" view keeps the images at ``image_size`` and trains on the central ``crop_size`` square
+    of each padded random crop, at the objects' own scale (`preprocessing.cifar_pad_crop_flip`).
     """
     expect(is_int(image_size) and image_size >= 8, "image_size", image_size, "an integer >= 8")
     expect(
@@ -118,8 +120,12 @@ def make_dataset(
     expect(is_int(skip_batches) and skip_batches >= 0, "skip_batches", skip_batches, "an integer >= 0")
     family = view_family(config, image_size)
     drop_remainder = training if drop_remainder is None else drop_remainder
-    if training and crop_size is not None:
-        image_size = crop_size  # the view was chosen by the test size; every crop is the training size
+    crop = None
+    if training and crop_size is not None and crop_size != image_size:
+        if family == "cifar":
+            crop = crop_size  # decoded and cached at the test size; the crops are cut smaller
+        else:
+            image_size = crop_size  # the view was chosen by the test size; every crop is the training size
     part = open_source(config, class_names).split(split, image_size)  # synthetic images are made this size
     count = part.count
     ds = part.items.enumerate()
@@ -195,6 +201,7 @@ def make_dataset(
                 drop_remainder,
                 seed,
                 reshuffle=False,
+                crop=crop,
                 # The resumed epoch skips its first batches before they are decoded and cropped.
                 skip_batches=tf.where(index == first_epoch, tf.constant(offset, tf.int64), 0),
             )
@@ -205,7 +212,7 @@ def make_dataset(
             ds = ds.shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
-        ds = _augment_and_batch(ds, family, training, image_size, batch_size, drop_remainder, config.seed)
+        ds = _augment_and_batch(ds, family, training, image_size, batch_size, drop_remainder, config.seed, crop=crop)
     ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
     ds.skipped_files = skipped
     return ds
@@ -214,9 +221,12 @@ def make_dataset(
 # ----------------------------------------------------------------------------- augmentation
 
 
-def _augment_and_batch(ds, family, training, size, batch_size, drop_remainder, seed, reshuffle=True, skip_batches=0):
+def _augment_and_batch(
+    ds, family, training, size, batch_size, drop_remainder, seed, reshuffle=True, skip_batches=0, crop=None
+):
     """(index, uint8 image, label) elements -> float32 batches, augmented when training.
 
+    `crop`: the side of the "cifar" view's training crops, when smaller than `size`.
     `skip_batches` (an int or int64 tensor) drops the first batches before their images are
     augmented (and, for encoded images, decoded), with the seeds they would have used.
     """
@@ -245,7 +255,10 @@ def _augment_and_batch(ds, family, training, size, batch_size, drop_remainder, s
         return (
             tf.data.Dataset.zip((ds, seeds))
             .skip(skip_batches)
-            .map(lambda batch, key: cifar_pad_crop_flip(batch[1], key, batch[2]), num_parallel_calls=tf.data.AUTOTUNE)
+            .map(
+                lambda batch, key: cifar_pad_crop_flip(batch[1], key, batch[2], crop),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
         )
     return ds.skip(skip_batches).map(_to_float)
 

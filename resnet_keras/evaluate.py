@@ -9,10 +9,12 @@ from resnet_keras.config import DataConfig
 from resnet_keras.errors import UsageError, expect
 from resnet_keras.rundir import WEIGHTS, RunDir
 
-# Test-time augmentation: "flip" averages the probabilities of the image and its mirror; "crops"
-# averages ten views, the four corner and the centre crops of the image padded by 1/8 of its side
-# (4 pixels at 32, the training crops' range) and their mirrors, as the paper's 10-crop testing.
-TTA_MODES = ("none", "flip", "crops")
+# Test-time augmentation: "flip" averages the probabilities of the image and its mirror; "shifts"
+# six views, the image and its two one-pixel diagonal translations (zero-padded, as the training
+# crops are) with their mirrors, as airbench's mirror-translate testing (Jordan 2024); "crops" ten
+# views, the four corner and the centre crops of the image padded by 1/8 of its side (4 pixels at 32,
+# the training crops' whole range) and their mirrors, as the paper's 10-crop testing.
+TTA_MODES = ("none", "flip", "shifts", "crops")
 
 
 def evaluate(
@@ -35,8 +37,8 @@ def evaluate(
     true class, columns = predicted class. With `write`, saves `confusion.png` and
     `eval-<split>.json` in the run directory. `tta` (TTA_MODES) averages the softmax probabilities
     of several views of each image; the loss is then the cross-entropy of the averaged probabilities.
-    "crops" needs an evaluation view that is the whole image (the "cifar" and "none" views): the
-    "imagenet" view is already a centre crop.
+    "shifts" and "crops" need an evaluation view that is the whole image (the "cifar" and "none"
+    views): the "imagenet" view is already a centre crop.
     """
     expect(weights in WEIGHTS, "weights", weights, "'final' or 'best'")
     expect(tta in TTA_MODES, "tta", tta, "one of " + ", ".join(TTA_MODES))
@@ -63,12 +65,12 @@ def evaluate(
             raise UsageError(
                 f"dataset {data_config.dataset!r} has {info.num_classes} classes; the model in {run.path} predicts {n}"
             )
-    if tta == "crops":
+    if tta in ("shifts", "crops"):
         from resnet_keras.preprocessing import view_family
 
         if view_family(data_config, model_config.image_size) == "imagenet":
             raise UsageError(
-                "Received: tta='crops' with the imagenet evaluation view, which is already a centre crop; "
+                f"Received: tta={tta!r} with the imagenet evaluation view, which is already a centre crop; "
                 "use tta='flip'"
             )
     model = run.load_model(weights, model_config)
@@ -131,8 +133,12 @@ def test_time_views(tf, images, tta: str) -> list:
     if tta == "flip":
         return [images, tf.reverse(images, axis=[2])]
     size = images.shape[1]
-    pad = max(1, size // 8)
+    if tta == "shifts":
+        pad = 1
+        offsets = [(1, 1), (0, 0), (2, 2)]  # the image itself, then up-left and down-right by one pixel
+    else:
+        pad = max(1, size // 8)
+        offsets = [(0, 0), (0, 2 * pad), (2 * pad, 0), (2 * pad, 2 * pad), (pad, pad)]
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    offsets = [(0, 0), (0, 2 * pad), (2 * pad, 0), (2 * pad, 2 * pad), (pad, pad)]
     crops = [padded[:, top : top + size, left : left + size, :] for top, left in offsets]
     return crops + [tf.reverse(crop, axis=[2]) for crop in crops]

@@ -97,7 +97,7 @@ def table(results: dict[str, dict]) -> str:
     names = list(results)
     base = results[names[0]]["val_accuracy_within_budget"] or 0.0
     lines = [
-        "| arm | epochs in budget | training s | images/s | val top-1 | vs baseline | with flip TTA |",
+        "| arm | epochs in budget | training s | images/s | val top-1 | vs baseline | with TTA (shifts) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in names:

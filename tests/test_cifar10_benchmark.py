@@ -46,7 +46,9 @@ def test_budget_run_fits_its_epochs_and_counts_the_calibration(shared_data, tmp_
     inside = [e["val_accuracy"] for e in epochs if e["train_seconds"] <= budget]
     assert summary["val_accuracy_within_budget"] == (inside[-1] if inside else None)
     assert summary["final_within_budget"] == (epochs[-1]["train_seconds"] <= budget)
-    assert 0.0 <= summary["final_val_accuracy_tta"] <= 1.0 and summary["tta"] == "flip"
+    assert 0.0 <= summary["final_val_accuracy_tta"] <= 1.0 and summary["tta"] == "shifts"
+    assert summary["final_val_accuracy_by_tta"]["shifts"] == summary["final_val_accuracy_tta"]
+    assert set(summary["final_val_accuracy_by_tta"]) == {"shifts", "flip"}
 
 
 def test_ablation_lists_arms_and_tabulates_against_the_first(capsys):

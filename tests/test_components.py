@@ -86,7 +86,10 @@ def test_validation_reads_the_average_and_evaluate_averages_test_time_views(ema_
     padded = np.pad(images, [(0, 0), (2, 2), (2, 2), (0, 0)])  # 16 // 8 = 2 pixels
     crops = [padded[:, t : t + 16, c : c + 16] for t, c in [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2)]]
     ten = probabilities(crops + [c[:, :, ::-1] for c in crops])
-    for tta, expected in (("flip", flipped), ("crops", ten)):
+    one = np.pad(images, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    shifted = [one[:, t : t + 16, c : c + 16] for t, c in [(1, 1), (0, 0), (2, 2)]]
+    six = probabilities(shifted + [s[:, :, ::-1] for s in shifted])
+    for tta, expected in (("flip", flipped), ("shifts", six), ("crops", ten)):
         result = evaluate(path, split="val", write=False, tta=tta)
         assert result["accuracy"] == pytest.approx(np.mean(expected.argmax(-1) == labels))
         assert result["loss"] == pytest.approx(-np.mean(np.log(expected[np.arange(len(labels)), labels])), rel=1e-4)

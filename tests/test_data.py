@@ -427,6 +427,26 @@ def test_cifar_augmentation_is_pad_crop_flip(mini):
     assert 50 < sum(f == {False} for f in flips) < 150
 
 
+def test_cifar_crops_smaller_than_the_image_keep_its_scale(mini):
+    # Training crops of 24 on a 32-pixel view: the central 24 x 24 of a pad-4 crop, not a resize.
+    config = DataConfig(dataset="folder", data_dir=str(mini), shuffle_buffer=1, augment="cifar", deterministic=True)
+    evals, _, _ = collect(make_dataset(config, "val", image_size=32, batch_size=50, training=False))
+    trains, _, _ = collect(make_dataset(config, "val", image_size=32, crop_size=24, batch_size=50, training=True))
+    assert trains.shape == (200, 24, 24, 3)
+    offsets = set()
+    for train, original in zip(trains, evals):
+        matches = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            for flip in (False, True)
+            if np.array_equal(train, shifted(original, dy, dx, flip)[4:28, 4:28])
+        ]
+        assert matches, "a 24-pixel train view is not the centre of a padded crop (or its flip)"
+        offsets.update(matches)
+    assert len(offsets) > 40  # the translations still span the whole +-4 pixels
+
+
 def test_imagenet_eval_is_centre_crop_and_train_is_random(tmp_path):
     rng = np.random.default_rng(1)
     pictures = {

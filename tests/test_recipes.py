@@ -108,7 +108,7 @@ def test_training_crops_have_the_train_size_and_evaluation_the_image_size(shared
     )
     val_images, _ = next(iter(make_dataset(config, "val", image_size=80, crop_size=56, batch_size=4, training=False)))
     assert train_images.shape == (4, 56, 56, 3) and val_images.shape == (4, 80, 80, 3)
-    # The CIFAR view resizes to the train size, then pads and crops.
+    # The CIFAR view cuts its crops smaller (tests/test_data.py checks the pixels).
     small, _ = next(iter(make_dataset(config, "train", image_size=32, crop_size=24, batch_size=4, training=True)))
     assert small.shape == (4, 24, 24, 3)
 
