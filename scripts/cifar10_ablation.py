@@ -32,6 +32,7 @@ ARMS: dict[str, list[str]] = {
     "batch 128": ["--batch-size", "128"],
     "float32": ["--mixed-precision", "none"],
     "no label smoothing": ["--label-smoothing", "0"],
+    "crops of 32 (no FixRes)": ["--train-image-size", "32"],
     # A schedule, an architecture option or a component the record leaves out, each switched on:
     "linear decay (short_linear)": ["--recipe", "short_linear"],
     "SE 1/4": ["--se-ratio", "0.25"],
