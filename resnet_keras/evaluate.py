@@ -11,7 +11,8 @@ from resnet_keras.rundir import WEIGHTS, RunDir
 
 # Test-time augmentation: "flip" averages the probabilities of the image and its mirror; "shifts"
 # six views, the image and its two one-pixel diagonal translations (zero-padded, as the training
-# crops are) with their mirrors, as airbench's mirror-translate testing (Jordan 2024); "crops" ten
+# crops are) with their mirrors, after airbench's mirror-translate testing (Jordan 2024, which pads
+# by mirroring and weights the unshifted pair by half); "crops" ten
 # views, the four corner and the centre crops of the image padded by 1/8 of its side (4 pixels at 32,
 # the training crops' whole range) and their mirrors, as the paper's 10-crop testing.
 TTA_MODES = ("none", "flip", "shifts", "crops")
