@@ -19,6 +19,7 @@ from resnet_keras.benchmark import MODES as BENCHMARK_MODES
 from resnet_keras.config import (
     AUTO_AUGMENTS,
     COMPONENT_FIELDS,
+    FLIPS,
     LOSSES,
     OPTIMIZERS,
     PRECISIONS,
@@ -335,6 +336,12 @@ _component_options = _options(
         "--auto-augment",
         type=click.Choice(AUTO_AUGMENTS),
         help="ta_wide: TrivialAugment Wide per image; rand_mM_mstdS: RandAugment (timm's rand-mM-mstdS-inc1).",
+    ),
+    click.option(
+        "--flip",
+        type=click.Choice(FLIPS),
+        help="Training flips: random (a coin per image and epoch) or alternating (each image mirrored every "
+        "other epoch; CIFAR view).",
     ),
     click.option(
         "--train-image-size",

@@ -258,6 +258,9 @@ def _from_dict(cls, data: Any, what: str):
 
 # "auto" resolves per dataset and image size (`preprocessing.view_family`).
 AUGMENTATIONS = ("auto", "cifar", "imagenet", "none")
+# Horizontal flips of the training images: a coin per image and epoch, or each image mirrored in every
+# other epoch (airbench's derandomized flip, Jordan 2024; the "cifar" view only).
+FLIPS = ("random", "alternating")
 SEED_LIMIT = 2**32  # what TensorFlow's and NumPy's seeds accept
 
 
@@ -343,6 +346,7 @@ COMPONENT_FIELDS = (
     "cutmix",
     "random_erasing",
     "auto_augment",
+    "flip",
     "train_image_size",
 )
 # "rand_m<M>_mstd<S>": RandAugment as timm's `rand-m<M>-mstd<S>-inc1`, -> (magnitude of 10, its noise std):
@@ -400,6 +404,7 @@ class TrainConfig:
     cutmix: float | None = None
     random_erasing: float | None = None
     auto_augment: str | None = None
+    flip: str | None = None
     train_image_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -429,6 +434,7 @@ class TrainConfig:
             cutmix=lambda: recipe.cutmix,
             random_erasing=lambda: recipe.random_erasing,
             auto_augment=lambda: recipe.auto_augment,
+            flip=lambda: recipe.flip,
         )
         for key, default in defaults.items():
             if getattr(self, key) is None:
@@ -510,6 +516,7 @@ class TrainConfig:
         expect(
             self.auto_augment in AUTO_AUGMENTS, "auto_augment", self.auto_augment, "one of " + ", ".join(AUTO_AUGMENTS)
         )
+        expect(self.flip in FLIPS, "flip", self.flip, "one of " + ", ".join(FLIPS))
         expect(
             self.train_image_size is None or (is_int(self.train_image_size) and 1 <= self.train_image_size),
             "train_image_size",

@@ -20,11 +20,13 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_keras import tf_compat
-from resnet_keras.config import AUGMENTATIONS, DataConfig  # noqa: F401  DataConfig is part of this API
+from resnet_keras.config import AUGMENTATIONS, FLIPS, DataConfig  # noqa: F401  DataConfig is part of this API
 from resnet_keras.errors import DataError, expect, is_int
 from resnet_keras.preprocessing import (
+    alternating_flips,
     centre_crop,
     cifar_pad_crop_flip,
+    flip_coins,
     random_resized_crop,
     resize_to,
     view_family,
@@ -85,6 +87,7 @@ def make_dataset(
     skip_batches: int = 0,
     class_names: tuple[str, ...] | None = None,
     crop_size: int | None = None,
+    flip: str = "random",
 ) -> tf.data.Dataset:
     """Batches ``(float32 [b, image_size, image_size, 3] in [0, 255], int32 [b])``.
 
@@ -108,6 +111,9 @@ def make_dataset(
     The "imagenet" view's random-resized crops and the "none" view's resize are ``crop_size``; the
     "cifar" view keeps the images at ``image_size`` and trains on the central ``crop_size`` square
     of each padded random crop, at the objects' own scale (`preprocessing.cifar_pad_crop_flip`).
+
+    ``flip`` (training): "random", a coin per image and epoch, or "alternating", each image mirrored
+    in every other epoch (`preprocessing.alternating_flips`; the "cifar" view of a repeated stream).
     """
     expect(is_int(image_size) and image_size >= 8, "image_size", image_size, "an integer >= 8")
     expect(
@@ -119,6 +125,13 @@ def make_dataset(
     expect(is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
     expect(is_int(skip_batches) and skip_batches >= 0, "skip_batches", skip_batches, "an integer >= 0")
     family = view_family(config, image_size)
+    expect(flip in FLIPS, "flip", flip, "one of " + ", ".join(FLIPS))
+    if training and flip == "alternating" and (family != "cifar" or not repeat):
+        raise DataError(
+            f"Received: flip='alternating' with the {family!r} view{'' if repeat else ' and no repeat'}; "
+            "alternating flips need the 'cifar' view (pad-crop-flip) of a repeated training stream, "
+            "which knows each epoch; use flip='random'"
+        )
     drop_remainder = training if drop_remainder is None else drop_remainder
     crop = None
     if training and crop_size is not None and crop_size != image_size:
@@ -185,6 +198,9 @@ def make_dataset(
         per_epoch = max(count // batch_size if drop_remainder else -(-count // batch_size), 1)
         first_epoch, offset = divmod(skip_batches, per_epoch)
 
+        # Every index the stream carries is below the split's count (a shard's when read by shard).
+        coins = flip_coins(max(part.count, count), config.seed) if flip == "alternating" else None
+
         @tf.autograph.experimental.do_not_convert  # plain Python branching on configs, no tensors
         def epoch(index):  # one pass, shuffled and augmented from (seed, index) alone
             # Inside this function's graph, a global seed of 0 (keras.utils.set_random_seed(0)) would
@@ -202,6 +218,7 @@ def make_dataset(
                 seed,
                 reshuffle=False,
                 crop=crop,
+                flips=None if coins is None else (coins, index),
                 # The resumed epoch skips its first batches before they are decoded and cropped.
                 skip_batches=tf.where(index == first_epoch, tf.constant(offset, tf.int64), 0),
             )
@@ -222,11 +239,12 @@ def make_dataset(
 
 
 def _augment_and_batch(
-    ds, family, training, size, batch_size, drop_remainder, seed, reshuffle=True, skip_batches=0, crop=None
+    ds, family, training, size, batch_size, drop_remainder, seed, reshuffle=True, skip_batches=0, crop=None, flips=None
 ):
     """(index, uint8 image, label) elements -> float32 batches, augmented when training.
 
-    `crop`: the side of the "cifar" view's training crops, when smaller than `size`.
+    `crop`: the side of the "cifar" view's training crops, when smaller than `size`. `flips`:
+    (coin per image, epoch) of the "cifar" view's alternating flips; None flips at random.
     `skip_batches` (an int or int64 tensor) drops the first batches before their images are
     augmented (and, for encoded images, decoded), with the seeds they would have used.
     """
@@ -256,7 +274,9 @@ def _augment_and_batch(
             tf.data.Dataset.zip((ds, seeds))
             .skip(skip_batches)
             .map(
-                lambda batch, key: cifar_pad_crop_flip(batch[1], key, batch[2], crop),
+                lambda batch, key: cifar_pad_crop_flip(
+                    batch[1], key, batch[2], crop, None if flips is None else alternating_flips(batch[0], *flips)
+                ),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
         )

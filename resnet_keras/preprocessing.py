@@ -183,7 +183,7 @@ def eval_view(family: str, image_size: int) -> Callable:
 # ----------------------------------------------------------------------------- training views
 
 
-def cifar_pad_crop_flip(images, key, labels, crop: int | None = None):
+def cifar_pad_crop_flip(images, key, labels, crop: int | None = None, flips=None):
     """Sec. 4.2 on a batch: uint8 [n, s, s, 3] -> float32 [n, c, c, 3], per-image crop and flip.
 
     `crop` (default s) smaller than s takes the central c x c of each s x s crop: the objects keep
@@ -191,7 +191,8 @@ def cifar_pad_crop_flip(images, key, labels, crop: int | None = None):
     trained on these crops is tested on the whole s x s image as it is (FixRes without the
     resize: random-resized crops enlarge objects, these do not). One vectorised gather per batch:
     94k images/s on 2 cores against 26k for a per-image map, which leaves the cores to the model.
-    `key` is the batch's stateless seed.
+    `key` is the batch's stateless seed. `flips` (bool [n]) chooses the mirrored images instead of
+    a coin per image (`alternating_flips`).
     """
     n, size = tf.shape(images)[0], images.shape[1]
     crop = size if crop is None else crop
@@ -199,13 +200,30 @@ def cifar_pad_crop_flip(images, key, labels, crop: int | None = None):
     # Zero (black) padding as in common reimplementations; the paper pads after mean subtraction.
     padded = tf.pad(images, [[0, 0], [CIFAR_PAD, CIFAR_PAD], [CIFAR_PAD, CIFAR_PAD], [0, 0]])
     offsets = tf.random.stateless_uniform([2, n], tf.stack([key, 0]), 0, 2 * CIFAR_PAD + 1, tf.int32) + margin
-    flip = tf.random.stateless_uniform([n], tf.stack([key, 1])) < 0.5
+    flip = tf.random.stateless_uniform([n], tf.stack([key, 1])) < 0.5 if flips is None else flips
     steps = tf.range(crop)
     rows = offsets[0][:, None] + steps
     cols = offsets[1][:, None] + tf.where(flip[:, None], crop - 1 - steps, steps)
     out = tf.gather(padded, rows, axis=1, batch_dims=1)
     out = tf.gather(out, cols, axis=2, batch_dims=1)
     return tf.cast(out, tf.float32), labels
+
+
+def flip_coins(count: int, seed: int) -> tf.Tensor:
+    """A fair coin per image of a split of `count` (bool [count]), drawn from `seed` alone."""
+    return tf.random.stateless_uniform([count], tf.constant([seed, 0x5EED], tf.int64)) < 0.5
+
+
+def alternating_flips(indices, coins, epoch) -> tf.Tensor:
+    """Which images of a batch to mirror in `epoch` (bool, like `indices`): every other epoch each.
+
+    Airbench's derandomized flip (Jordan 2024, sec. 3.6): the image's coin (`flip_coins`, by its
+    index in the split) mirrors it in even epochs, and its opposite in odd ones. Over any two
+    consecutive epochs every image is seen once each way, where independent coins show half of
+    the images the same way twice; the first epoch is a fair coin per image as before. Stateless,
+    so a resumed run draws the same.
+    """
+    return tf.not_equal(tf.gather(coins, indices), tf.equal(tf.cast(epoch, tf.int64) % 2, 1))
 
 
 def random_resized_crop(image, key, size: int) -> tf.Tensor:

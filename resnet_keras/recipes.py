@@ -31,8 +31,8 @@ class Recipe:
     deeper first train at a tenth of the rate until the training error is below 80 %.
     optimizer ("sgd", "adamw", "lamb"), loss ("softmax", "bce"), clip_norm (global gradient norm,
     0: off), ema_decay (per step, 0: off), mixup and cutmix (Beta alpha, 0: off), random_erasing
-    (probability per image) and auto_augment ("none", "ta_wide", "rand_m6_mstd0.5", ...) are
-    `TrainConfig` fields of the same names.
+    (probability per image), auto_augment ("none", "ta_wide", "rand_m6_mstd0.5", ...) and flip
+    ("random", "alternating") are `TrainConfig` fields of the same names.
     `train_size_ratio`: training crops of this fraction of the model's image size, the test size
     (Touvron et al. 2019, "FixRes": a smaller train size makes up for the apparent object size that
     random-resized crops enlarge); `TrainConfig.train_image_size` left None takes it.
@@ -63,6 +63,7 @@ class Recipe:
     cutmix: float = 0.0
     random_erasing: float = 0.0
     auto_augment: str = "none"
+    flip: str = "random"
     lr_scaling: str = "linear"
     warmup_start: float = 0.0
     train_size_ratio: Mapping[str, float] = dataclasses.field(default_factory=lambda: {"cifar": 1.0, "imagenet": 1.0})

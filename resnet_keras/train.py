@@ -169,6 +169,7 @@ def _prepare(model_config, data_config, train_config, run: RunDir, log) -> _Setu
 
     from resnet_keras import data as data_lib
     from resnet_keras import distribute
+    from resnet_keras.preprocessing import view_family
 
     info = data_lib.describe(data_config)
     if model_config.num_classes != info.num_classes:
@@ -185,6 +186,13 @@ def _prepare(model_config, data_config, train_config, run: RunDir, log) -> _Setu
         raise UsageError(
             f"Received: train family={train_config.family!r} for a {model_config.family}-family model; "
             f"the paper's recipes differ by family: use TrainConfig(family={model_config.family!r})"
+        )
+    view = view_family(data_config, model_config.image_size)
+    if train_config.flip == "alternating" and view != "cifar":
+        raise UsageError(
+            f"Received: flip='alternating' with the {view!r} view of {data_config.dataset!r} at "
+            f"{model_config.image_size} pixels; alternating flips are for the 'cifar' view (pad-crop-flip): "
+            "use --flip random"
         )
     if hint := distribute.onednn_hint():
         log(hint)
@@ -298,6 +306,7 @@ def _train_input(setup: _Setup, start_epoch: int, start_step: int = 0):
             "train",
             image_size=setup.model_config.image_size,
             crop_size=setup.train_config.train_size(setup.model_config),
+            flip=setup.train_config.flip,
             batch_size=setup.train_config.batch_size,
             training=True,
             input_context=ctx,

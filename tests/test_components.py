@@ -172,8 +172,11 @@ def test_components_are_train_config_fields_checked_and_recorded(tmp_path):
     config = TrainConfig(optimizer="lamb", loss="bce", clip_norm=1.0, ema_decay=0.99, mixup=0.2, cutmix=1.0)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     plain = TrainConfig()
-    assert [getattr(plain, f) for f in COMPONENT_FIELDS] == ["sgd", "softmax", 0.0, 0.0, 0.0, 0.0, 0.0, "none", None]
-    for field, value in [("optimizer", "rmsprop"), ("ema_decay", 1.0), ("random_erasing", 2), ("clip_norm", -1)]:
+    expected = ["sgd", "softmax", 0.0, 0.0, 0.0, 0.0, 0.0, "none", "random", None]
+    assert [getattr(plain, f) for f in COMPONENT_FIELDS] == expected
+    assert TrainConfig.from_dict(TrainConfig(flip="alternating").to_dict()).flip == "alternating"
+    bad = [("optimizer", "rmsprop"), ("ema_decay", 1.0), ("random_erasing", 2), ("clip_norm", -1), ("flip", "vertical")]
+    for field, value in bad:
         with pytest.raises(ConfigError, match=f"{field}="):
             TrainConfig(**{field: value})
     # A run directory written before these fields existed still resumes.
@@ -204,6 +207,10 @@ def test_cli_options_come_from_the_constants(tmp_path):
         "--model-dir",
         str(tmp_path / "run"),
     ]
+    # digits are seen as they are ("none" view): alternating flips are refused before the run exists.
+    result = runner.invoke(cli, [*args, "--flip", "alternating"])
+    assert result.exit_code == 2 and "flip='alternating' with the 'none' view" in result.output
+    assert not (tmp_path / "run").exists()
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "run" / "config.json").read_text())

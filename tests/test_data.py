@@ -447,6 +447,61 @@ def test_cifar_crops_smaller_than_the_image_keep_its_scale(mini):
     assert len(offsets) > 40  # the translations still span the whole +-4 pixels
 
 
+def flips_seen(trains, originals) -> list[bool]:
+    """Whether each training view is a mirrored pad-crop of its original (asserting it is one)."""
+    seen = []
+    for train, original in zip(trains, originals):
+        ways = {
+            flip
+            for dy in range(9)
+            for dx in range(9)
+            for flip in (False, True)
+            if np.array_equal(train, shifted(original, dy, dx, flip))
+        }
+        assert ways, "a training view is not a padded crop of its image"
+        seen.append(True in ways and False not in ways)
+    return seen
+
+
+@pytest.mark.parametrize("flip", ["alternating", "random"])
+def test_alternating_flips_mirror_each_image_in_every_other_epoch(mini, flip):
+    config = DataConfig(dataset="folder", data_dir=str(mini), shuffle_buffer=1, augment="cifar", deterministic=True)
+    evals, _, _ = collect(make_dataset(config, "val", image_size=32, batch_size=50, training=False))
+    stream = make_dataset(config, "val", image_size=32, batch_size=50, training=True, repeat=True, flip=flip)
+    trains = np.concatenate([x.numpy() for x, _ in stream.take(12)])  # epochs 0, 1, 2 of 200 images
+    epochs = [flips_seen(trains[e * 200 : (e + 1) * 200], evals) for e in range(3)]
+    assert 60 < sum(epochs[0]) < 140  # a coin per image in the first epoch
+    opposite = sum(a != b for a, b in zip(epochs[0], epochs[1]))
+    if flip == "random":  # independent coins: about half the images face the same way twice
+        assert 60 < opposite < 140
+        return
+    assert opposite == 200 and epochs[2] == epochs[0]
+    resumed = make_dataset(
+        config, "val", image_size=32, batch_size=50, training=True, repeat=True, flip=flip, skip_batches=4
+    )
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for x, _ in resumed.take(4)]), trains[200:400])
+    config = dataclasses.replace(config, seed=1)
+    evals, _, _ = collect(make_dataset(config, "val", image_size=32, batch_size=50, training=False))
+    other_seed = make_dataset(config, "val", image_size=32, batch_size=50, training=True, repeat=True, flip=flip)
+    other = flips_seen(np.concatenate([x.numpy() for x, _ in other_seed.take(4)]), evals)
+    assert 60 < sum(a != b for a, b in zip(other, epochs[0])) < 140  # the coins come from the seed
+
+
+def test_alternating_flips_need_the_cifar_view_of_a_repeated_stream(mini):
+    config = DataConfig(dataset="folder", data_dir=str(mini), augment="imagenet")
+    with pytest.raises(DataError, match="alternating flips need the 'cifar' view"):
+        make_dataset(config, "val", image_size=32, batch_size=50, training=True, repeat=True, flip="alternating")
+    with pytest.raises(DataError, match="no repeat"):
+        make_dataset(
+            dataclasses.replace(config, augment="cifar"),
+            "val",
+            image_size=32,
+            batch_size=50,
+            training=True,
+            flip="alternating",
+        )
+
+
 def test_imagenet_eval_is_centre_crop_and_train_is_random(tmp_path):
     rng = np.random.default_rng(1)
     pictures = {
