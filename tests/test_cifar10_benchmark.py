@@ -21,10 +21,46 @@ def test_epochs_for_budget_leaves_the_margin_and_trains_at_least_one_epoch():
     assert bench.epochs_for_budget(10, 72.0) == 1
 
 
+def test_refit_fits_what_is_left_to_the_last_real_epoch_and_sets_the_retrace_aside():
+    bench = load_script("cifar10_benchmark")
+    left = 1409 - 9.0 - 110.0
+    # The first epoch traced the step: 2 s over the last one's pace are set aside.
+    assert bench.refit_epochs([56.0, 54.0], left) == 2 + int(bench.REFIT_MARGIN * (left - 2.0) / 54.0) == 24
+    assert bench.refit_epochs([56.0, 54.0], 100.0) == 3  # at least one epoch more
+    assert bench.refit_epochs([50.0, 50.0], 500.0) == 2 + 9  # 0.96 x 10 epochs
+
+
+def watch_epochs(watch, seconds):
+    """Feeds `watch` epochs of these seconds; returns the _Refit it raised (or None)."""
+    for epoch, took in enumerate(seconds, 1):
+        try:
+            watch.on_epoch_end(epoch, dict(seconds=took))
+        except Exception as stop:  # the script's _Refit (each load_script is a new module)
+            assert type(stop).__name__ == "_Refit"
+            return stop
+    return None
+
+
+def test_budget_watch_stops_at_the_warm_up_and_when_the_pace_would_overrun():
+    bench = load_script("cifar10_benchmark")
+    stop = watch_epochs(bench.BudgetWatch(23, 9.0, 1409.0, warmup_end=2), [56.0, 54.0, 54.0])
+    assert (stop.reason, stop.epochs) == ("warm-up", bench.refit_epochs([56.0, 54.0], 1409 - 9 - 110))
+    # 25 epochs planned from 54 s, then every epoch takes 57 s: stopped once the pace says so, with
+    # as many epochs as fit at 57 s after the restart's tracing (60 - 57 = 3 s).
+    stop = watch_epochs(bench.BudgetWatch(25, 120.0, 1409.0), [60.0] + [57.0] * 24)
+    assert stop.reason == "pace" and stop.epoch_seconds == 57.0
+    done = 2  # the pace needs two epochs of this call
+    left = 1409 - 120 - 60 - 57
+    assert stop.epochs == done + int((left - 3.0) / 57.0) < 25
+    # On pace: no stop; and none when only the last epoch is left (a restart would save nothing).
+    assert watch_epochs(bench.BudgetWatch(25, 60.0, 1409.0), [56.0] + [53.0] * 24) is None  # ends at 1,388 s
+    assert watch_epochs(bench.BudgetWatch(3, 0.0, 100.0), [40.0, 40.0, 40.0]) is None
+
+
 @pytest.mark.slow
 def test_budget_run_fits_its_epochs_and_counts_the_calibration(shared_data, tmp_path, capsys):
     bench = load_script("cifar10_benchmark")
-    budget = 12.0
+    budget = 20.0  # room for a calibration, the warm-up's 2 epochs and more after the refit
     summary_path = tmp_path / "summary.json"
     argv = ["--data-root", str(shared_data / "cifar10-mini"), "--width", "0.5", "--batch-size", "32"]
     argv += ["--budget-seconds", str(budget), "--model-dir", str(tmp_path / "run"), "--json-out", str(summary_path)]
@@ -36,8 +72,15 @@ def test_budget_run_fits_its_epochs_and_counts_the_calibration(shared_data, tmp_
     summary = json.loads(summary_path.read_text())
 
     assert calibration["steps"] == 2 * bench.CALIBRATION_STEPS and calibration["epoch_seconds"] > 0
-    expected = bench.epochs_for_budget(budget - calibration["train_seconds"], calibration["epoch_seconds"])
-    assert summary["epochs"] == expected == len(epochs)
+    provisional = bench.epochs_for_budget(budget - calibration["train_seconds"], calibration["epoch_seconds"])
+    # Fitted again at the end of the warm-up (2 epochs) from the real epochs, then resumed to the end.
+    refits = [line for line in lines if line["kind"] == "refit"]
+    assert refits[0]["reason"] == "warm-up" and refits[0]["planned_epochs"] == provisional
+    first_two = [float(row["seconds"]) for row in bench.read_history(tmp_path / "run")[:2]]
+    assert refits[0]["after_epoch"] == 2
+    assert refits[0]["epochs"] == bench.refit_epochs(first_two, budget - calibration["train_seconds"] - sum(first_two))
+    assert all(r["reason"] == "pace" and r["epochs"] < r["planned_epochs"] for r in refits[1:])  # only ever fewer
+    assert summary["epochs"] == refits[-1]["epochs"] == len(epochs) and summary["refits"] == refits
     # Cumulative training seconds start from the calibration's and only grow.
     seconds = [calibration["train_seconds"]] + [e["train_seconds"] for e in epochs]
     assert seconds == sorted(seconds) and seconds[1] > seconds[0]
