@@ -33,6 +33,7 @@ ARMS: dict[str, list[str]] = {
     "float32": ["--mixed-precision", "none"],
     "no label smoothing": ["--label-smoothing", "0"],
     "crops of 32 (no FixRes)": ["--train-image-size", "32"],
+    "random flips (not alternating)": ["--flip", "random"],
     # A schedule, an architecture option or a component the record leaves out, each switched on:
     "linear decay (short_linear)": ["--recipe", "short_linear"],
     "SE 1/4": ["--se-ratio", "0.25"],

@@ -135,19 +135,18 @@ def epochs_for_budget(seconds: float, epoch_seconds: float) -> int:
 class _Refit(Exception):
     """Stops the record at an epoch's end (checkpoint and history saved) to train `epochs` in all."""
 
-    def __init__(self, reason: str, epochs: int, epoch_seconds: float):
+    def __init__(self, reason: str, epochs: int, epoch_seconds: float, retrace: float):
         super().__init__(reason)
-        self.reason, self.epochs, self.epoch_seconds = reason, epochs, epoch_seconds
+        self.reason, self.epochs, self.epoch_seconds, self.retrace = reason, epochs, epoch_seconds, retrace
 
 
-def refit_epochs(seconds: list[float], budget_left: float) -> int:
-    """Epochs in all: the `seconds` trained since the last start, and as many more as the pace fits.
+def refit_epochs(seconds: list[float], budget_left: float, retrace: float) -> int:
+    """Epochs in all: the `seconds` trained so far, and as many more as fit at the last one's pace.
 
-    The pace is the last epoch's. The restart traces the step again in its first epoch: what the
-    first of `seconds` took over the pace is set aside for that.
+    `retrace`: the restart traces the step again in its first epoch; that is set aside.
     """
-    first, last = seconds[0], seconds[-1]
-    return len(seconds) + max(1, int(REFIT_MARGIN * (budget_left - max(0.0, first - last)) / last))
+    last = seconds[-1]
+    return len(seconds) + max(1, int(REFIT_MARGIN * (budget_left - retrace) / last))
 
 
 class BudgetWatch(Hook):
@@ -155,26 +154,37 @@ class BudgetWatch(Hook):
 
     At the end of the warm-up (epoch `warmup_end`, when given) it stops the run with a new count
     (`refit_epochs`). After any later epoch it stops the run when the epochs left would end past
-    the budget at the pace of this call's epochs (their mean, the first left out: it traced the
-    step), if a restart would save an epoch. `spent`: training seconds before this call.
+    the budget at the pace of this call's epochs (their mean, the step's tracing taken out), if a
+    restart would save an epoch. The tracing is the first step's time over an average step of its
+    epoch; a restart pays it again. `spent`: training seconds before this call.
     """
 
     def __init__(self, epochs: int, spent: float, budget: float, warmup_end: int | None = None):
         self.epochs, self.spent, self.budget, self.warmup_end = epochs, spent, budget, warmup_end
         self.seconds: list[float] = []
+        self.first_step: float | None = None
+        self.retrace = 0.0
+
+    def on_epoch_begin(self, epoch):
+        self.began = time.perf_counter()
+
+    def on_train_batch_end(self, epoch, step, values):
+        if self.first_step is None:
+            self.first_step = time.perf_counter() - self.began
 
     def on_epoch_end(self, epoch, logs):  # after the run's own hooks: checkpoint and history are saved
         self.seconds.append(float(logs["seconds"]))
+        if len(self.seconds) == 1:
+            self.retrace = max(0.0, self.first_step - self.seconds[0] / self.trainer.steps_per_epoch)
         left = self.budget - self.spent - sum(self.seconds)
-        if epoch == self.warmup_end:
-            raise _Refit("warm-up", refit_epochs(self.seconds, left), self.seconds[-1])  # the first call: all epochs
-        if epoch >= self.epochs or len(self.seconds) < 2:
+        if epoch == self.warmup_end:  # the first call: its seconds are all the epochs
+            raise _Refit("warm-up", refit_epochs(self.seconds, left, self.retrace), self.seconds[-1], self.retrace)
+        if epoch >= self.epochs:
             return
-        pace = statistics.mean(self.seconds[1:])
-        retrace = max(0.0, self.seconds[0] - pace)
-        fitted = epoch + max(1, int((left - retrace) / pace))
+        pace = (sum(self.seconds) - self.retrace) / len(self.seconds)
+        fitted = epoch + max(1, int((left - self.retrace) / pace))
         if (self.epochs - epoch) * pace > left and fitted < self.epochs:
-            raise _Refit("pace", fitted, pace)
+            raise _Refit("pace", fitted, pace, self.retrace)
 
 
 def anchor_seconds_today(steps: int = 30, batch: int = 128) -> dict:
@@ -387,6 +397,7 @@ def main(argv=None) -> int:
                     after_epoch=after,
                     planned_epochs=epochs,
                     epoch_seconds=pace,
+                    retrace_seconds=round(stop.retrace, 3),
                     epochs=stop.epochs,
                 )
             )

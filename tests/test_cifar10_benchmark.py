@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import types
 
 import pytest
 from conftest import REPO
@@ -24,37 +25,44 @@ def test_epochs_for_budget_leaves_the_margin_and_trains_at_least_one_epoch():
 def test_refit_fits_what_is_left_to_the_last_real_epoch_and_sets_the_retrace_aside():
     bench = load_script("cifar10_benchmark")
     left = 1409 - 9.0 - 110.0
-    # The first epoch traced the step: 2 s over the last one's pace are set aside.
-    assert bench.refit_epochs([56.0, 54.0], left) == 2 + int(bench.REFIT_MARGIN * (left - 2.0) / 54.0) == 24
-    assert bench.refit_epochs([56.0, 54.0], 100.0) == 3  # at least one epoch more
-    assert bench.refit_epochs([50.0, 50.0], 500.0) == 2 + 9  # 0.96 x 10 epochs
+    assert bench.refit_epochs([56.0, 54.0], left, 2.0) == 2 + int(bench.REFIT_MARGIN * (left - 2.0) / 54.0) == 24
+    assert bench.refit_epochs([56.0, 54.0], 100.0, 2.0) == 3  # at least one epoch more
+    assert bench.refit_epochs([50.0, 50.0], 500.0, 0.0) == 2 + 9  # 0.96 x 10 epochs
 
 
-def watch_epochs(watch, seconds):
-    """Feeds `watch` epochs of these seconds; returns the _Refit it raised (or None)."""
+def watch_epochs(bench, watch, seconds, first_step=1.0, steps=60):
+    """Feeds `watch` epochs of these seconds on a fake clock, the first step of its first epoch taking
+    `first_step` s; returns the _Refit it raised (or None)."""
+    clock = iter(range(0, 10**6, 1000))  # any increasing times: only the first step's is read
+    now = [0.0]
+    bench.time = types.SimpleNamespace(perf_counter=lambda: now[0])
+    watch.trainer = types.SimpleNamespace(steps_per_epoch=steps)
     for epoch, took in enumerate(seconds, 1):
+        now[0] = float(next(clock))
+        watch.on_epoch_begin(epoch)
+        now[0] += first_step
+        watch.on_train_batch_end(epoch, 1, None)
         try:
             watch.on_epoch_end(epoch, dict(seconds=took))
-        except Exception as stop:  # the script's _Refit (each load_script is a new module)
-            assert type(stop).__name__ == "_Refit"
+        except bench._Refit as stop:
             return stop
     return None
 
 
 def test_budget_watch_stops_at_the_warm_up_and_when_the_pace_would_overrun():
     bench = load_script("cifar10_benchmark")
-    stop = watch_epochs(bench.BudgetWatch(23, 9.0, 1409.0, warmup_end=2), [56.0, 54.0, 54.0])
-    assert (stop.reason, stop.epochs) == ("warm-up", bench.refit_epochs([56.0, 54.0], 1409 - 9 - 110))
-    # 25 epochs planned from 54 s, then every epoch takes 57 s: stopped once the pace says so, with
-    # as many epochs as fit at 57 s after the restart's tracing (60 - 57 = 3 s).
-    stop = watch_epochs(bench.BudgetWatch(25, 120.0, 1409.0), [60.0] + [57.0] * 24)
-    assert stop.reason == "pace" and stop.epoch_seconds == 57.0
-    done = 2  # the pace needs two epochs of this call
-    left = 1409 - 120 - 60 - 57
-    assert stop.epochs == done + int((left - 3.0) / 57.0) < 25
+    # The first step took 3 s against an average of 56 / 56 = 1 s: 2 s of tracing.
+    stop = watch_epochs(bench, bench.BudgetWatch(23, 9.0, 1409.0, warmup_end=2), [56.0, 54.0, 54.0], 3.0, 56)
+    assert (stop.reason, stop.retrace) == ("warm-up", 2.0)
+    assert stop.epochs == bench.refit_epochs([56.0, 54.0], 1409 - 9 - 110, 2.0)
+    # 25 epochs planned from 54 s, then they take 57 s (the first 60 s, 3 s of it tracing): stopped at
+    # once, with as many epochs as fit at 57 s after a restart's tracing.
+    stop = watch_epochs(bench, bench.BudgetWatch(25, 120.0, 1409.0), [60.0] + [57.0] * 24, 4.0)
+    assert (stop.reason, stop.epoch_seconds, stop.retrace) == ("pace", 57.0, 3.0)
+    assert stop.epochs == 1 + int((1409 - 120 - 60 - 3.0) / 57.0) < 25
     # On pace: no stop; and none when only the last epoch is left (a restart would save nothing).
-    assert watch_epochs(bench.BudgetWatch(25, 60.0, 1409.0), [56.0] + [53.0] * 24) is None  # ends at 1,388 s
-    assert watch_epochs(bench.BudgetWatch(3, 0.0, 100.0), [40.0, 40.0, 40.0]) is None
+    assert watch_epochs(bench, bench.BudgetWatch(25, 60.0, 1409.0), [56.0] + [53.0] * 24, 4.0) is None  # 1,388 s
+    assert watch_epochs(bench, bench.BudgetWatch(3, 0.0, 100.0), [30.0, 45.0, 45.0]) is None  # over, but by one
 
 
 @pytest.mark.slow
@@ -78,7 +86,8 @@ def test_budget_run_fits_its_epochs_and_counts_the_calibration(shared_data, tmp_
     assert refits[0]["reason"] == "warm-up" and refits[0]["planned_epochs"] == provisional
     first_two = [float(row["seconds"]) for row in bench.read_history(tmp_path / "run")[:2]]
     assert refits[0]["after_epoch"] == 2
-    assert refits[0]["epochs"] == bench.refit_epochs(first_two, budget - calibration["train_seconds"] - sum(first_two))
+    left = budget - calibration["train_seconds"] - sum(first_two)
+    assert refits[0]["epochs"] == bench.refit_epochs(first_two, left, refits[0]["retrace_seconds"])
     assert all(r["reason"] == "pace" and r["epochs"] < r["planned_epochs"] for r in refits[1:])  # only ever fewer
     assert summary["epochs"] == refits[-1]["epochs"] == len(epochs) and summary["refits"] == refits
     # Cumulative training seconds start from the calibration's and only grow.
