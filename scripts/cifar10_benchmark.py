@@ -10,7 +10,7 @@ Nesterov, warm-up + cosine, pad-crop-flip, XLA) took for its 4 epochs (76 % val 
 By default the run fits its epochs to the budget from its own epochs (`BudgetWatch`). A calibration
 run of the same configuration (two epochs of 50 steps, the second one's median step) times the step
 on this machine under its current load and sets a provisional count and the warm-up. The record
-then trains to the end of the warm-up (epoch 2), when no step has used the count yet (the cosine
+then trains to the end of the warm-up (2 epochs at 20-29), when no step has used the count yet (the cosine
 starts after it), and fits the count again from the last real epoch; the same run directory resumes
 with it (`train` lets a resumed run change only its epochs). After that, if the pace of the epochs
 says the count would end past the budget (the machine got slower), the run stops again at that
@@ -143,10 +143,11 @@ class _Refit(Exception):
 def refit_epochs(seconds: list[float], budget_left: float, retrace: float) -> int:
     """Epochs in all: the `seconds` trained so far, and as many more as fit at the last one's pace.
 
-    `retrace`: the restart traces the step again in its first epoch; that is set aside.
+    `retrace`: the seconds the first epoch spent tracing the step; a restart pays them again, so
+    they are set aside (and left out of the pace when the first epoch is the last).
     """
-    last = seconds[-1]
-    return len(seconds) + max(1, int(REFIT_MARGIN * (budget_left - retrace) / last))
+    pace = seconds[-1] - (retrace if len(seconds) == 1 else 0.0)
+    return len(seconds) + max(1, int(REFIT_MARGIN * (budget_left - retrace) / pace))
 
 
 class BudgetWatch(Hook):
@@ -372,8 +373,8 @@ def main(argv=None) -> int:
         epochs = epochs_for_budget(args.budget_seconds - calibration["train_seconds"], calibration["epoch_seconds"])
         # The warm-up is the provisional count's and stays: a refit changes only what comes after it.
         warmup = train_config_for(epochs).warmup_epochs
-        if args.refit and epochs > max(2, math.ceil(warmup)) + 1:
-            warmup_end = max(2, math.ceil(warmup))
+        if args.refit and epochs > max(1, math.ceil(warmup)) + 1:
+            warmup_end = max(1, math.ceil(warmup))
 
     while True:
         hooks = []

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import types
 
 import pytest
@@ -28,6 +29,8 @@ def test_refit_fits_what_is_left_to_the_last_real_epoch_and_sets_the_retrace_asi
     assert bench.refit_epochs([56.0, 54.0], left, 2.0) == 2 + int(bench.REFIT_MARGIN * (left - 2.0) / 54.0) == 24
     assert bench.refit_epochs([56.0, 54.0], 100.0, 2.0) == 3  # at least one epoch more
     assert bench.refit_epochs([50.0, 50.0], 500.0, 0.0) == 2 + 9  # 0.96 x 10 epochs
+    # A one-epoch warm-up: that epoch's pace is taken without its tracing.
+    assert bench.refit_epochs([52.0], 502.0, 2.0) == 1 + int(bench.REFIT_MARGIN * 500.0 / 50.0) == 10
 
 
 def watch_epochs(bench, watch, seconds, first_step=1.0, steps=60):
@@ -68,7 +71,7 @@ def test_budget_watch_stops_at_the_warm_up_and_when_the_pace_would_overrun():
 @pytest.mark.slow
 def test_budget_run_fits_its_epochs_and_counts_the_calibration(shared_data, tmp_path, capsys):
     bench = load_script("cifar10_benchmark")
-    budget = 20.0  # room for a calibration, the warm-up's 2 epochs and more after the refit
+    budget = 20.0  # room for a calibration, the warm-up and more epochs after the refit
     summary_path = tmp_path / "summary.json"
     argv = ["--data-root", str(shared_data / "cifar10-mini"), "--width", "0.5", "--batch-size", "32"]
     argv += ["--budget-seconds", str(budget), "--model-dir", str(tmp_path / "run"), "--json-out", str(summary_path)]
@@ -81,13 +84,14 @@ def test_budget_run_fits_its_epochs_and_counts_the_calibration(shared_data, tmp_
 
     assert calibration["steps"] == 2 * bench.CALIBRATION_STEPS and calibration["epoch_seconds"] > 0
     provisional = bench.epochs_for_budget(budget - calibration["train_seconds"], calibration["epoch_seconds"])
-    # Fitted again at the end of the warm-up (2 epochs) from the real epochs, then resumed to the end.
+    # Fitted again at the end of the warm-up (its whole epochs, at least one) from the real epochs, then resumed.
     refits = [line for line in lines if line["kind"] == "refit"]
     assert refits[0]["reason"] == "warm-up" and refits[0]["planned_epochs"] == provisional
-    first_two = [float(row["seconds"]) for row in bench.read_history(tmp_path / "run")[:2]]
-    assert refits[0]["after_epoch"] == 2
-    left = budget - calibration["train_seconds"] - sum(first_two)
-    assert refits[0]["epochs"] == bench.refit_epochs(first_two, left, refits[0]["retrace_seconds"])
+    warmup_end = max(1, math.ceil(summary["warmup_epochs"]))
+    before = [float(row["seconds"]) for row in bench.read_history(tmp_path / "run")[:warmup_end]]
+    assert refits[0]["after_epoch"] == warmup_end
+    left = budget - calibration["train_seconds"] - sum(before)
+    assert refits[0]["epochs"] == bench.refit_epochs(before, left, refits[0]["retrace_seconds"])
     assert all(r["reason"] == "pace" and r["epochs"] < r["planned_epochs"] for r in refits[1:])  # only ever fewer
     assert summary["epochs"] == refits[-1]["epochs"] == len(epochs) and summary["refits"] == refits
     # Cumulative training seconds start from the calibration's and only grow.

@@ -1,6 +1,7 @@
 """Training components beyond the paper: weight EMA, AdamW/LAMB, gradient clipping, BCE loss, and
 their place in TrainConfig, config.json, resume and the CLI."""
 
+import dataclasses
 import json
 
 import keras
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from resnet_keras.cli import cli
 from resnet_keras.config import COMPONENT_FIELDS, ModelConfig
 from resnet_keras.data import DataConfig
-from resnet_keras.errors import ConfigError
+from resnet_keras.errors import ConfigError, UsageError
 from resnet_keras.hooks import Hook
 from resnet_keras.rundir import RunDir
 from resnet_keras.train import TrainConfig, make_optimizer, train
@@ -95,6 +96,14 @@ def test_validation_reads_the_average_and_evaluate_averages_test_time_views(ema_
         assert result["loss"] == pytest.approx(-np.mean(np.log(expected[np.arange(len(labels)), labels])), rel=1e-4)
         assert result["tta"] == tta
     assert not np.allclose(flipped, probabilities([images]))
+
+
+@pytest.mark.parametrize("tta", ["shifts", "crops"])
+def test_shifted_and_cropped_views_are_refused_for_the_imagenet_view(ema_run, tta):
+    from resnet_keras.evaluate import evaluate
+
+    with pytest.raises(UsageError, match=f"tta='{tta}' with the imagenet evaluation view"):
+        evaluate(ema_run["path"], data_config=dataclasses.replace(DIGITS, augment="imagenet"), tta=tta, write=False)
 
 
 def _tiny_model():
