@@ -180,8 +180,8 @@ class BudgetWatch(Hook):
         left = self.budget - self.spent - sum(self.seconds)
         if epoch == self.warmup_end:  # the first call: its seconds are all the epochs
             raise _Refit("warm-up", refit_epochs(self.seconds, left, self.retrace), self.seconds[-1], self.retrace)
-        if epoch >= self.epochs:
-            return
+        if epoch >= self.epochs or (self.warmup_end is not None and epoch < self.warmup_end):
+            return  # the warm-up's end refits anyway
         pace = (sum(self.seconds) - self.retrace) / len(self.seconds)
         fitted = epoch + max(1, int((left - self.retrace) / pace))
         if (self.epochs - epoch) * pace > left and fitted < self.epochs:

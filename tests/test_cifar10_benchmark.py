@@ -58,6 +58,10 @@ def test_budget_watch_stops_at_the_warm_up_and_when_the_pace_would_overrun():
     stop = watch_epochs(bench, bench.BudgetWatch(23, 9.0, 1409.0, warmup_end=2), [56.0, 54.0, 54.0], 3.0, 56)
     assert (stop.reason, stop.retrace) == ("warm-up", 2.0)
     assert stop.epochs == bench.refit_epochs([56.0, 54.0], 1409 - 9 - 110, 2.0)
+    # Slow epochs during the warm-up wait for its end.
+    stop = watch_epochs(bench, bench.BudgetWatch(25, 120.0, 1409.0, warmup_end=2), [70.0] + [57.0] * 24, 12.0)
+    assert stop.reason == "warm-up" and stop.retrace == pytest.approx(12.0 - 70.0 / 60)
+    assert stop.epochs == bench.refit_epochs([70.0, 57.0], 1409 - 120 - 127, 12.0 - 70.0 / 60)
     # 25 epochs planned from 54 s, then they take 57 s (the first 60 s, 3 s of it tracing): stopped at
     # once, with as many epochs as fit at 57 s after a restart's tracing.
     stop = watch_epochs(bench, bench.BudgetWatch(25, 120.0, 1409.0), [60.0] + [57.0] * 24, 4.0)
