@@ -54,8 +54,9 @@ REFERENCE = {"name": "hand-written Keras ResNet-20", "val_accuracy": 0.76, "epoc
 BUDGET_SECONDS = 1409  # the anchor's measured training time, the budget of the CIFAR-10 record
 CALIBRATION_STEPS = 50  # per calibration epoch; two epochs, the second one timed
 BUDGET_MARGIN = 0.93  # of the budget planned for: real epochs ran 5-6 % over the median step's estimate
-# Of what is left planned for by the refit after the warm-up: in six runs of the README's table, the
-# second epoch took from 2 % less to 12 % more than the mean of the later ones (epochs vary by +-5 %).
+# Of what is left planned for by the refit after the warm-up: in ten runs of the README's table, the
+# second epoch took from 4.5 % less to 12 % more than the mean of the later ones (epochs vary by +-5 %);
+# the pace guard (BudgetWatch) catches the rest.
 REFIT_MARGIN = 0.96
 MAX_REFITS = 3  # restarts after the warm-up's when the pace says the budget would be overrun
 
