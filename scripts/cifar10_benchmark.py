@@ -104,7 +104,6 @@ def calibrate(model_config, data_config, train_config, num_train: int) -> dict:
     these few seconds would otherwise set the whole run's length; the occasional slow step that
     a full epoch has (its mean was 5-6 % above this median here) is what BUDGET_MARGIN covers.
     """
-    from resnet_keras.hooks import Hook
     from resnet_keras.train import train
 
     class StepEnds(Hook):
@@ -303,7 +302,7 @@ def main(argv=None) -> int:
         "--refit",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="fit the epochs again from a real epoch at the end of the warm-up (with the calibration)",
+        help="fit the epochs to real epochs: again at the warm-up's end, and fewer when the pace would overrun",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
