@@ -250,6 +250,7 @@ class TrainStepRunner:
         from resnet_keras import data as data_lib
         from resnet_keras.config import TrainConfig
         from resnet_keras.distribute import check_global_batch, make_strategy
+        from resnet_keras.loss_scale import with_loss_scaling
         from resnet_keras.models import build_model, dtype_policy
         from resnet_keras.recipes import make_schedule
         from resnet_keras.trainer import make_train_step
@@ -275,8 +276,7 @@ class TrainStepRunner:
                 momentum=train_config.momentum,
                 nesterov=train_config.nesterov,
             )
-            if bench.precision == "float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer = with_loss_scaling(optimizer, bench.precision)
             optimizer.build(self.model.trainable_variables)
         self.step_fn = make_train_step(
             self.model,
@@ -313,8 +313,8 @@ class TrainStepRunner:
         self.loss = float("nan")
 
     def train(self, iterator=None):
-        # train() reads the three sums on the host after every step (NaN check, progress bar).
-        values = [float(v) for v in self.step_fn(iterator or self.iterator)]
+        # One step per call with a host read after it, as `train` runs on a CPU (steps_per_loop 1).
+        values = list(self.step_fn(iterator or self.iterator)[:3])
         self.loss = values[0] / max(values[2], 1.0)
 
     def infer(self):

@@ -123,7 +123,11 @@ class FusedBatchNormalization(layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
-        x = tf.cast(inputs, "float32")  # as Keras does: statistics in float32 under mixed precision
+        # The input stays in the compute dtype: the fused kernel takes float16 and bfloat16 images
+        # with float32 scale, offset and statistics and accumulates the statistics in float32
+        # itself (what Keras's cast buys), and cuDNN's fast NHWC batch norm exists for half
+        # types only. A cast to float32 first would add two full passes over every activation.
+        x = tf.cast(inputs, self.compute_dtype)
         y, mean, variance = tf_compat.fused_batch_norm_training(
             x, tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"), self.epsilon
         )
@@ -505,6 +509,27 @@ def squeeze_excite(x, ratio: float, *, weight_decay: float = 0.0, name: str):
     return layers.Multiply(name=f"{name}_se_excite")([x, s])
 
 
+def replica_dropout(inputs, rate: float, noise_shape, seed_generator):
+    """`inputs` with a random `rate` of the `noise_shape` entries zeroed and the rest scaled by
+    1 / (1 - rate), from `seed_generator`'s next seed offset by the tf.distribute replica id.
+
+    Every replica holds the same generator state (a mirrored variable), so Keras' own
+    `keras.random.dropout` draws the same mask on every replica: N GPUs drop the same examples'
+    blocks, which is dropout on 1/N of the batch. The replica id (0 outside a strategy, and for
+    replica 0, which keeps the single-device masks) makes one stream per replica. It is the only
+    place model code reads the distribution context, and it only reads.
+    """
+    import tensorflow as tf
+
+    replica = tf.distribute.get_replica_context()
+    replica_id = 0 if replica is None else replica.replica_id_in_sync_group
+    seed = tf.cast(seed_generator.next(), tf.int64) + tf.stack(
+        [tf.constant(0, tf.int64), tf.cast(replica_id, tf.int64)]
+    )
+    keep = tf.random.stateless_uniform(noise_shape, seed=seed) >= rate
+    return inputs * tf.cast(keep, inputs.dtype) / tf.cast(1.0 - rate, inputs.dtype)
+
+
 @keras.saving.register_keras_serializable(package="resnet_keras")
 class DropPath(layers.Layer):
     """Stochastic depth (Huang et al. 2016): while training, zero the input of a random `rate` of the
@@ -513,7 +538,7 @@ class DropPath(layers.Layer):
     Applied to a residual branch, it drops the whole block for those examples (the shortcut still
     carries them). Identity at inference. [batch, ...] -> same shape. A real layer rather than a
     `Lambda`, so models load with `safe_mode=True`; its random stream is a Keras `SeedGenerator`
-    (seeded by `keras.utils.set_random_seed`, as `Dropout`).
+    (seeded by `keras.utils.set_random_seed`, as `Dropout`), one stream per replica (`replica_dropout`).
     """
 
     def __init__(self, rate: float, seed: int | None = None, **kwargs):
@@ -526,13 +551,29 @@ class DropPath(layers.Layer):
         if not training or self.rate <= 0.0:
             return inputs
         noise_shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
-        return keras.random.dropout(inputs, self.rate, noise_shape=noise_shape, seed=self.seed_generator)
+        return replica_dropout(inputs, self.rate, noise_shape, self.seed_generator)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="resnet_keras")
+class Dropout(layers.Dropout):
+    """`keras.layers.Dropout` with one random stream per replica (`replica_dropout`); same config."""
+
+    def call(self, inputs, training=False):
+        if not training or self.rate <= 0.0:
+            return inputs
+        shape = ops.shape(inputs)
+        noise_shape = (
+            shape
+            if self.noise_shape is None
+            else [shape[i] if d is None else d for i, d in enumerate(self.noise_shape)]
+        )
+        return replica_dropout(inputs, self.rate, noise_shape, self.seed_generator)
 
 
 def _branch_end(y, *, se_ratio: float, drop_path: float, weight_decay: float, name: str):

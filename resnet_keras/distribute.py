@@ -106,6 +106,39 @@ def check_global_batch(batch_size: int, strategy: tf.distribute.Strategy) -> int
     return batch_size // replicas
 
 
+def check_xla(xla: bool, strategy: tf.distribute.Strategy) -> None:
+    """UsageError for `--xla` with more than one replica; one device (a GPU or the CPU) compiles.
+
+    Under MirroredStrategy a jit-compiled replica step holds the gradient all-reduce: over logical
+    CPUs it cannot compile (the variables live on other devices), on GPUs TensorFlow takes its
+    merge-call-free path, which upstream reports crash; across workers XLA cannot all-reduce at
+    all. Keras' own `jit_compile="auto"` turns XLA off under every tf.distribute strategy for
+    the same reasons, so we refuse it instead of letting a many-GPU job fail or hang later.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if xla and replicas > 1:
+        raise UsageError(
+            f"Received: xla=True with {replicas} replicas ({type(strategy).__name__}); XLA compiles the step of "
+            "one device only (TensorFlow cannot compile the all-reduce of several GPUs or workers): use --no-xla, "
+            "or one device (--strategy one-device)"
+        )
+
+
+def deterministic_kernels(deterministic: bool) -> bool:
+    """Turns on TensorFlow's op determinism for a `--deterministic` run on GPUs; returns whether it did.
+
+    A deterministic data order is not enough on a GPU: cuDNN's algorithm choice and atomic-add
+    reductions (bias and BN gradients, the softmax cross-entropy) vary between runs, so a resumed
+    run would not equal an uninterrupted one. `enable_op_determinism` picks deterministic kernels
+    (slower). It is process-wide and cannot be undone, so a CPU-only process, whose kernels here
+    need no such switch (resume is tested to 1e-5), is left as it is.
+    """
+    if not (deterministic and tf.config.list_logical_devices("GPU")):
+        return False
+    tf.config.experimental.enable_op_determinism()
+    return True
+
+
 # ----------------------------------------------------------------------------- multi-worker
 
 
@@ -171,13 +204,29 @@ def worker_timeout() -> float:
     return value
 
 
+def communication_options(*, gpus) -> tf.distribute.experimental.CommunicationOptions:
+    """The collectives of a multi-worker run: NCCL when this worker has GPUs, else RING.
+
+    AUTO means RING in TF 2.21's collective executor: gradients would go GPU -> host -> gRPC ->
+    host -> GPU every step (about 100 MB for ResNet-50), where NCCL reduces on the GPUs and
+    across hosts (NVIDIA's and Model Garden's multi-worker setting). No `timeout_seconds`:
+    TensorFlow documents it as a debugging aid that starts one thread per collective, which a
+    long run at GPU step rates would exhaust; a lost peer is found by the coordination service's
+    heartbeats instead (`tf_compat.configure_coordination_service`).
+    """
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    return tf.distribute.experimental.CommunicationOptions(
+        implementation=implementation.NCCL if gpus else implementation.RING
+    )
+
+
 def _multi_worker_strategy() -> tf.distribute.Strategy:
     """MultiWorkerMirroredStrategy from TF_CONFIG with bounded waits on peers.
 
-    Three waits are bounded by `worker_timeout()`: cluster start-up (the coordination service's
-    registration of every task), each collective (`CommunicationOptions.timeout_seconds`), and
-    peer liveness (coordination-service heartbeats; in TF 2.21 MWMS turns its own Python
-    "check health" thread off when the coordination service runs). Built once per process.
+    Two waits are bounded by `worker_timeout()`: cluster start-up (the coordination service's
+    registration of every task) and peer liveness (coordination-service heartbeats, at most 30 s;
+    in TF 2.21 MWMS turns its own Python "check health" thread off when the coordination service
+    runs). A collective whose peer died fails when the heartbeat does. Built once per process.
     """
     if _MULTI_WORKER:
         return _MULTI_WORKER[0]
@@ -188,7 +237,7 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
     tf_compat.configure_coordination_service(resolver.cluster_spec(), int(timeout * 1000))
     # Not `poll_for_error_from_service_at_startup`: with the service-to-client connection MWMS uses,
     # TF 2.21 aborts every collective with "Should not use error polling from service" (measured).
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
+    options = communication_options(gpus=tf.config.list_physical_devices("GPU"))
     # Backstop: the start-up calls block in C++ and cannot be interrupted from Python. Should
     # TensorFlow's own registration timeout not fire, end the process with the same one line.
     watchdog = threading.Timer(timeout + _WATCHDOG_MARGIN_S, _give_up_waiting, args=(info, timeout))
@@ -272,15 +321,19 @@ def agreed_checkpoint(strategy, manager, run_dir, resuming: bool) -> str | None:
     return str(run_dir.checkpoint_dir / f"ckpt-{epoch}") if epoch else None
 
 
-def replica_statistics_sync(strategy, model) -> Callable[[], None]:
+def replica_statistics_sync(strategy, *models) -> Callable[[], None]:
     """A function that sets every replica's copy of the BatchNorm moving statistics to their mean.
 
     Keras 3 BN moving statistics are MirroredVariables with aggregation NONE: each replica updates
     its own copy from its own batches and a save keeps one copy, so workers would end an epoch
     with different weights. Averaging before validation and checkpoints keeps all workers (and a
     single process with the same replicas) identical, as Keras 2's ON_READ/MEAN variables did.
+    The weight average's statistics (`hooks.WeightAverage`, per replica too) are averaged alike:
+    pass every model whose statistics the replicas update (None entries are skipped).
     """
-    variables = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+    variables = [
+        v for model in models if model is not None for v in model.non_trainable_variables if "float" in str(v.dtype)
+    ]
     if strategy.num_replicas_in_sync == 1 or not variables:
         return lambda: None
 

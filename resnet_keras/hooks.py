@@ -32,7 +32,9 @@ class StopOnNaN(Hook):
     def on_train_batch_end(self, epoch, step, values):
         if not np.isfinite(values[0]):
             last = self.latest_checkpoint() or "none (no epoch completed)"
-            raise TrainingFailure(f"loss became NaN at epoch {epoch} step {step}; last good checkpoint: {last}")
+            first = step - self.trainer.steps_per_loop + 1
+            where = f"step {step}" if first >= step or first < 1 else f"steps {first}-{step}"
+            raise TrainingFailure(f"loss became NaN at epoch {epoch} {where}; last good checkpoint: {last}")
 
 
 class LowLrStart(Hook):
@@ -225,19 +227,18 @@ class Preemption(Hook):
     validation lets the run finish. The handler is installed from the main thread only (Python
     delivers signals there) and the previous one is put back by `restore`.
 
-    `agree(received) -> bool` (multi-worker: `distribute.any_worker`) makes every worker stop at
-    the same step when the signal reached only some of them: a multi-worker save is a
-    collective that every worker must join. It is called at every step end and epoch end.
+    Multi-worker (`agree` given: `distribute.any_worker`): a save is a collective that every
+    worker must join, so every worker must stop at the same step even when the signal reached
+    only some. Within an epoch they learn it from the training step itself: the signal sets
+    `trainer.stop_requested`, which the next step all-reduces with its loss (`stop_votes`), so
+    every worker stops after that step with no collective of its own. At an epoch's end `agree`
+    (one small all-reduce per epoch) covers a signal that arrived during validation.
     """
 
     def __init__(self, checkpoint: Checkpoint, log: Callable[[str], None], agree: Callable[[bool], bool] | None = None):
         self.checkpoint, self.log, self.agree = checkpoint, log, agree
         self.received: int | None = None
         self.previous = None
-
-    def _stopping(self) -> bool:
-        here = self.received is not None
-        return self.agree(here) if self.agree is not None else here
 
     def on_train_begin(self):
         import signal
@@ -248,13 +249,18 @@ class Preemption(Hook):
 
     def _handle(self, signum, frame):
         self.received = signum
+        self.trainer.stop_requested = True
 
     def on_train_batch_end(self, epoch, step, values):
-        if self._stopping():
+        # One process stops at once; workers stop on the step's votes, which all of them share.
+        alone = self.received is not None and self.agree is None
+        if alone or self.trainer.stop_votes > 0:
             self._stop(epoch - 1, step, f"epoch {epoch} step {step}")
 
     def on_epoch_end(self, epoch, logs):
-        if self._stopping() and epoch < self.trainer.epochs:
+        here = self.received is not None
+        stopping = self.agree(here) if self.agree is not None else here
+        if stopping and epoch < self.trainer.epochs:
             self._stop(epoch, 0, f"the end of epoch {epoch}")
 
     def on_train_end(self):
@@ -355,6 +361,12 @@ class WeightAverage(Hook):
     validates and saves it (`Trainer.eval_model`), so `best.weights.h5`, `model.keras` and exports
     are the averaged network. It is part of the checkpoint, so a resumed run continues the same
     average. A run that starts fresh (epoch 0) starts the average at the initial weights.
+
+    `replica_update` is the step's `after_update` (`trainer.make_train_step`): it runs in the
+    replica context, where each replica averages its own copy of each weight (the variables'
+    aggregation is NONE), so nothing is copied between devices and each replica's BatchNorm
+    statistics are averaged from its own; `distribute.replica_statistics_sync` then averages
+    those over replicas with the trained model's.
     """
 
     def __init__(self, model, average_model, decay: float, step_counter=None):
@@ -366,8 +378,7 @@ class WeightAverage(Hook):
         pairs = [(a, w) for a, w in zip(average_model.weights, model.weights) if "float" in str(a.dtype)]
         self.decay = float(decay)
 
-        @tf.function(autograph=False)
-        def update():
+        def replica_update():
             decay = tf.constant(self.decay, tf.float32)
             if step_counter is not None:
                 t = tf.cast(step_counter, tf.float32)
@@ -381,11 +392,8 @@ class WeightAverage(Hook):
             for average, weight in pairs:
                 average.assign(tf.cast(weight, average.dtype))
 
-        self.update, self.copy = update, copy
+        self.replica_update, self.copy = replica_update, copy
 
     def on_train_begin(self):
         if self.trainer.start_epoch == 0:
             self.copy()
-
-    def on_train_batch_end(self, epoch, step, values):
-        self.update()

@@ -102,7 +102,7 @@ def build_classifier(config: ModelConfig) -> keras.Model:
     x = list(backbone_features(x, config).values())[-1]
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if config.dropout:
-        x = layers.Dropout(config.dropout, name="dropout")(x)
+        x = blocks.Dropout(config.dropout, name="dropout")(x)
     # Logits stay float32 under mixed precision so the loss is computed accurately.
     logits = layers.Dense(
         config.num_classes,

@@ -41,6 +41,7 @@ def train(
     log: Callable[[str], None] = print,
     hooks: Sequence[Hook] = (),
     checkpoint_every: str | int | None = None,
+    steps_per_loop: int | None = None,
 ) -> dict[str, Any]:
     """Trains `model_config` on `data_config` into `model_dir`; returns the metrics dict.
 
@@ -54,6 +55,12 @@ def train(
     batch the replicas cannot split or larger than the training split, an image size the
     pipeline refuses) leaves `model_dir` as it was. TrainingFailure when the loss becomes NaN
     (the last good checkpoint stays).
+
+    `steps_per_loop` steps run in one call of the compiled step before the host reads their loss
+    and the hooks run (`Trainer`); None: 1 on a CPU, `GPU_STEPS_PER_LOOP` when there are GPUs,
+    where a host sync per step leaves the devices idle. It changes when hooks see the steps
+    (checkpoints every N steps and SIGTERM stops land on loop ends), not what is computed, so a
+    run may resume with another value.
     """
     from resnet_keras import distribute, finetune
     from resnet_keras.hooks import CheckpointInterval
@@ -70,6 +77,7 @@ def train(
     train_config = train_config.for_model(model_config)  # the recipe's training crop size, checked
     setup = _prepare(model_config, data_config, train_config, RunDir(model_dir), log)
     run, out, strategy = setup.run, setup.out, setup.strategy
+    steps_per_loop = _steps_per_loop(steps_per_loop, setup, checkpoint_interval)
     init_weights = None  # read and checked before anything is written
     if train_config.init_from and (overwrite or not run.latest_checkpoint()):
         init_weights = finetune.read_init_weights(train_config.init_from, model_config, log=log)
@@ -105,11 +113,12 @@ def train(
         iterator=iter(_train_input(setup, start_epoch, within.steps if within else 0)),
         steps_per_epoch=setup.steps_per_epoch,
         epochs=train_config.epochs,
-        validate=make_validation(parts.eval_model, setup.val_dataset, model_config.num_classes),
-        before_validation=distribute.replica_statistics_sync(strategy, parts.model),
+        validate=make_validation(parts.eval_model, strategy, setup.val_dataset, model_config.num_classes),
+        before_validation=distribute.replica_statistics_sync(strategy, parts.model, parts.average_model),
         hooks=[*run_hooks, *hooks],
         log=log,
         eval_model=parts.eval_model,
+        steps_per_loop=steps_per_loop,
     )
     import tensorflow as tf
 
@@ -199,18 +208,20 @@ def _prepare(model_config, data_config, train_config, run: RunDir, log) -> _Setu
     strategy = distribute.make_strategy(train_config.strategy)
     out = run if distribute.is_chief(strategy) else run.worker_scratch(strategy.cluster_resolver.task_id)
     distribute.check_global_batch(train_config.batch_size, strategy)
-    if train_config.xla and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
-        raise UsageError(
-            "Received: xla=True with MirroredStrategy over logical CPUs; XLA cannot compile a step "
-            "whose variables live on other devices. Use --no-xla or one device."
-        )
-    val_dataset = data_lib.make_dataset(
-        data_config,
-        "val",
-        image_size=model_config.image_size,
-        batch_size=train_config.batch_size,
-        training=False,
-        drop_remainder=False,
+    distribute.check_xla(train_config.xla, strategy)
+    distribute.deterministic_kernels(data_config.deterministic)
+    # Validation as training reads: per-replica batches, each worker its shard (`make_validation`).
+    val_dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: data_lib.make_dataset(
+            data_config,
+            "val",
+            image_size=model_config.image_size,
+            batch_size=train_config.batch_size,
+            training=False,
+            input_context=ctx,
+            drop_remainder=False,
+        ),
+        options=distribute.input_options(strategy),
     )
     steps = train_config.steps_per_epoch or max(1, info.num_train // train_config.batch_size)
     return _Setup(model_config, data_config, train_config, info, strategy, run, out, steps, val_dataset)
@@ -228,6 +239,7 @@ class _Parts:
     progress: Any = None  # float64 [6]: trainer.EpochProgress of a mid-epoch checkpoint, zeros at epoch ends
     average_model: Any = None  # the EMA of the weights (TrainConfig.ema_decay > 0)
     train_model: Any = None  # `model` at the training crop size (models.at_input_size), or `model`
+    weight_average: Any = None  # hooks.WeightAverage of average_model, updated inside the step
 
     @property
     def eval_model(self):
@@ -241,6 +253,8 @@ def _build(setup: _Setup) -> _Parts:
     import tensorflow as tf
 
     from resnet_keras import finetune
+    from resnet_keras.hooks import WeightAverage
+    from resnet_keras.loss_scale import with_loss_scaling
     from resnet_keras.models import at_input_size, build_model, dtype_policy
 
     train_config = setup.train_config
@@ -258,8 +272,7 @@ def _build(setup: _Setup) -> _Parts:
             make_schedule(train_config, setup.steps_per_epoch, lr_factor if low_lr_start else None),
             model.trainable_variables,
         )
-        if train_config.mixed_precision == "float16":  # bfloat16 needs no loss scaling
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = with_loss_scaling(optimizer, train_config.mixed_precision)
         average_model = build_model(setup.model_config) if train_config.ema_decay else None
         optimizer.build(model.trainable_variables)  # slots exist before restore: immediate restoration
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
@@ -269,7 +282,22 @@ def _build(setup: _Setup) -> _Parts:
         model=model, optimizer=optimizer, epoch=epoch, lr_factor=lr_factor, epoch_progress=progress, **extra
     )
     manager = tf.train.CheckpointManager(checkpoint, str(setup.out.checkpoint_dir), max_to_keep=2)
-    return _Parts(model, optimizer, plan, lr_factor, epoch, checkpoint, manager, progress, average_model, train_model)
+    weight_average = None
+    if average_model is not None:
+        weight_average = WeightAverage(model, average_model, train_config.ema_decay, optimizer.iterations)
+    return _Parts(
+        model,
+        optimizer,
+        plan,
+        lr_factor,
+        epoch,
+        checkpoint,
+        manager,
+        progress,
+        average_model,
+        train_model,
+        weight_average,
+    )
 
 
 def _restore(parts: _Parts, path: str):
@@ -345,6 +373,7 @@ def _train_step(setup: _Setup, parts: _Parts):
         transform_gradients=parts.plan.scale_gradients if parts.plan else None,
         loss=train_config.loss,
         clip_norm=train_config.clip_norm,
+        after_update=parts.weight_average.replica_update if parts.weight_average else None,
     )
 
 
@@ -360,11 +389,8 @@ def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log, checkpoint_ev
         run_hooks.append(hooks.FineTunePhases(parts.plan, log))
     if hooks.ProgressBar.wanted():
         run_hooks.append(hooks.ProgressBar())
-    if parts.average_model is not None:  # first: the average is updated before any hook reads it
-        average = hooks.WeightAverage(
-            parts.model, parts.average_model, setup.train_config.ema_decay, step_counter=parts.optimizer.iterations
-        )
-        run_hooks.insert(0, average)
+    if parts.weight_average is not None:  # starts the average at the initial weights of a fresh run
+        run_hooks.insert(0, parts.weight_average)
     facts = dict(
         model=setup.model_config.name,
         dataset=setup.data_config.dataset,
@@ -386,6 +412,27 @@ def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log, checkpoint_ev
     agree = distribute.any_worker(setup.strategy) if multi_worker else None
     run_hooks += [hooks.Preemption(checkpoint, log, agree), summary]
     return summary, run_hooks
+
+
+# Steps per host sync on GPUs: Orbit's and Keras' (steps_per_execution) usual order of magnitude.
+GPU_STEPS_PER_LOOP = 50
+
+
+def _steps_per_loop(requested: int | None, setup: _Setup, checkpoint_interval) -> int:
+    """The steps one call of the compiled step runs (see `train`), at most an epoch and at most
+    the step interval of `--checkpoint-every`, so step checkpoints keep their positions."""
+    import tensorflow as tf
+
+    from resnet_keras.errors import expect, is_int
+
+    if requested is not None:
+        expect(is_int(requested) and requested >= 1, "steps_per_loop", requested, "an integer >= 1")
+        steps = requested
+    else:
+        steps = GPU_STEPS_PER_LOOP if tf.config.list_logical_devices("GPU") else 1
+    if checkpoint_interval is not None and checkpoint_interval.steps:
+        steps = min(steps, checkpoint_interval.steps)
+    return min(steps, setup.steps_per_epoch)
 
 
 def model_weight_decay(train_config: TrainConfig) -> float:

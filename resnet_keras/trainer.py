@@ -25,9 +25,11 @@ import numpy as np
 class Hook:
     """One concern of a training run. Override the calls you need; `self.trainer` is set by `fit`.
 
-    `on_train_batch_end` gets `values`: float64 [loss sum, correct, count] of the step, summed
-    over replicas. `on_epoch_end` gets the epoch's `logs` (HISTORY_FIELDS of `resnet_keras.rundir`),
-    which hooks may read and extend. A hook that raises stops the run there.
+    `on_train_batch_end` gets `values`: float64 [loss sum, correct, count] of the steps since the
+    last call, summed over replicas, and `step`, the epoch's steps done. It runs once per
+    `Trainer.steps_per_loop` steps (one by default on CPUs). `on_epoch_end` gets the epoch's
+    `logs` (HISTORY_FIELDS of `resnet_keras.rundir`), which hooks may read and extend. A hook that
+    raises stops the run there.
     """
 
     trainer: Trainer
@@ -54,8 +56,8 @@ class EpochProgress:
     lr: float = 0.0
     seconds: float = 0.0
 
-    def add(self, values: np.ndarray, seconds: float) -> None:
-        self.steps += 1
+    def add(self, values: np.ndarray, seconds: float, steps: int = 1) -> None:
+        self.steps += steps
         self.totals = self.totals + values
         self.seconds = seconds
 
@@ -71,11 +73,17 @@ class EpochProgress:
 class Trainer:
     """Runs epochs `start_epoch + 1 .. epochs` of `steps_per_epoch` steps.
 
-    make_step() -> step(iterator) -> [loss sum, correct, count] (see `make_train_step`); it is
-    called again by `rebuild_step()` when the trainable variables change. validate() ->
-    (val_loss, val_accuracy) over the whole validation split. before_validation() runs after
-    each epoch's steps (the replicas' BatchNorm statistics are averaged there). eval_model
-    (default: model) is what `BestWeights` and `RunSummary` save: the EMA model when one is kept.
+    make_step() -> step(iterator, steps, stop) -> float64 [loss sum, correct, count, stop votes]
+    (see `make_train_step`); it is called again by `rebuild_step()` when the trainable variables
+    change. One call runs `steps_per_loop` steps (fewer at an epoch's end) and the hooks run after
+    it: the host waits for the devices once per call. validate() -> (val_loss, val_accuracy) over
+    the whole validation split. before_validation() runs after each epoch's steps (the replicas'
+    BatchNorm statistics are averaged there). eval_model (default: model) is what `BestWeights`
+    and `RunSummary` save: the EMA model when one is kept.
+
+    `stop_requested` (set by a hook, e.g. on SIGTERM) is passed to the next step call;
+    `stop_votes` is what the last call returned: how many replica-steps came from a worker whose
+    `stop_requested` was set, the same number on every worker.
     """
 
     def __init__(
@@ -92,11 +100,13 @@ class Trainer:
         hooks: Sequence[Hook] = (),
         log: Callable[[str], None] = print,
         eval_model=None,
+        steps_per_loop: int = 1,
     ):
         self.model, self.optimizer, self.log = model, optimizer, log
         # The model that is validated and saved (best, final): the trained one, or its weight average.
         self.eval_model = model if eval_model is None else eval_model
         self.iterator, self.steps_per_epoch, self.epochs = iterator, steps_per_epoch, epochs
+        self.steps_per_loop = max(1, int(steps_per_loop))
         self._make_step, self._validate, self._before_validation = make_step, validate, before_validation
         self.hooks = list(hooks)
         self.train_step = make_step()
@@ -105,6 +115,8 @@ class Trainer:
         self.images_seen = 0
         self.train_seconds = 0.0
         self.progress = EpochProgress()  # of the epoch running, for hooks that checkpoint mid-epoch
+        self.stop_requested = False
+        self.stop_votes = 0.0
 
     def rebuild_step(self) -> None:
         """Traces the step again (after a hook changed which variables train)."""
@@ -128,11 +140,13 @@ class Trainer:
                 within = EpochProgress(lr=float(self.optimizer.learning_rate))
             self.progress = progress = within
             started, before = time.perf_counter(), progress.seconds
-            for step in range(progress.steps + 1, self.steps_per_epoch + 1):
-                values = np.array([float(v) for v in self.train_step(self.iterator)])
-                progress.add(values, before + time.perf_counter() - started)
+            while progress.steps < self.steps_per_epoch:
+                steps = min(self.steps_per_loop, self.steps_per_epoch - progress.steps)
+                values = self.train_step(self.iterator, steps, self.stop_requested)
+                self.stop_votes = float(values[3])
+                progress.add(values[:3], before + time.perf_counter() - started, steps)
                 self.images_seen += int(values[2])
-                self._call("on_train_batch_end", epoch, step, values)
+                self._call("on_train_batch_end", epoch, progress.steps, values[:3])
             totals, lr = progress.totals, progress.lr
             seconds = progress.seconds
             self.train_seconds += seconds - before
@@ -193,21 +207,31 @@ def make_train_step(
     transform_gradients: Callable | None = None,
     loss: str = "softmax",
     clip_norm: float = 0.0,
+    after_update: Callable[[], None] | None = None,
 ):
-    """The training step: `train_step(iterator)` -> summed [loss, correct, count] over the batch.
+    """The training step: `train_step(iterator, steps=1, stop=False)` -> float64 [4].
 
-    One step reads the next (distributed) batch, runs the replica step under `strategy.run` and
-    sums the three float32 scalars over replicas. Shared with `resnet_keras.benchmark`, so the
-    benchmark times exactly the step that training runs. `transform_gradients(grads, variables)`
-    (fine-tuning: a lower rate for the backbone) runs before the update. `loss` is "softmax" or
-    "bce" (`per_example_loss`); labels may be mixed class weights [b, C]. `clip_norm` > 0 clips
-    the gradient to that global norm (Pascanu et al. 2013) before the update.
+    One call runs `steps` steps in a `tf.while_loop` (Orbit's `steps_per_loop`, Keras'
+    `steps_per_execution`): each reads the next (distributed) batch, runs the replica step under
+    `strategy.run` and all-reduces one float32 vector per step, [loss sum, correct, count, stop],
+    summed over the loop's steps and replicas. The host reads that one vector once per call:
+    no sync per step, and no collective besides the gradients' and this one. `stop` is whether this
+    worker was asked to stop (SIGTERM); [3] > 0 tells every worker that some worker was, at
+    the same step, without a collective of its own. Shared with `resnet_keras.benchmark`, so
+    the benchmark times exactly the step that training runs.
+
+    `transform_gradients(grads, variables)` (fine-tuning: a lower rate for the backbone) runs
+    before the update. `loss` is "softmax" or "bce" (`per_example_loss`); labels may be mixed
+    class weights [b, C]. `clip_norm` > 0 clips the gradient to that global norm (Pascanu et al.
+    2013) before the update. `after_update()` runs in the replica context after the optimizer's
+    update (the weight average: each replica averages its own copies, with no copy between
+    devices). With `loss_scaling`, `optimizer` is a `loss_scale.AgreedLossScaleOptimizer`.
     """
     import tensorflow as tf
 
     loss_kind = loss
 
-    def step_fn(images, labels):
+    def step_fn(images, labels, stop):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
             per_example = per_example_loss(tf, labels, logits, num_classes, label_smoothing, loss_kind)
@@ -221,10 +245,12 @@ def make_train_step(
         if clip_norm:
             grads = clip_global_norm(tf, grads, clip_norm * (optimizer.dynamic_scale if loss_scaling else 1.0))
         optimizer.apply(grads, model.trainable_variables)  # sums gradients over replicas; unscales
+        if after_update is not None:
+            after_update()
         predicted = tf.argmax(logits, -1, output_type=tf.int32)
         correct = tf.reduce_sum(tf.cast(tf.equal(predicted, hard_labels(tf, labels)), tf.float32))
         count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return tf.reduce_sum(per_example), correct, count
+        return tf.stack([tf.reduce_sum(per_example), correct, count, stop])
 
     # No tensor-dependent Python control flow in the steps: AutoGraph is not needed (and it
     # trips over the closure of these nested functions). XLA compiles the replica step only:
@@ -232,9 +258,17 @@ def make_train_step(
     replica_step = tf.function(step_fn, jit_compile=True, autograph=False) if xla else step_fn
 
     @tf.function(autograph=False)
-    def train_step(iterator):
-        results = strategy.run(replica_step, args=next(iterator))
-        return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in results]
+    def loop(iterator, steps, stop):
+        def body(i, totals):
+            images, labels = next(iterator)
+            values = strategy.run(replica_step, args=(images, labels, stop))
+            return i + 1, totals + strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)
+
+        return tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), tf.zeros([4])))[1]
+
+    def train_step(iterator, steps: int = 1, stop: bool = False):
+        flag = tf.constant(1.0 if stop else 0.0)
+        return loop(iterator, tf.constant(steps, tf.int32), flag).numpy().astype(np.float64)
 
     return train_step
 
@@ -254,25 +288,33 @@ def clip_global_norm(tf, grads, clip_norm):
     return [g / replicas for g in clipped] if replicas > 1 else clipped
 
 
-def make_validation(model, dataset, num_classes: int) -> Callable[[], tuple[float, float]]:
+def make_validation(model, strategy, dataset, num_classes: int) -> Callable[[], tuple[float, float]]:
     """validate() -> (mean loss, top-1 accuracy) over every example of `dataset` (a whole pass).
 
-    Runs outside the strategy on the (mirrored) variables, with the last partial batch kept:
-    exact counts on any number of replicas at the cost of not parallelising validation.
+    `dataset` is distributed (`strategy.distribute_datasets_from_function`, per-replica batches,
+    sharded over workers): every replica validates its share and one [loss, correct, count]
+    all-reduce per batch sums them, so no device holds the global batch and no worker reads the
+    whole split. The last partial batch is kept and the counts are exact on any number of
+    replicas and workers (tf.distribute hands empty batches to the replicas it cannot fill).
     """
     import tensorflow as tf
 
-    @tf.function(autograph=False)
-    def val_step(images, labels):
+    def replica_fn(images, labels):
         logits = tf.cast(model(images, training=False), tf.float32)
         per_example = per_example_loss(tf, labels, logits, num_classes, 0.0)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
-        return tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.stack([tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32)])
+
+    @tf.function(autograph=False)
+    def val_step(images, labels):
+        values = strategy.run(replica_fn, args=(images, labels))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, values, axis=None)
 
     def validate():
-        totals = np.zeros(3)
+        totals = tf.zeros([3])
         for images, labels in dataset:
-            totals += [float(v) for v in val_step(images, labels)]
-        return float(totals[0] / max(totals[2], 1)), float(totals[1] / max(totals[2], 1))
+            totals += val_step(images, labels)  # stays on the device: one read at the end
+        loss, correct, count = totals.numpy().astype(np.float64)
+        return float(loss / max(count, 1)), float(correct / max(count, 1))
 
     return validate

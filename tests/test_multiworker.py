@@ -293,3 +293,55 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step_and_the_resta
     outputs = [process.communicate(timeout=400)[0] for process in start_workers(args, timeout=60)]
     assert all(f"at epoch 1 step {steps[0].group(1)}." in out for out in outputs), outputs[0][-2000:]
     assert [int(row["epoch"]) for row in history(run)] == [1, 2] and (run / "model.keras").exists()
+
+
+THREADS = """
+import sys
+from resnet_keras.config import DataConfig, ModelConfig, TrainConfig
+from resnet_keras.train import train
+from resnet_keras.trainer import Hook
+
+def threads():
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("Threads:")).split()[1])
+
+class Count(Hook):
+    def on_train_batch_end(self, epoch, step, values):
+        if (epoch, step) == (1, 10):
+            print("threads at step 10", threads(), flush=True)
+
+    def on_epoch_end(self, epoch, logs):
+        print(f"threads after epoch {epoch}", threads(), flush=True)
+
+train(ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10),
+      DataConfig(dataset="synthetic", synthetic_examples=1024),
+      TrainConfig(epochs=2, batch_size=16, strategy="multi-worker"), sys.argv[1], hooks=[Count()], log=print)
+"""
+
+
+@pytest.mark.slow
+def test_a_workers_thread_count_stays_flat_over_steps(tmp_path):
+    """No thread per collective: TensorFlow's `CommunicationOptions.timeout_seconds` (documented as
+    debug-only) starts one per collective, alive for the timeout, so a long run at GPU step rates
+    would run out of threads. 128 steps here, several collectives each."""
+    peers = [f"localhost:{port}" for port in load_launcher().free_ports(2)]
+    workers = [
+        subprocess.Popen(
+            [PYTHON, "-c", THREADS, str(tmp_path / "run")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(ENV, TF_CONFIG=cluster(peers, index), **{WORKER_TIMEOUT_ENV: "120"}),
+        )
+        for index in range(2)
+    ]
+    outputs = [worker.communicate(timeout=400)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs[0][-3000:]
+    for output in outputs:
+        counts = {
+            line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1])
+            for line in output.splitlines()
+            if line.startswith("threads ")
+        }
+        assert set(counts) == {"threads at step 10", "threads after epoch 1", "threads after epoch 2"}, output[-2000:]
+        assert counts["threads after epoch 2"] - counts["threads at step 10"] < 20, counts
