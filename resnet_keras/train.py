@@ -174,8 +174,6 @@ class _Setup:
 
 def _prepare(model_config, data_config, train_config, run: RunDir, log) -> _Setup:
     """Every check that needs no write: dataset, family, strategy, batch, XLA, validation data."""
-    import tensorflow as tf
-
     from resnet_keras import data as data_lib
     from resnet_keras import distribute
     from resnet_keras.preprocessing import view_family

@@ -101,9 +101,9 @@ for name, strategy in strategies.items():
     with strategy.scope():
         seen = Seen()
         model = keras.Sequential([keras.Input((5,)), seen, keras.layers.Dense(3)])
-    data = strategy.distribute_datasets_from_function(
-        lambda ctx: tf.data.Dataset.from_tensor_slices((images, labels)).shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
-        .batch(ctx.get_per_replica_batch_size(8)))
+    shard = lambda ctx: tf.data.Dataset.from_tensor_slices((images, labels)).shard(
+        ctx.num_input_pipelines, ctx.input_pipeline_id).batch(ctx.get_per_replica_batch_size(8))
+    data = strategy.distribute_datasets_from_function(shard)
     results[name] = make_validation(model, strategy, data, 3)()
     print(name, "largest", [float(v) for v in strategy.experimental_local_results(seen.largest.value)])
 logits = model(images).numpy()
@@ -150,22 +150,24 @@ rng = np.random.default_rng(0)
 images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
 images[4:] += 200.0  # replica 1's images differ: its BatchNorm statistics do too
 ds = tf.data.Dataset.from_tensors((images, np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32))).repeat()
-before = {v.path: [x.numpy() for x in strategy.experimental_local_results(v.value)] for v in average.weights}
-step(iter(strategy.experimental_distribute_dataset(ds)))
+def copies(model, path):  # each replica's value of the model's variable at `path`
+    variable = next(v for v in model.weights if v.path == path)
+    return [x.numpy() for x in strategy.experimental_local_results(variable.value)]
+
 name = next(v.path for v in model.non_trainable_variables if "moving_mean" in v.path)
-trained = [x.numpy() for x in strategy.experimental_local_results(next(v for v in model.weights if v.path == name).value)]
-averaged = [x.numpy() for x in strategy.experimental_local_results(next(v for v in average.weights if v.path == name).value)]
-start = before[name]
+start = copies(average, name)
+step(iter(strategy.experimental_distribute_dataset(ds)))
+trained, averaged = copies(model, name), copies(average, name)
 # Each replica's average follows its own replica's statistics; d = min(decay, (1 + t) / (10 + t)), t = 1.
 d = min(0.5, 2.0 / 11.0)
 print("own", all(np.allclose(averaged[r], d * start[r] + (1 - d) * trained[r], atol=1e-5) for r in range(2)))
 print("differ", not np.allclose(averaged[0], averaged[1]))
 replica_statistics_sync(strategy, model, average)()
-synced = [x.numpy() for x in strategy.experimental_local_results(next(v for v in average.weights if v.path == name).value)]
-print("synced", np.allclose(synced[0], synced[1]) and np.allclose(synced[0], (averaged[0] + averaged[1]) / 2, atol=1e-5))
-kernel = next(v for v in average.trainable_variables if "kernel" in v.path)
-copies = [x.numpy() for x in strategy.experimental_local_results(kernel.value)]
-print("kernels equal", np.array_equal(copies[0], copies[1]))
+synced = copies(average, name)
+mean = (averaged[0] + averaged[1]) / 2
+print("synced", np.allclose(synced[0], synced[1]) and np.allclose(synced[0], mean, atol=1e-5))
+kernel = copies(average, next(v.path for v in average.trainable_variables if "kernel" in v.path))
+print("kernels equal", np.array_equal(kernel[0], kernel[1]))
 """
 
 
