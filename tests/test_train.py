@@ -25,6 +25,7 @@ from resnet_keras.config import ModelConfig
 from resnet_keras.data import DataConfig
 from resnet_keras.errors import ConfigError, TrainingFailure, UsageError
 from resnet_keras.train import TrainConfig, evaluate, make_schedule, train
+from resnet_keras.trainer import Hook
 
 TINY = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
 DIGITS = DataConfig(dataset="digits")
@@ -274,6 +275,28 @@ def test_a_resumed_run_trains_on_the_data_an_uninterrupted_run_sees(tmp_path):
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         # Epoch 2 reads epoch 2's order and crops, not epoch 1's again.
         assert float(resumed[1][key]) == pytest.approx(float(straight[1][key]), rel=1e-4, abs=1e-4), key
+
+
+def test_steps_per_loop_changes_when_the_host_reads_not_what_is_computed(tmp_path):
+    """Seven steps per call of the compiled step (20 steps an epoch: loops of 7, 7 and 6) give the
+    history of one step per call; a bad value is refused before the run directory exists."""
+    data = DataConfig(dataset="digits", deterministic=True)
+    config = TrainConfig(epochs=2, **FAST)
+    seen = []
+
+    class Steps(Hook):
+        def on_train_batch_end(self, epoch, step, values):
+            seen.append((epoch, step, int(values[2])))
+
+    train(TINY, data, config, tmp_path / "one", log=quiet)
+    train(TINY, data, config, tmp_path / "seven", log=quiet, hooks=[Steps()], steps_per_loop=7)
+    assert seen[:3] == [(1, 7, 7 * 64), (1, 14, 7 * 64), (1, 20, 6 * 64)]
+    for one, seven in zip(history(tmp_path / "one"), history(tmp_path / "seven")):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert float(seven[key]) == pytest.approx(float(one[key]), rel=1e-4, abs=1e-4), key
+    with pytest.raises(ConfigError, match="steps_per_loop"):
+        train(TINY, data, config, tmp_path / "bad", log=quiet, steps_per_loop=0)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path):
