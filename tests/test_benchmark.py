@@ -202,9 +202,10 @@ def test_benchmark_config_validates_modes():
     [
         (None, "import resnet_keras", True, False),  # our import turns TensorFlow's oneDNN kernels on
         ("0", "import resnet_keras", False, False),  # an explicit 0 is respected, and needs no hint
-        # TensorFlow 2.21 decides at its first oneDNN query, not at import: TensorFlow imported first
-        # still gets the kernels (measured: conv gradients as fast as with our import first).
-        (None, "import tensorflow", True, False),
+        # TensorFlow imported first: on a CPU with AVX-512 VNNI/BF16 (Zen 5), TensorFlow 2.21 decides
+        # at its first oneDNN query and still gets the kernels; on an AVX2-only CPU (Zen 3) it
+        # decides at import and they stay off. Either way, train() must say so exactly when off.
+        (None, "import tensorflow", None, None),
         # Decided off before our import (here: queried while the switch was 0): off, and train() says so.
         (
             "0",
@@ -226,7 +227,11 @@ def test_import_turns_on_onednn_kernels_unless_told_otherwise(setting, first_imp
     )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == [str(expected_on), str(expect_hint)]
+    on, hint = result.stdout.split()
+    if expected_on is None:  # the CPU decides (see above): the hint must follow what happened
+        assert hint == str(on == "False"), result.stdout
+    else:
+        assert [on, hint] == [str(expected_on), str(expect_hint)]
 
 
 def test_memory_child_reports_its_own_peak_not_its_parents():
