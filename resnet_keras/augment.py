@@ -128,14 +128,13 @@ def cutmix_images(images, lam, key):
     half = tf.stack([cut * h, cut * w]) / 2.0
     low = tf.cast(tf.clip_by_value(tf.round(centre - half), 0.0, tf.stack([h, w])), tf.int32)
     high = tf.cast(tf.clip_by_value(tf.round(centre + half), 0.0, tf.stack([h, w])), tf.int32)
-    rows = tf.range(height)
-    cols = tf.range(width)
-    inside_rows = (rows >= low[0]) & (rows < high[0])
-    inside_cols = (cols >= low[1]) & (cols < high[1])
-    box = tf.cast(inside_rows[:, None] & inside_cols[None, :], tf.float32)[None, :, :, None]
-    mixed = images * (1.0 - box) + tf.roll(images, 1, axis=0) * box
-    kept = 1.0 - tf.reduce_sum(box) / (h * w)
-    return mixed, kept
+    # The box of each image is its partner's, the rest its own: pasted with slices, not a blend.
+    partner = tf.roll(images[:, low[0] : high[0], low[1] : high[1]], 1, axis=0)
+    middle = tf.concat([images[:, low[0] : high[0], : low[1]], partner, images[:, low[0] : high[0], high[1] :]], axis=2)
+    mixed = tf.concat([images[:, : low[0]], middle, images[:, high[0] :]], axis=1)
+    area = tf.cast((high[0] - low[0]) * (high[1] - low[1]), tf.float32)
+    kept = 1.0 - area / (h * w)
+    return tf.ensure_shape(mixed, images.shape), kept
 
 
 def random_erase(images, key, probability: float, fill):
@@ -152,14 +151,17 @@ def random_erase(images, key, probability: float, fill):
     box_w = tf.minimum(tf.round(tf.sqrt(area / ratio)), w)
     top = tf.floor(draws[2] * (h - box_h + 1.0))
     left = tf.floor(draws[3] * (w - box_w + 1.0))
-    erase = draws[4] < probability
+    # Only the erased images (a tenth in the recipes) are touched: the rest of the batch is not read.
+    erased = tf.where(draws[4] < probability)[:, 0]
+    top, left, box_h, box_w = (tf.gather(v, erased) for v in (top, left, box_h, box_w))
     rows = tf.range(h)[None, :]
     cols = tf.range(w)[None, :]
     inside_rows = (rows >= top[:, None]) & (rows < (top + box_h)[:, None])
     inside_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])
-    mask = inside_rows[:, :, None] & inside_cols[:, None, :] & erase[:, None, None]
+    mask = inside_rows[:, :, None] & inside_cols[:, None, :]
     fill = tf.reshape(tf.cast(fill, tf.float32), [1, 1, 1, -1])
-    return tf.where(mask[..., None], fill, images)
+    updated = tf.where(mask[..., None], fill, tf.gather(images, erased))
+    return tf.tensor_scatter_nd_update(images, erased[:, None], updated)
 
 
 def _mix_targets(targets, lam):
@@ -268,11 +270,15 @@ def _run_ops(images, op, *, shear, shift, angle, factor, bits, threshold, add, f
     positions = tf.dynamic_partition(tf.range(tf.shape(images)[0]), op, count)
     parts = tf.dynamic_partition(images, op, count)
     part_args = {name: tf.dynamic_partition(value, op, count) for name, value in args.items()}
-    results = [
-        tf.clip_by_value(OP_FUNCTIONS[name](parts[i], {k: v[i] for k, v in part_args.items()}, fill), 0.0, 255.0)
-        for i, name in enumerate(_OPS)
-    ]
+    results = []
+    for i, name in enumerate(_OPS):
+        result = OP_FUNCTIONS[name](parts[i], {k: v[i] for k, v in part_args.items()}, fill)
+        # The colour ops end in [0, 255] by construction; the others pass the input's range on.
+        results.append(tf.clip_by_value(result, 0.0, 255.0) if name in _UNCLIPPED else result)
     return tf.ensure_shape(tf.dynamic_stitch(positions, results), images.shape)
+
+
+_UNCLIPPED = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate")
 
 
 def _transform(images, transforms, fill):

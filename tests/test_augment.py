@@ -313,3 +313,31 @@ def test_each_image_goes_through_the_one_op_it_drew(monkeypatch):
     seen.clear()
     augment.rand_augment(images, key(1), magnitude=6.0, std=0.5)
     assert sum(seen.values()) == 2 * 96  # two layers, each image once per layer
+
+
+def test_random_erasing_and_cutmix_give_what_their_whole_batch_formulas_gave():
+    images = tf.constant(np.random.default_rng(6).uniform(0, 255, (32, 20, 24, 3)).astype("float32"))
+    fill = (124.0, 116.0, 104.0)
+    for k in range(4):
+        # Random erasing as a mask over the whole batch, with the same draws.
+        n, h, w = 32, 20.0, 24.0
+        draws = tf.random.stateless_uniform([5, n], key(k))
+        area = (augment.ERASE_AREA[0] + draws[0] * (augment.ERASE_AREA[1] - augment.ERASE_AREA[0])) * h * w
+        low, high = np.log(augment.ERASE_RATIO[0]), np.log(augment.ERASE_RATIO[1])
+        ratio = tf.exp(low + draws[1] * (high - low))
+        box_h, box_w = tf.minimum(tf.round(tf.sqrt(area * ratio)), h), tf.minimum(tf.round(tf.sqrt(area / ratio)), w)
+        top, left = tf.floor(draws[2] * (h - box_h + 1.0)), tf.floor(draws[3] * (w - box_w + 1.0))
+        rows, cols = tf.range(h)[None, :], tf.range(w)[None, :]
+        inside_rows = (rows >= top[:, None]) & (rows < (top + box_h)[:, None])
+        inside_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])
+        mask = inside_rows[:, :, None] & inside_cols[:, None, :] & (draws[4] < 0.3)[:, None, None]
+        want = tf.where(mask[..., None], tf.reshape(tf.constant(fill), [1, 1, 1, 3]), images)
+        np.testing.assert_array_equal(np.asarray(augment.random_erase(images, key(k), 0.3, fill)), np.asarray(want))
+
+        # CutMix as a 0/1 box blended over the whole batch.
+        lam = 0.2 + 0.15 * k
+        mixed, kept = augment.cutmix_images(images, lam, key(k))
+        mixed_box = np.any(np.asarray(mixed) != np.asarray(images), axis=(0, 3))
+        box = tf.cast(tf.constant(mixed_box)[None, :, :, None], tf.float32)
+        np.testing.assert_array_equal(np.asarray(mixed), np.asarray(images * (1.0 - box) + tf.roll(images, 1, 0) * box))
+        assert float(kept) == pytest.approx(1.0 - mixed_box.mean()) and mixed_box.any()
