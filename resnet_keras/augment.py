@@ -465,9 +465,9 @@ def _smooth(images):
     kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
     inner = tf.nn.depthwise_conv2d(images, kernel, [1, 1, 1, 1], "VALID")
-    padded = tf.pad(inner, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    border = tf.pad(tf.zeros_like(inner[..., :1]), [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=1.0)
-    return tf.where(border > 0, images, padded)
+    # The border pixels pasted around the filtered inside with slices: no mask over the image.
+    middle = tf.concat([images[:, 1:-1, :1], inner, images[:, 1:-1, -1:]], axis=2)
+    return tf.concat([images[:, :1], middle, images[:, -1:]], axis=1)
 
 
 def _autocontrast(images):
