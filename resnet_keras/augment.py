@@ -128,14 +128,13 @@ def cutmix_images(images, lam, key):
     half = tf.stack([cut * h, cut * w]) / 2.0
     low = tf.cast(tf.clip_by_value(tf.round(centre - half), 0.0, tf.stack([h, w])), tf.int32)
     high = tf.cast(tf.clip_by_value(tf.round(centre + half), 0.0, tf.stack([h, w])), tf.int32)
-    rows = tf.range(height)
-    cols = tf.range(width)
-    inside_rows = (rows >= low[0]) & (rows < high[0])
-    inside_cols = (cols >= low[1]) & (cols < high[1])
-    box = tf.cast(inside_rows[:, None] & inside_cols[None, :], tf.float32)[None, :, :, None]
-    mixed = images * (1.0 - box) + tf.roll(images, 1, axis=0) * box
-    kept = 1.0 - tf.reduce_sum(box) / (h * w)
-    return mixed, kept
+    # The box of each image is its partner's, the rest its own: pasted with slices, not a blend.
+    partner = tf.roll(images[:, low[0] : high[0], low[1] : high[1]], 1, axis=0)
+    middle = tf.concat([images[:, low[0] : high[0], : low[1]], partner, images[:, low[0] : high[0], high[1] :]], axis=2)
+    mixed = tf.concat([images[:, : low[0]], middle, images[:, high[0] :]], axis=1)
+    area = tf.cast((high[0] - low[0]) * (high[1] - low[1]), tf.float32)
+    kept = 1.0 - area / (h * w)
+    return tf.ensure_shape(mixed, images.shape), kept
 
 
 def random_erase(images, key, probability: float, fill):
@@ -152,14 +151,17 @@ def random_erase(images, key, probability: float, fill):
     box_w = tf.minimum(tf.round(tf.sqrt(area / ratio)), w)
     top = tf.floor(draws[2] * (h - box_h + 1.0))
     left = tf.floor(draws[3] * (w - box_w + 1.0))
-    erase = draws[4] < probability
+    # Only the erased images (a tenth in the recipes) are touched: the rest of the batch is not read.
+    erased = tf.where(draws[4] < probability)[:, 0]
+    top, left, box_h, box_w = (tf.gather(v, erased) for v in (top, left, box_h, box_w))
     rows = tf.range(h)[None, :]
     cols = tf.range(w)[None, :]
     inside_rows = (rows >= top[:, None]) & (rows < (top + box_h)[:, None])
     inside_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])
-    mask = inside_rows[:, :, None] & inside_cols[:, None, :] & erase[:, None, None]
+    mask = inside_rows[:, :, None] & inside_cols[:, None, :]
     fill = tf.reshape(tf.cast(fill, tf.float32), [1, 1, 1, -1])
-    return tf.where(mask[..., None], fill, images)
+    updated = tf.where(mask[..., None], fill, tf.gather(images, erased))
+    return tf.tensor_scatter_nd_update(images, erased[:, None], updated)
 
 
 def _mix_targets(targets, lam):
@@ -248,39 +250,47 @@ def _run_ops(images, op, *, shear, shift, angle, factor, bits, threshold, add, f
     """Op `_OPS[op[i]]` on image i of float32 [b, H, W, 3] raw pixels, with per-image arguments [b]:
     shear factor, translation in pixels, rotation in degrees, enhance factor, posterize bits kept,
     solarize threshold, and solarize_add's increment (below 128). `fill` (per channel, default
-    black) fills what geometric ops uncover."""
-    n = tf.shape(images)[0]
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    black) fills what geometric ops uncover.
 
-    def is_op(name):
-        return tf.equal(op, _OPS.index(name))
+    The batch is split by op (`tf.dynamic_partition`) and each op runs on its own images only, then
+    the pieces are put back in place (`tf.dynamic_stitch`): the cost is one op per image plus two
+    copies of the batch, whatever the number of ops to choose from. Computing every op for the whole
+    batch and selecting with `tf.where` cost a full float32 pass of the batch per op (about 20 per
+    RandAugment layer).
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    op = tf.convert_to_tensor(op, tf.int32)
+    args = dict(shear=shear, shift=shift, angle=angle, factor=factor, bits=bits, threshold=threshold, add=add)
+    args = {name: tf.cast(value, tf.float32) * tf.ones_like(op, tf.float32) for name, value in args.items()}
+    # Over the whole batch, as before: Eigen's vectorised cos and sin can round an element differently
+    # from a shorter array's, and one ulp moves a nearest-neighbour pixel.
+    radians = args.pop("angle") * (3.141592653589793 / 180.0)
+    args.update(cos=tf.cos(radians), sin=tf.sin(radians))
+    count = len(_OPS)
+    positions = tf.dynamic_partition(tf.range(tf.shape(images)[0]), op, count)
+    parts = tf.dynamic_partition(images, op, count)
+    part_args = {name: tf.dynamic_partition(value, op, count) for name, value in args.items()}
+    results = []
+    for i, name in enumerate(_OPS):
+        result = OP_FUNCTIONS[name](parts[i], {k: v[i] for k, v in part_args.items()}, fill)
+        # The colour ops end in [0, 255] by construction; the others pass the input's range on.
+        results.append(tf.clip_by_value(result, 0.0, 255.0) if name in _UNCLIPPED else result)
+    return tf.ensure_shape(tf.dynamic_stitch(positions, results), images.shape)
 
-    # Geometric ops: one projective transform per image (output pixel -> input pixel); identity for the rest.
-    angle = angle * (3.141592653589793 / 180.0)
-    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    zero, one = tf.zeros([n]), tf.ones([n])
-    identity = tf.stack([one, zero, zero, zero, one, zero, zero, zero], axis=1)
-    candidates = {
-        "shear_x": tf.stack([one, shear, zero, zero, one, zero, zero, zero], axis=1),
-        "shear_y": tf.stack([one, zero, zero, shear, one, zero, zero, zero], axis=1),
-        "translate_x": tf.stack([one, zero, -shift, zero, one, zero, zero, zero], axis=1),
-        "translate_y": tf.stack([one, zero, zero, zero, one, -shift, zero, zero], axis=1),
-        "rotate": tf.stack(
-            [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, zero, zero], axis=1
-        ),
-    }
-    transforms = identity
-    for name, matrix in candidates.items():
-        transforms = tf.where(is_op(name)[:, None], matrix, transforms)
+
+_UNCLIPPED = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate")
+
+
+def _transform(images, transforms, fill):
+    """One projective transform per image (output pixel -> input pixel), nearest neighbour; what
+    the transform uncovers is `fill` (per channel; None: black)."""
     # Uncovered pixels are 0 after the transform: shifting by the fill first makes them the fill.
     offset = 0.0 if fill is None else tf.reshape(tf.cast(fill, tf.float32), [1, 1, 1, -1])
-    out = (
+    return (
         tf.raw_ops.ImageProjectiveTransformV3(
             images=images - offset,
             transforms=transforms,
-            output_shape=tf.stack([height, width]),
+            output_shape=tf.shape(images)[1:3],
             fill_value=0.0,
             interpolation="NEAREST",
             fill_mode="CONSTANT",
@@ -288,27 +298,86 @@ def _run_ops(images, op, *, shear, shift, angle, factor, bits, threshold, add, f
         + offset
     )
 
-    # Colour ops, each computed for the batch and kept where chosen (cheap next to a training step).
-    factor = factor[:, None, None, None]
-    grey = tf.reduce_sum(out * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
-    pixels = tf.clip_by_value(tf.round(out), 0.0, 255.0)
-    step = tf.pow(2.0, 8.0 - bits)[:, None, None, None]
-    threshold = threshold[:, None, None, None]
-    colour = {
-        "brightness": lambda: _blend(out, tf.zeros_like(out), factor),
-        "color": lambda: _blend(out, grey, factor),
-        "contrast": lambda: _blend(out, tf.reduce_mean(grey, axis=[1, 2, 3], keepdims=True), factor),
-        "sharpness": lambda: _blend(out, _smooth(out), factor),
-        "posterize": lambda: tf.floor(pixels / step) * step,
-        "solarize": lambda: tf.where(pixels >= threshold, 255.0 - pixels, pixels),
-        "autocontrast": lambda: _autocontrast(out),
-        "equalize": lambda: _equalize(pixels),
-        "invert": lambda: 255.0 - pixels,
-        "solarize_add": lambda: tf.where(pixels < 128.0, tf.minimum(pixels + add[:, None, None, None], 255.0), pixels),
-    }
-    for name, make in colour.items():
-        out = tf.where(is_op(name)[:, None, None, None], make(), out)
-    return tf.clip_by_value(out, 0.0, 255.0)
+
+def _geometric(matrix):
+    """An op of OP_FUNCTIONS from `matrix(args, h, w)` -> the 8 projective coefficients, each [k]."""
+
+    def run(images, args, fill):
+        h, w = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
+        return _transform(images, tf.stack(matrix(args, h, w), axis=1), fill)
+
+    return run
+
+
+def _rotation(args, h, w):
+    """Rotation about the centre, as torchvision does."""
+    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+    cos, sin = args["cos"], args["sin"]
+    zero = tf.zeros_like(cos)
+    return [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, zero, zero]
+
+
+def _coefficients(**nonzero):
+    """The identity's 8 coefficients with some replaced by `name -> f(args)`; shear is about the top-left corner."""
+    names = ("a0", "a1", "a2", "b0", "b1", "b2", "c0", "c1")
+    identity = {"a0": 1.0, "b1": 1.0}
+
+    def matrix(args, h, w):
+        zero = tf.zeros_like(args["shear"])
+        return [nonzero[name](args) if name in nonzero else zero + identity.get(name, 0.0) for name in names]
+
+    return matrix
+
+
+def _pixels(images):
+    return tf.clip_by_value(tf.round(images), 0.0, 255.0)
+
+
+def _grey(images):
+    return tf.reduce_sum(images * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+
+
+def _per_image(value):
+    return value[:, None, None, None]
+
+
+# name -> op(images [k, H, W, 3], per-image arguments {name: [k]}, fill) -> images; `_run_ops` gives
+# each op only the images that drew it.
+OP_FUNCTIONS = {
+    "identity": lambda x, a, fill: x,
+    "shear_x": _geometric(_coefficients(a1=lambda a: a["shear"])),
+    "shear_y": _geometric(_coefficients(b0=lambda a: a["shear"])),
+    "translate_x": _geometric(_coefficients(a2=lambda a: -a["shift"])),
+    "translate_y": _geometric(_coefficients(b2=lambda a: -a["shift"])),
+    "rotate": _geometric(_rotation),
+    "brightness": lambda x, a, fill: _blend(x, tf.zeros_like(x), _per_image(a["factor"])),
+    "color": lambda x, a, fill: _blend(x, _grey(x), _per_image(a["factor"])),
+    "contrast": lambda x, a, fill: _blend(
+        x, tf.reduce_mean(_grey(x), axis=[1, 2, 3], keepdims=True), _per_image(a["factor"])
+    ),
+    # A depthwise convolution of an empty batch keeps its input's shape: skip the op for no image.
+    "sharpness": lambda x, a, fill: tf.cond(
+        tf.shape(x)[0] > 0, lambda: _blend(x, _smooth(x), _per_image(a["factor"])), lambda: x
+    ),
+    "posterize": lambda x, a, fill: _posterize(_pixels(x), _per_image(tf.pow(2.0, 8.0 - a["bits"]))),
+    "solarize": lambda x, a, fill: _solarize(_pixels(x), _per_image(a["threshold"])),
+    "autocontrast": lambda x, a, fill: _autocontrast(x),
+    "equalize": lambda x, a, fill: _equalize(_pixels(x)),
+    "invert": lambda x, a, fill: 255.0 - _pixels(x),
+    "solarize_add": lambda x, a, fill: _solarize_add(_pixels(x), _per_image(a["add"])),
+}
+
+
+def _posterize(pixels, step):
+    return tf.floor(pixels / step) * step
+
+
+def _solarize(pixels, threshold):
+    return tf.where(pixels >= threshold, 255.0 - pixels, pixels)
+
+
+def _solarize_add(pixels, add):
+    return tf.where(pixels < 128.0, tf.minimum(pixels + add, 255.0), pixels)
 
 
 # ----------------------------------------------------------------------------- RandAugment
@@ -396,9 +465,9 @@ def _smooth(images):
     kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
     inner = tf.nn.depthwise_conv2d(images, kernel, [1, 1, 1, 1], "VALID")
-    padded = tf.pad(inner, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    border = tf.pad(tf.zeros_like(inner[..., :1]), [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=1.0)
-    return tf.where(border > 0, images, padded)
+    # The border pixels pasted around the filtered inside with slices: no mask over the image.
+    middle = tf.concat([images[:, 1:-1, :1], inner, images[:, 1:-1, -1:]], axis=2)
+    return tf.concat([images[:, :1], middle, images[:, -1:]], axis=1)
 
 
 def _autocontrast(images):

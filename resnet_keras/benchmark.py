@@ -385,6 +385,88 @@ def _time_pipeline(dataset, batches: int, warmup: int) -> list[float]:
     return [_timed(lambda: next(iterator)) for _ in range(batches)]
 
 
+# ----------------------------------------------------------------------------- the input pipeline alone
+
+PIPELINE_BATCH = 128  # torchvision's recipe: 128 images per GPU, the batch one GPU's pipeline makes
+
+
+def pipeline_only(
+    model_config: ModelConfig,
+    bench: BenchmarkConfig,
+    *,
+    recipe: str,
+    train_image_size: int | None = None,
+    emit: Callable[[dict], None] = lambda r: None,
+) -> dict[str, Any]:
+    """Images per CPU-second of a recipe's training input alone: `data.training_stream` (decode,
+    random-resized crop at the recipe's training size, flip, then its TrivialAugment or RandAugment,
+    random erasing, mixup and CutMix), read as one replica's pipeline with its private thread pool.
+
+    The split is streamed and decoded for every image (no in-memory cache), as an ImageNet-size
+    split is. CPU time is the process's (every thread's user + system time, `time.process_time`)
+    over `bench.pipeline_batches` batches after `bench.warmup` (at least 1); on a GPU host that is
+    what the cores must supply per image, whatever the wall clock. `bench.batch_size` defaults to
+    128. UsageError for synthetic data. Returns (and emits) one record.
+    """
+    import tensorflow as tf
+
+    from resnet_keras import data as data_lib
+    from resnet_keras import distribute
+    from resnet_keras.config import TrainConfig
+
+    if bench.data == "synthetic":
+        raise UsageError(
+            "Received: data='synthetic'; the pipeline-only benchmark reads real images: "
+            "give --data an image folder or a TFDS name"
+        )
+    batch = bench.batch_size or PIPELINE_BATCH
+    real, _ = data_config_for(bench, model_config.num_classes, batch)
+    real = dataclasses.replace(real, cache=False)  # streamed and decoded per image, as ImageNet is
+    model_config = dataclasses.replace(model_config, num_classes=data_lib.describe(real).num_classes)
+    train_config = TrainConfig(
+        recipe=recipe, batch_size=batch, train_image_size=train_image_size, seed=bench.seed, family=model_config.family
+    ).for_model(model_config)
+    threads = distribute.input_threads()
+    load_before = os.getloadavg()
+    iterator = iter(data_lib.training_stream(model_config, real, train_config, private_threads=threads))
+    for _ in range(max(bench.warmup, 1)):  # builds the pipeline and fills its prefetch buffers
+        next(iterator)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(bench.pipeline_batches):
+        next(iterator)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    images = bench.pipeline_batches * batch
+    row = dict(
+        mode="pipeline_only",
+        recipe=recipe,
+        data=bench.data,
+        family=model_config.family,
+        image_size=model_config.image_size,
+        train_image_size=train_config.train_size(model_config),
+        augmentations=dict(
+            auto_augment=train_config.auto_augment,
+            random_erasing=train_config.random_erasing,
+            mixup=train_config.mixup,
+            cutmix=train_config.cutmix,
+            flip=train_config.flip,
+        ),
+        batch_size=batch,
+        batches=bench.pipeline_batches,
+        images=images,
+        cpu_seconds=round(cpu, 3),
+        wall_seconds=round(wall, 3),
+        images_per_cpu_second=round(images / cpu, 1),
+        images_per_sec=round(images / wall, 1),
+        private_threads=threads,
+        cpus=os.cpu_count(),
+        load_avg_before=[round(v, 2) for v in load_before],
+        load_avg_after=[round(v, 2) for v in os.getloadavg()],
+        tensorflow=tf.__version__,
+    )
+    emit(row)
+    return row
+
+
 # ----------------------------------------------------------------------------- memory
 
 

@@ -876,6 +876,23 @@ def predict(model, images, top_k, as_json, batch_size, output):
     show_default=True,
     help="tf.config.threading inter-op threads (0: TensorFlow's default).",
 )
+@click.option(
+    "--pipeline-only",
+    is_flag=True,
+    help="Time only the training input of --recipe (needs real --data): images per CPU-second, one JSON line.",
+)
+@click.option(
+    "--recipe",
+    type=click.Choice(recipes.names()),
+    default="paper",
+    show_default=True,
+    help="With --pipeline-only: whose training augmentation and training size to time.",
+)
+@click.option(
+    "--train-image-size",
+    type=int,
+    help="With --pipeline-only: the training crops' side (default: the recipe's share of --image-size).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per measurement, then a summary object.")
 def benchmark(
@@ -900,14 +917,27 @@ def benchmark(
     profile_dir,
     intra_op_threads,
     inter_op_threads,
+    pipeline_only,
+    recipe,
+    train_image_size,
     seed,
     as_json,
 ):
-    """Training and inference images/s, input-pipeline speed and memory, next to Keras anchors."""
+    """Training and inference images/s, input-pipeline speed and memory, next to Keras anchors.
+
+    With --pipeline-only: images per CPU-second of a recipe's training input alone (decode, crop,
+    flip and its batch augmentations), printed as one JSON line; the model defaults to ResNet-50.
+    """
     from resnet_keras.config import ModelConfig
 
     if preset and depth is not None:
         raise click.UsageError("give --depth or --preset, not both.")
+    if pipeline_only and data == "synthetic":
+        raise click.UsageError("--pipeline-only reads real images: give --data an image folder or a TFDS name.")
+    if not pipeline_only and (recipe != "paper" or train_image_size is not None):
+        raise click.UsageError("--recipe and --train-image-size apply to --pipeline-only.")
+    if pipeline_only and depth is None and not preset:
+        depth = 50  # the recipes' ImageNet network: the "imagenet" view
     for name, value in (("--intra-op-threads", intra_op_threads), ("--inter-op-threads", inter_op_threads)):
         if value < 0:
             raise click.BadParameter(f"{value} is negative; expected 0 (default) or a thread count", param_hint=name)
@@ -948,6 +978,11 @@ def benchmark(
             tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
     except RuntimeError as error:
         raise click.UsageError(f"cannot set thread counts: {error}") from None
+    if pipeline_only:
+        from resnet_keras.benchmark import pipeline_only as time_pipeline
+
+        click.echo(json.dumps(time_pipeline(model_config, bench, recipe=recipe, train_image_size=train_image_size)))
+        return
     from resnet_keras.benchmark import format_report, run
 
     emit = (lambda row: click.echo(json.dumps(row))) if as_json else (lambda row: None)

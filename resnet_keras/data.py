@@ -235,6 +235,79 @@ def make_dataset(
     return ds
 
 
+def training_stream(
+    model_config,
+    data_config: DataConfig,
+    train_config,
+    *,
+    input_context: tf.distribute.InputContext | None = None,
+    first_step: int = 0,
+    private_threads: int | None = None,
+) -> tf.data.Dataset:
+    """One worker's training stream, as `train` reads it: (float32 images, labels or class weights).
+
+    The worker's L local replicas (of R in all) each read their own shard of the examples: replica
+    r of R reads shard r, batched at the per-replica batch, augmented with the batch augmentations
+    (`augment.apply`) keyed by its own batch number. The shards' batches are dealt in turn (replica
+    0's, replica 1's, ...), which is the order in which tf.distribute hands a worker's batches to
+    its replicas (`distribute.input_options`), so what a replica reads depends on R, r and the
+    seed alone: R replicas in one process read what R one-replica workers do. It is one pipeline
+    (one autotuner, one private thread pool of `private_threads`, one prefetch buffer), and the
+    shuffle buffer `data_config.shuffle_buffer` is the whole run's: each shard shuffles within
+    1/R of it, so a host holds at most one buffer whatever its GPU count.
+
+    `first_step` (a resumed run) skips the steps done: one batch per replica per step. Without
+    `input_context` it is the stream of a single replica.
+    """
+    from resnet_keras import augment
+
+    context = input_context or tf.distribute.InputContext()
+    replicas = context.num_replicas_in_sync
+    local = replicas // context.num_input_pipelines
+    shard_config = dataclasses.replace(data_config, shuffle_buffer=-(-data_config.shuffle_buffer // replicas))
+
+    def replica_stream(replica):
+        shard = tf.distribute.InputContext(
+            num_input_pipelines=replicas, input_pipeline_id=replica, num_replicas_in_sync=replicas
+        )
+        ds = make_dataset(
+            shard_config,
+            "train",
+            image_size=model_config.image_size,
+            crop_size=train_config.train_size(model_config),
+            flip=train_config.flip,
+            batch_size=train_config.batch_size,
+            training=True,
+            input_context=shard,
+            repeat=True,
+            skip_batches=first_step,
+        )
+        if not augment.active(train_config):
+            return ds
+        return augment.apply(
+            ds,
+            train_config,
+            num_classes=model_config.num_classes,
+            fill=model_config.input_mean,
+            seed=data_config.seed,
+            first_batch=first_step,
+            pipeline=(replica, replicas),
+        )
+
+    streams = [replica_stream(context.input_pipeline_id * local + index) for index in range(local)]
+    ds = streams[0]
+    if local > 1:
+        ds = tf.data.Dataset.choose_from_datasets(streams, tf.data.Dataset.range(local).repeat())
+    options = tf.data.Options()
+    if private_threads:
+        options.threading.private_threadpool_size = private_threads
+    # Throughput, not latency: each element's ops run on one thread and the pipeline's parallelism
+    # comes from its parallel maps (TF Model Garden's ImageNet input does the same); a pool of
+    # threads per op mostly spins on ops this small.
+    options.threading.max_intra_op_parallelism = 1
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
 # ----------------------------------------------------------------------------- augmentation
 
 

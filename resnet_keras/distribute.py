@@ -12,8 +12,9 @@ under MultiWorkerMirroredStrategy upstream (keras-team/keras#20585); see `train.
 * ``"multi-worker"``: MultiWorkerMirroredStrategy (collective all-reduce) over the cluster that
   ``TF_CONFIG`` describes, as Kubeflow's TFJob and Vertex AI set it (see `worker_info`).
 
-Input sharding is the same on every strategy: replica ``r`` of ``R`` reads shard ``r`` of the
-examples (`input_options`), so R replicas in one process compute what R one-replica workers do.
+Input: one tf.data pipeline per worker (`input_options`, `input_threads`); inside it replica ``r``
+of ``R`` reads shard ``r`` of the examples (`data.training_stream`), so R replicas in one process
+compute what R one-replica workers do.
 """
 
 from __future__ import annotations
@@ -286,12 +287,37 @@ def _is_multi_worker(strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def input_options(strategy: tf.distribute.Strategy) -> tf.distribute.InputOptions | None:
-    """One input pipeline per replica for single-process MirroredStrategy (PER_REPLICA), so replica
-    r reads shard r of R exactly as worker r of R one-device workers does; None otherwise."""
-    if isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
-        return tf.distribute.InputOptions(experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
-    return None
+def input_options(strategy: tf.distribute.Strategy) -> tf.distribute.InputOptions:
+    """One input pipeline per worker (PER_WORKER, tf.distribute's default), whatever the strategy.
+
+    `distribute_datasets_from_function` calls the dataset function once per worker and each local
+    replica dequeues one per-replica batch of it per step, in turn: with L replicas, replica l gets
+    batches l, L + l, 2L + l, ... (`data.training_stream` lays out its replicas' shards so). One
+    pipeline per worker has one autotuner, one thread pool and one prefetch buffer; one per replica
+    (PER_REPLICA) would multiply them by the GPUs and leave them to compete for the host's cores.
+    """
+    del strategy  # the same for every strategy; the argument keeps call sites strategy-aware
+    return tf.distribute.InputOptions(experimental_replication_mode=tf.distribute.InputReplicationMode.PER_WORKER)
+
+
+# Host threads that each local GPU keeps busy (kernel launches and copies, and the step's own
+# runtime thread), as TF Model Garden's GPU thread set-up reserves them (2 + 1 per GPU).
+_THREADS_PER_GPU = 3
+
+
+def input_threads(*, cpus: int | None = None, gpus: int | None = None) -> int:
+    """The size of the input pipeline's private thread pool (tf.data `private_threadpool_size`).
+
+    A private pool keeps decoding and augmentation off the inter-op pool that runs the training
+    step, so neither starves the other. With local GPUs the host's cores (those this process may
+    run on) minus 3 per GPU go to the pipeline, at least 2; on a CPU-only host every core, since
+    the step and the pipeline share them anyway. `cpus` and `gpus` default to this host's.
+    """
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if gpus is None:
+        gpus = len(tf.config.list_logical_devices("GPU"))
+    return max(2, cpus - _THREADS_PER_GPU * gpus) if gpus else max(1, cpus)
 
 
 # ----------------------------------------------------------------------------- the same loop on every worker

@@ -321,39 +321,24 @@ def _restore(parts: _Parts, path: str):
 
 
 def _train_input(setup: _Setup, start_epoch: int, start_step: int = 0):
-    """The distributed training stream; a resumed run starts where the steps done stopped reading."""
-    from resnet_keras import augment, distribute
+    """The distributed training stream: one input pipeline per worker (`data.training_stream`);
+    a resumed run starts where the steps done stopped reading."""
     from resnet_keras import data as data_lib
+    from resnet_keras import distribute
 
-    def dataset(ctx):
-        per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines  # one batch per local replica
-        return data_lib.make_dataset(
+    threads, options = distribute.input_threads(), distribute.input_options(setup.strategy)
+
+    def worker_stream(ctx):
+        return data_lib.training_stream(
+            setup.model_config,
             setup.data_config,
-            "train",
-            image_size=setup.model_config.image_size,
-            crop_size=setup.train_config.train_size(setup.model_config),
-            flip=setup.train_config.flip,
-            batch_size=setup.train_config.batch_size,
-            training=True,
-            input_context=ctx,
-            repeat=True,
-            skip_batches=(start_epoch * setup.steps_per_epoch + start_step) * per_step,
-        )
-
-    def with_components(ctx):  # random erasing, mixup, CutMix; batch n is keyed by n, also after a resume
-        per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        return augment.apply(
-            dataset(ctx),
             setup.train_config,
-            num_classes=setup.model_config.num_classes,
-            fill=setup.model_config.input_mean,
-            seed=setup.data_config.seed,
-            first_batch=(start_epoch * setup.steps_per_epoch + start_step) * per_step,
-            pipeline=(ctx.input_pipeline_id, ctx.num_input_pipelines),
+            input_context=ctx,
+            first_step=start_epoch * setup.steps_per_epoch + start_step,
+            private_threads=threads,
         )
 
-    source = with_components if augment.active(setup.train_config) else dataset
-    return setup.strategy.distribute_datasets_from_function(source, options=distribute.input_options(setup.strategy))
+    return setup.strategy.distribute_datasets_from_function(worker_stream, options=options)
 
 
 def _train_step(setup: _Setup, parts: _Parts):

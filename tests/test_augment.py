@@ -189,3 +189,155 @@ def test_rand_augment_fills_uncovered_pixels_with_timms_mean_pixel():
     rotated = np.asarray(augment.rand_augment(white, key(seed), magnitude=10.0, std=0.0, layers=1))[0]
     np.testing.assert_array_equal(rotated[0, 0], [124.0, 116.0, 104.0])  # a corner rotated out of view
     np.testing.assert_array_equal(rotated[16, 16], [255.0, 255.0, 255.0])
+
+
+# ----------------------------------------------------------------------------- one op per image
+
+
+def dense_reference(images, op, *, shear, shift, angle, factor, bits, threshold, add, fill=None):
+    """The former `_run_ops`: every op computed for the whole batch, the chosen one kept with tf.where.
+
+    Kept here to pin the outputs of the per-op implementation to it."""
+    n = tf.shape(images)[0]
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    ops = augment._OPS
+
+    def is_op(name):
+        return tf.equal(op, ops.index(name))
+
+    angle = angle * (3.141592653589793 / 180.0)
+    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    zero, one = tf.zeros([n]), tf.ones([n])
+    transforms = tf.stack([one, zero, zero, zero, one, zero, zero, zero], axis=1)
+    for name, matrix in {
+        "shear_x": [one, shear, zero, zero, one, zero, zero, zero],
+        "shear_y": [one, zero, zero, shear, one, zero, zero, zero],
+        "translate_x": [one, zero, -shift, zero, one, zero, zero, zero],
+        "translate_y": [one, zero, zero, zero, one, -shift, zero, zero],
+        "rotate": [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, zero, zero],
+    }.items():
+        transforms = tf.where(is_op(name)[:, None], tf.stack(matrix, axis=1), transforms)
+    offset = 0.0 if fill is None else tf.reshape(tf.cast(fill, tf.float32), [1, 1, 1, -1])
+    out = (
+        tf.raw_ops.ImageProjectiveTransformV3(
+            images=images - offset,
+            transforms=transforms,
+            output_shape=tf.stack([height, width]),
+            fill_value=0.0,
+            interpolation="NEAREST",
+            fill_mode="CONSTANT",
+        )
+        + offset
+    )
+    factor = factor[:, None, None, None]
+    grey = tf.reduce_sum(out * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+    pixels = tf.clip_by_value(tf.round(out), 0.0, 255.0)
+    step = tf.pow(2.0, 8.0 - bits)[:, None, None, None]
+    threshold = threshold[:, None, None, None]
+    colour = {
+        "brightness": lambda: augment._blend(out, tf.zeros_like(out), factor),
+        "color": lambda: augment._blend(out, grey, factor),
+        "contrast": lambda: augment._blend(out, tf.reduce_mean(grey, axis=[1, 2, 3], keepdims=True), factor),
+        "sharpness": lambda: augment._blend(out, augment._smooth(out), factor),
+        "posterize": lambda: tf.floor(pixels / step) * step,
+        "solarize": lambda: tf.where(pixels >= threshold, 255.0 - pixels, pixels),
+        "autocontrast": lambda: augment._autocontrast(out),
+        "equalize": lambda: augment._equalize(pixels),
+        "invert": lambda: 255.0 - pixels,
+        "solarize_add": lambda: tf.where(pixels < 128.0, tf.minimum(pixels + add[:, None, None, None], 255.0), pixels),
+    }
+    for name, make in colour.items():
+        out = tf.where(is_op(name)[:, None, None, None], make(), out)
+    return tf.clip_by_value(out, 0.0, 255.0)
+
+
+def random_arguments(n, seed):
+    rng = np.random.default_rng(seed)
+    return dict(
+        shear=rng.uniform(-0.9, 0.9, n).astype("float32"),
+        shift=rng.integers(-6, 7, n).astype("float32"),
+        angle=rng.uniform(-135, 135, n).astype("float32"),
+        factor=rng.uniform(0.05, 1.99, n).astype("float32"),
+        bits=rng.integers(1, 9, n).astype("float32"),
+        threshold=rng.integers(0, 257, n).astype("float32"),
+        add=rng.integers(0, 111, n).astype("float32"),
+    )
+
+
+@pytest.mark.parametrize("name", augment._OPS)
+@pytest.mark.parametrize("fill", [None, (124.0, 116.0, 104.0)])
+def test_each_op_gives_what_computing_every_op_for_the_whole_batch_gave(name, fill):
+    images = np.random.default_rng(1).integers(0, 256, (12, 20, 24, 3)).astype("float32")
+    op = np.full(12, augment._OPS.index(name), "int32")
+    args = random_arguments(12, seed=2)
+    want = np.asarray(dense_reference(tf.constant(images), tf.constant(op), fill=fill, **args))
+    np.testing.assert_array_equal(np.asarray(augment._run_ops(images, op, fill=fill, **args)), want)
+
+
+def test_mixed_ops_trivial_augment_and_rand_augment_give_the_former_outputs(monkeypatch):
+    images = np.random.default_rng(3).integers(0, 256, (64, 20, 24, 3)).astype("float32")
+    op = np.random.default_rng(4).integers(0, len(augment._OPS), 64).astype("int32")
+    args = random_arguments(64, seed=5)
+    want = np.asarray(dense_reference(tf.constant(images), tf.constant(op), **args))
+    np.testing.assert_array_equal(np.asarray(augment._run_ops(images, op, **args)), want)
+
+    ours_ta = [np.asarray(augment.trivial_augment(images, key(k))) for k in range(3)]
+    ours_ra = [np.asarray(augment.rand_augment(images, key(k), magnitude=9.0, std=0.5)) for k in range(3)]
+    monkeypatch.setattr(augment, "_run_ops", dense_reference)
+    for k in range(3):
+        np.testing.assert_array_equal(ours_ta[k], np.asarray(augment.trivial_augment(images, key(k))))
+        # The former code shifted every image by the fill and back (one rounding of float32 pixels).
+        np.testing.assert_allclose(
+            ours_ra[k], np.asarray(augment.rand_augment(images, key(k), magnitude=9.0, std=0.5)), atol=1e-3, rtol=0
+        )
+
+
+def test_each_image_goes_through_the_one_op_it_drew(monkeypatch):
+    """The cost of an augmentation layer is one op per image, not one per op it could choose."""
+    seen = {}
+
+    def counting(name, run):
+        def wrapped(images, args, fill):
+            seen[name] = seen.get(name, 0) + int(tf.shape(images)[0])
+            return run(images, args, fill)
+
+        return wrapped
+
+    for name, run in dict(augment.OP_FUNCTIONS).items():
+        monkeypatch.setitem(augment.OP_FUNCTIONS, name, counting(name, run))
+    images = np.random.default_rng(0).integers(0, 256, (96, 16, 16, 3)).astype("float32")
+    augment.trivial_augment(images, key(1))
+    assert sum(seen.values()) == 96 and set(seen) == set(augment._OPS)
+    seen.clear()
+    augment.rand_augment(images, key(1), magnitude=6.0, std=0.5)
+    assert sum(seen.values()) == 2 * 96  # two layers, each image once per layer
+
+
+def test_random_erasing_and_cutmix_give_what_their_whole_batch_formulas_gave():
+    images = tf.constant(np.random.default_rng(6).uniform(0, 255, (32, 20, 24, 3)).astype("float32"))
+    fill = (124.0, 116.0, 104.0)
+    for k in range(4):
+        # Random erasing as a mask over the whole batch, with the same draws.
+        n, h, w = 32, 20.0, 24.0
+        draws = tf.random.stateless_uniform([5, n], key(k))
+        area = (augment.ERASE_AREA[0] + draws[0] * (augment.ERASE_AREA[1] - augment.ERASE_AREA[0])) * h * w
+        low, high = np.log(augment.ERASE_RATIO[0]), np.log(augment.ERASE_RATIO[1])
+        ratio = tf.exp(low + draws[1] * (high - low))
+        box_h, box_w = tf.minimum(tf.round(tf.sqrt(area * ratio)), h), tf.minimum(tf.round(tf.sqrt(area / ratio)), w)
+        top, left = tf.floor(draws[2] * (h - box_h + 1.0)), tf.floor(draws[3] * (w - box_w + 1.0))
+        rows, cols = tf.range(h)[None, :], tf.range(w)[None, :]
+        inside_rows = (rows >= top[:, None]) & (rows < (top + box_h)[:, None])
+        inside_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])
+        mask = inside_rows[:, :, None] & inside_cols[:, None, :] & (draws[4] < 0.3)[:, None, None]
+        want = tf.where(mask[..., None], tf.reshape(tf.constant(fill), [1, 1, 1, 3]), images)
+        np.testing.assert_array_equal(np.asarray(augment.random_erase(images, key(k), 0.3, fill)), np.asarray(want))
+
+        # CutMix as a 0/1 box blended over the whole batch.
+        lam = 0.2 + 0.15 * k
+        mixed, kept = augment.cutmix_images(images, lam, key(k))
+        mixed_box = np.any(np.asarray(mixed) != np.asarray(images), axis=(0, 3))
+        box = tf.cast(tf.constant(mixed_box)[None, :, :, None], tf.float32)
+        np.testing.assert_array_equal(np.asarray(mixed), np.asarray(images * (1.0 - box) + tf.roll(images, 1, 0) * box))
+        assert float(kept) == pytest.approx(1.0 - mixed_box.mean()) and mixed_box.any()

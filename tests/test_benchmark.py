@@ -128,6 +128,43 @@ def test_folder_data_pipeline_speed_real_over_synthetic_and_memory(shared_data):
     assert memory["ours"] >= memory["tensorflow_alone"] * 0.95  # TF plus a model cannot be much smaller
 
 
+def test_pipeline_only_prints_one_json_line_of_images_per_cpu_second(shared_data):
+    folder = str(shared_data / "cifar10-mini")
+    args = ["--data", folder, "--batch-size", "8", "--pipeline-batches", "3", "--warmup", "1"]
+    result = run("benchmark", "--pipeline-only", "--recipe", "torchvision", *args)
+    assert result.exit_code == 0, result.output[-3000:]
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    row = json.loads(lines[0])
+    assert row["mode"] == "pipeline_only" and row["recipe"] == "torchvision"
+    assert (row["image_size"], row["train_image_size"]) == (224, 176)  # the recipe's FixRes training size
+    want = dict(auto_augment="ta_wide", random_erasing=0.1, mixup=0.2, cutmix=1.0, flip="random")
+    assert row["augmentations"] == want
+    assert row["images"] == 24 and row["cpu_seconds"] > 0
+    assert row["images_per_cpu_second"] == pytest.approx(24 / row["cpu_seconds"], rel=0.01)
+    assert row["private_threads"] >= 1
+
+    result = run("benchmark", "--pipeline-only", "--recipe", "rsb_a3", "--train-image-size", "128", *args)
+    assert result.exit_code == 0, result.output[-3000:]
+    row = json.loads(result.output.strip().splitlines()[-1])
+    assert row["train_image_size"] == 128 and row["augmentations"]["auto_augment"].startswith("rand_")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--pipeline-only", "--recipe", "nosuch", "--data", "."], "--recipe"),
+        (["--pipeline-only", "--recipe", "torchvision"], "--data"),
+        (["--recipe", "torchvision"], "--pipeline-only"),
+    ],
+)
+def test_pipeline_only_mistakes_are_one_error_line_and_exit_code_2(args, fragment):
+    result = run("benchmark", *args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and fragment in lines[0], result.output
+
+
 @pytest.mark.slow
 def test_resnet50_compare_prints_ratios_and_published_gpu_figures():
     # A thin ResNet-50 at 32 pixels (small stem) next to keras.applications.ResNet50 at 32 pixels.

@@ -442,6 +442,61 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     assert "xla=True" in result["xla_refused"]
 
 
+def test_mirrored_replicas_read_one_pipeline_per_worker_and_resume_exactly(tmp_path):
+    """MirroredStrategy over two logical CPUs: the dataset function runs once (one pipeline, with
+    its private thread pool), replica r gets what a one-replica worker r of 2 would read, and a
+    stream resumed mid-epoch continues with exactly the batches an uninterrupted one reads."""
+    script = textwrap.dedent("""
+        import json, types
+        from resnet_keras.distribute import split_cpu, make_strategy, input_threads
+        split_cpu(2)
+        import numpy as np, tensorflow as tf
+        from resnet_keras import data as data_lib, train as train_lib
+        from resnet_keras.config import ModelConfig, TrainConfig
+        from resnet_keras.data import DataConfig
+        strategy = make_strategy("mirrored")
+        model = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
+        data = DataConfig(dataset="digits", deterministic=True, augment="cifar")
+        config = TrainConfig(epochs=2, batch_size=64, mixup=0.2, cutmix=1.0, auto_augment="ta_wide",
+                             strategy="mirrored").for_model(model)
+        calls, threads = [], []
+        original = strategy.distribute_datasets_from_function
+        def counting(fn, options=None):
+            def wrapped(ctx):
+                calls.append([ctx.input_pipeline_id, ctx.num_input_pipelines])
+                ds = fn(ctx)
+                threads.append(ds.options().threading.private_threadpool_size)
+                return ds
+            return original(wrapped, options)
+        strategy.distribute_datasets_from_function = counting
+        # 5 steps an epoch (fewer than the stream's 22): steps and stream epochs need not align.
+        setup = types.SimpleNamespace(model_config=model, data_config=data, train_config=config,
+                                      strategy=strategy, steps_per_epoch=5)
+        def steps(start_epoch, start_step, n):
+            iterator = iter(train_lib._train_input(setup, start_epoch, start_step))
+            return [[np.asarray(v) for v in strategy.experimental_local_results(next(iterator)[0])]
+                    for _ in range(n)]
+        straight, resumed = steps(0, 0, 25), steps(4, 3, 2)  # steps 23 and 24: in the stream's 2nd epoch
+        workers = [list(data_lib.training_stream(model, data, config, first_step=0,
+                        input_context=tf.distribute.InputContext(2, r, 2)).take(25).as_numpy_iterator())
+                   for r in range(2)]
+        print(json.dumps(dict(
+            calls=calls, threads=threads, expected_threads=input_threads(),
+            resumed=all(np.array_equal(a, b) for i in range(2) for a, b in zip(resumed[i], straight[23 + i])),
+            as_workers=all(np.array_equal(straight[s][r], workers[r][s][0]) for s in range(25) for r in range(2)),
+            replicas_differ=not np.array_equal(straight[0][0], straight[0][1]),
+            shape=list(straight[0][0].shape))))
+    """)
+    done = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=ENV, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["calls"] == [[0, 1], [0, 1]]  # one pipeline per worker, for each of the two streams
+    assert result["threads"] == [result["expected_threads"]] * 2
+    assert result["shape"] == [32, 16, 16, 3]  # per-replica batches of the global 64
+    assert result["as_workers"] and result["replicas_differ"]
+    assert result["resumed"]
+
+
 @pytest.mark.slow
 def test_sigkill_mid_training_then_the_same_command_resumes(tmp_path):
     model_dir = tmp_path / "run"
