@@ -45,8 +45,9 @@ from typing import Any
 
 from resnet_keras.config import ModelConfig
 from resnet_keras.errors import ExportFailure, UsageError, expect, first_line, is_int
-from resnet_keras.files import fsync_tree, owner_tag, publish_dir, recover_replaced, remove_stale_temps, write_atomic
+from resnet_keras.files import fsync_tree, owner_tag, publish_dir, recover_replaced, remove_stale_temps
 from resnet_keras.rundir import WEIGHTS, RunDir
+from resnet_keras.storage import as_path, local_folder, write_atomic
 
 PIXELS_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
@@ -331,8 +332,9 @@ def export_saved_model(
     pixels when the data is not readable); a mismatch raises ExportFailure and leaves nothing.
     """
     expect(version is None or (is_int(version) and version >= 1), "version", version, "an integer >= 1")
+    base_dir = local_folder(base_dir, what="a SavedModel version")
     run = load_run(model_dir, weights)
-    model_base = Path(base_dir) / run.name
+    model_base = base_dir / run.name
     existing = versions(model_base)
     version = version if version is not None else (existing[-1] + 1 if existing else 1)
     final = model_base / str(version)
@@ -354,7 +356,7 @@ def export_saved_model(
             model_name=run.name,
             version=version,
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            source_run=str(Path(model_dir).resolve()),
+            source_run=str(as_path(model_dir).resolve()),
             weights=run.weights_file,
             class_names=list(run.class_names),
             preprocessing=run.preprocessing,
@@ -558,7 +560,7 @@ def check_file_export_options(
 
 
 def default_tflite_path(base_dir: str | os.PathLike, run_name: str, quantize: str) -> Path:
-    return Path(base_dir) / "tflite" / f"{run_name}_{'float32' if quantize == 'none' else quantize}.tflite"
+    return as_path(base_dir) / "tflite" / f"{run_name}_{'float32' if quantize == 'none' else quantize}.tflite"
 
 
 def export_tflite(
@@ -587,7 +589,7 @@ def export_tflite(
         quantize, QUANTIZATIONS, calibration_samples, eval_samples, max_accuracy_drop, calibration_data
     )
     run = load_run(model_dir, weights)
-    output = Path(output) if output is not None else default_tflite_path(base_dir, run.name, quantize)
+    output = as_path(output) if output is not None else default_tflite_path(base_dir, run.name, quantize)
     if output.suffix != ".tflite":
         raise UsageError(f"Received: output={str(output)!r}; expected a path ending in .tflite")
     if output.exists() and not overwrite:
@@ -643,7 +645,7 @@ def export_tflite(
         image_size=run.model_config.image_size,
         model=run.model_config.to_dict(),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        source_run=str(Path(model_dir).resolve()),
+        source_run=str(as_path(model_dir).resolve()),
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(output, blob)

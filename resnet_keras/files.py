@@ -134,11 +134,7 @@ def save_model_atomic(model, output: str | os.PathLike) -> None:
     """Saves a `.keras` file that loads anywhere (`portable.save_model`: stock layers wherever ours are
     only a kernel choice) to a hidden sibling (Keras wants the suffix), then renames: all or nothing."""
     from resnet_keras.portable import save_model
+    from resnet_keras.storage import local_file_for
 
-    output = Path(output)
-    tmp = output.with_name(f".{output.stem}.tmp-{os.getpid()}.keras")
-    try:
-        save_model(model, tmp)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with local_file_for(output, suffix=".keras") as local:  # a URL's file is copied up from a local one
+        save_model(model, local)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_keras.errors import ExportFailure, UsageError, first_line
-from resnet_keras.files import write_atomic
+from resnet_keras.storage import as_path, write_atomic
 
 QUANTIZATIONS = ("none", "int8")
 OPSET = 17
@@ -54,7 +54,7 @@ def _require(*modules: str) -> None:
 
 
 def default_onnx_path(base_dir: str | os.PathLike, run_name: str, quantize: str) -> Path:
-    return Path(base_dir) / "onnx" / f"{run_name}_{'float32' if quantize == 'none' else quantize}.onnx"
+    return as_path(base_dir) / "onnx" / f"{run_name}_{'float32' if quantize == 'none' else quantize}.onnx"
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -277,7 +277,7 @@ def export_onnx(
     from resnet_keras import export as export_lib
 
     run = export_lib.load_run(model_dir, weights)
-    output = Path(output) if output is not None else default_onnx_path(base_dir, run.name, quantize)
+    output = as_path(output) if output is not None else default_onnx_path(base_dir, run.name, quantize)
     if output.suffix != ".onnx":
         raise UsageError(f"Received: output={str(output)!r}; expected a path ending in .onnx")
     if output.exists() and not overwrite:
@@ -320,7 +320,7 @@ def export_onnx(
             dict(
                 report,
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                source_run=str(Path(model_dir).resolve()),
+                source_run=str(as_path(model_dir).resolve()),
                 model=run.model_config.to_dict(),
             )
         ),

@@ -12,8 +12,10 @@
       logs/              TensorBoard event files
       eval-<split>.json, confusion.png   written by `evaluate`
 
-Every file is written atomically (`files.write_atomic`), so a killed run leaves whole files.
-Training, evaluation, export, fine-tuning and tuning all reach a run through this class.
+Every file is written atomically (`storage.write_atomic`), so a killed run leaves whole files.
+Training, evaluation, export, fine-tuning and tuning all reach a run through this class. The
+folder may be a URL (``gs://bucket/run``, any scheme tf.io.gfile opens): `path` is then a
+`storage.UrlPath`, and what that store makes atomic is said in `resnet_keras.storage`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Any
 
 from resnet_keras.config import DataConfig, ModelConfig, TrainConfig
 from resnet_keras.errors import UsageError, expect
-from resnet_keras.files import save_model_atomic, write_atomic
+from resnet_keras.files import save_model_atomic
+from resnet_keras.storage import UrlPath, as_path, check_reachable, local_copy, local_file_for, rmtree, write_atomic
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "finished_at")
 WEIGHTS = ("final", "best")
@@ -51,8 +54,9 @@ class RunDir:
     LOGS = "logs"
     CONFUSION = "confusion.png"
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | UrlPath):
+        self.path = as_path(path)
+        check_reachable(self.path)  # offline, a bucket fails here in one line, before any write
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -60,14 +64,14 @@ class RunDir:
     def __fspath__(self) -> str:
         return str(self.path)
 
-    def file(self, name: str) -> Path:
+    def file(self, name: str) -> Path | UrlPath:
         return self.path / name
 
     @property
-    def checkpoint_dir(self) -> Path:
+    def checkpoint_dir(self) -> Path | UrlPath:
         return self.path / self.CHECKPOINTS
 
-    def eval_file(self, split: str) -> Path:
+    def eval_file(self, split: str) -> Path | UrlPath:
         return self.path / f"eval-{split.replace('/', '_')}.json"
 
     # -- configs -------------------------------------------------------------------------
@@ -110,7 +114,7 @@ class RunDir:
                 )
             return False
         if overwrite:
-            shutil.rmtree(self.path)
+            rmtree(self.path)
             return False
         try:
             old = _flatten(json.loads(self.file(self.CONFIG).read_text()))
@@ -175,7 +179,7 @@ class RunDir:
 
     # -- records -------------------------------------------------------------------------
 
-    def write_json(self, name: str, data: Any, *, sort_keys: bool = False) -> Path:
+    def write_json(self, name: str, data: Any, *, sort_keys: bool = False) -> Path | UrlPath:
         path = self.file(name)
         write_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
         return path
@@ -187,7 +191,7 @@ class RunDir:
         path = self.file(self.HISTORY)
         if not path.exists():
             return []
-        with open(path, newline="") as handle:
+        with io.StringIO(path.read_text(), newline="") as handle:
             return [
                 {
                     key: (value if key == "finished_at" else int(value) if key == "epoch" else float(value))
@@ -203,7 +207,7 @@ class RunDir:
         writer.writerows(rows)
         write_atomic(self.file(self.HISTORY), out.getvalue())
 
-    def write_png(self, name: str, png: bytes) -> Path:
+    def write_png(self, name: str, png: bytes) -> Path | UrlPath:
         write_atomic(self.file(name), png)
         return self.file(name)
 
@@ -215,9 +219,8 @@ class RunDir:
         return tf.train.latest_checkpoint(str(self.checkpoint_dir))
 
     def save_best_weights(self, model) -> None:
-        tmp = self.file(f".best.tmp-{os.getpid()}.weights.h5")  # Keras wants the .weights.h5 suffix
-        model.save_weights(str(tmp))
-        os.replace(tmp, self.file(self.BEST_WEIGHTS))
+        with local_file_for(self.file(self.BEST_WEIGHTS), suffix=".weights.h5") as local:  # Keras wants it
+            model.save_weights(str(local))
 
     def save_final_model(self, model) -> None:
         save_model_atomic(model, self.file(self.FINAL_MODEL))
@@ -238,12 +241,14 @@ class RunDir:
 
         name = self.weights_file(weights)
         if name == self.FINAL_MODEL:
-            return keras.saving.load_model(str(self.file(name)), safe_mode=True, compile=False)
+            with local_copy(self.file(name)) as local:  # Keras reads local files
+                return keras.saving.load_model(str(local), safe_mode=True, compile=False)
         if self.file(self.BEST_WEIGHTS).exists():
             from resnet_keras.models import build_model
 
             model = build_model(model_config or self.model_config())
-            model.load_weights(str(self.file(self.BEST_WEIGHTS)))
+            with local_copy(self.file(self.BEST_WEIGHTS)) as local:
+                model.load_weights(str(local))
             return model
         raise UsageError(
             f"{self.path} has no trained model ({self.FINAL_MODEL} or {self.BEST_WEIGHTS}); train it first"

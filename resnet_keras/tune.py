@@ -40,7 +40,6 @@ import json
 import math
 import os
 import re
-import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -50,8 +49,8 @@ from typing import Any
 from resnet_keras import plots, specs
 from resnet_keras.config import COMPONENT_FIELDS, SHORTCUTS, ModelConfig
 from resnet_keras.errors import ResNetKerasError, TrainingFailure, UsageError, expect, is_int, is_number
-from resnet_keras.files import write_atomic
 from resnet_keras.rundir import RunDir
+from resnet_keras.storage import as_path, check_reachable, copy_folder, rmtree, write_atomic
 
 TUNERS = ("random", "hyperband", "bayesian")
 # Objective -> KerasTuner direction; both are the best epoch's value, as KerasTuner's own Tuner scores.
@@ -425,12 +424,12 @@ def _tuner_class():
                 weight_decay=plan.weight_decay,
                 family=plan.model_config.family,
             )
-            trial_dir = Path(self.get_trial_dir(trial.trial_id))
+            trial_dir = as_path(self.get_trial_dir(trial.trial_id))
             run_dir = trial_dir / "run"
             _write_json(
                 trial_dir / "ran_by.json", dict(tuner_id=self.tuner_id, host=socket.gethostname(), pid=os.getpid())
             )
-            if values.get("tuner/trial_id") and not run_dir.exists():
+            if values.get("tuner/trial_id") and not RunDir(run_dir).is_run():
                 self._continue_from(values["tuner/trial_id"], int(values.get("tuner/initial_epoch", 0)), run_dir)
             prefix = f"[trial {trial.trial_id}] "
             self.log(
@@ -466,19 +465,16 @@ def _tuner_class():
 
         def _continue_from(self, past_id: str, initial_epoch: int, run_dir: Path) -> None:
             """Hyperband promotes `past_id`: start from a copy of its run (train resumes when epochs grow)."""
-            past = Path(self.get_trial_dir(past_id)) / "run"
+            past = as_path(self.get_trial_dir(past_id)) / "run"
             if not RunDir(past).checkpoint_dir.is_dir():
                 self.log(f"trial {past_id}'s run is not on this machine; training from scratch")
                 return
-            tmp = run_dir.with_name(".run.copy")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(past, tmp)
-            os.replace(tmp, run_dir)
+            copy_folder(past, run_dir, marker=RunDir.CONFIG)
             self.log(f"continuing trial {past_id} from epoch {initial_epoch}")
 
         def load_model(self, trial):
             """The trial's final trained model (`get_best_models` works on a finished search)."""
-            return RunDir(Path(self.get_trial_dir(trial.trial_id)) / "run").load_model("final")
+            return RunDir(as_path(self.get_trial_dir(trial.trial_id)) / "run").load_model("final")
 
     return ResNetTuner
 
@@ -602,7 +598,7 @@ def _prepare_results_dir(results_dir: Path, spec: dict, overwrite: bool, who: st
                 f"{search_file} is not a valid search file ({error}); use --overwrite or another --results-dir"
             ) from None
         if overwrite and who != "worker":  # a worker never deletes the chief's results
-            shutil.rmtree(results_dir)
+            rmtree(results_dir)
         else:
             differing = _differences(old, spec)
             if differing:
@@ -745,7 +741,8 @@ def search(
     who = role()
     if who == "chief":
         check_oracle_address(allow_remote_oracle)
-    results_dir = Path(results_dir)
+    results_dir = as_path(results_dir)
+    check_reachable(results_dir)  # offline, a bucket fails here in one line
     info = data_lib.describe(data_config)  # fails fast (exit 2) on a missing dataset
     for arch in space.architectures():  # a training size the networks cannot use fails here, not in each trial
         train_config.for_model(space.model_config(arch, num_classes=info.num_classes))
@@ -826,7 +823,7 @@ def _trial_rows(tuner, space: SearchSpace, tune: TuneConfig, costs: dict) -> lis
             return trial.metrics.get_last_value(name) if trial.metrics.exists(name) else None
 
         cost = costs.get(arch.label, {})
-        ran_by = Path(tuner.get_trial_dir(trial.trial_id)) / "ran_by.json"
+        ran_by = as_path(tuner.get_trial_dir(trial.trial_id)) / "ran_by.json"
         row = dict(
             trial=trial.trial_id,
             status=trial.status,
@@ -925,5 +922,5 @@ def write_reports(
         )
     else:
         log("No trial completed; no best.yaml or plot written.")
-    best_run = Path(tuner.get_trial_dir(best["trial"])) / "run" if best else None
+    best_run = as_path(tuner.get_trial_dir(best["trial"])) / "run" if best else None
     return SearchResult(results_dir, rows, best, files, best_run)
