@@ -85,10 +85,10 @@ def bad_other_commands(tmp):
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch, shared_data):
+def workdir(tmp_path, monkeypatch, image_data):
     """A working folder with a few hostile files; the default runs/ would land here."""
     (tmp_path / "a_file").write_text("not a folder")
-    images = sorted((shared_data / "cifar10-mini" / "train" / "cat").iterdir())[:4]
+    images = sorted((image_data / "cifar10-mini" / "train" / "cat").iterdir())[:4]
     for folder in ("one_class/cat", "newline/dog", "newline/ca\nt"):
         (tmp_path / folder).mkdir(parents=True)
         for image in images:

@@ -26,10 +26,10 @@ def quiet(_message):
 
 
 @pytest.fixture(scope="module")
-def odd_folder(tmp_path_factory, shared_data):
+def odd_folder(tmp_path_factory, image_data):
     """Three classes of real JPEGs, plus one image per odd kind (grey PNG, CMYK JPEG, 16-bit PNG, palette GIF)."""
     root = tmp_path_factory.mktemp("odd")
-    mini = shared_data / "cifar10-mini" / "train"
+    mini = image_data / "cifar10-mini" / "train"
     for name in ("airplane", "cat", "ship"):
         (root / name).mkdir()
         for path in sorted((mini / name).glob("*.jpg"))[:10]:
@@ -107,9 +107,9 @@ def test_a_corrupt_image_is_named_or_skipped_and_an_interrupted_prepare_resumes(
 
 
 @pytest.fixture(scope="module")
-def cifar_records(tmp_path_factory, shared_data):
+def cifar_records(tmp_path_factory, image_data):
     out = tmp_path_factory.mktemp("cifar") / "records"
-    config = DataConfig(dataset="folder", data_dir=str(shared_data / "cifar10-mini"))
+    config = DataConfig(dataset="folder", data_dir=str(image_data / "cifar10-mini"))
     records.prepare(config, out, images_per_shard=100, processes=1, log=quiet)
     return out
 
@@ -213,10 +213,10 @@ def test_one_based_labels_read_with_a_label_offset(cifar_records, tmp_path):
     assert json.loads((cifar_records / "manifest.json").read_text())["label_offset"] == 0
 
 
-def test_fused_decode_and_crop_matches_decoding_the_whole_image(shared_data):
+def test_fused_decode_and_crop_matches_decoding_the_whole_image(image_data):
     from resnet_keras.preprocessing import decode_image, decode_random_crop, random_resized_crop
 
-    photo = Image.open(shared_data / "cifar10-mini" / "train" / "cat" / "0000.jpg").resize((400, 350))
+    photo = Image.open(image_data / "cifar10-mini" / "train" / "cat" / "0000.jpg").resize((400, 350))
     for fmt in ("JPEG", "PNG"):  # PNG takes the whole-decode branch
         out = io.BytesIO()
         photo.save(out, format=fmt, quality=90)
