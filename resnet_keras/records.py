@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -53,6 +54,110 @@ DEFAULT_IMAGES_PER_SHARD = 1024  # ~100 MB of ImageNet JPEGs: the size the TFRec
 
 def shard_name(prefix: str, index: int, count: int) -> str:
     return f"{prefix}-{index:05d}-of-{count:05d}"
+
+
+# ----------------------------------------------------------------------------- framing
+#
+# A TFRecord file is a chain of records: uint64 length (little-endian), uint32 masked CRC32C of
+# those 8 bytes, the data, uint32 masked CRC32C of the data. TensorFlow's reader allocates `length`
+# bytes before it reads them, so a length that claims more than the file holds (with a valid CRC:
+# anyone can compute one) kills the process natively. We walk the headers ourselves first.
+
+HEADER_BYTES = 12  # length + its CRC
+FOOTER_BYTES = 4  # the data's CRC
+
+
+def _crc32c_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1  # Castagnoli, reflected
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC32C = _crc32c_table()
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC32C that TFRecord framing stores (TensorFlow's `crc32c::Mask`).
+
+    Pure Python (~0.2 us a byte): for 8-byte headers; record data is left to TensorFlow's own
+    check, which fails cleanly (DataLossError)."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def is_url(name: str) -> bool:
+    return "://" in name
+
+
+def _open_record_file(name: str):
+    """(read_at(offset, n) -> bytes, close(), size) of a local regular file or a tf.io.gfile URL;
+    DataError for anything else (a FIFO would block, a device never end)."""
+    import stat
+
+    if is_url(name):
+        import tensorflow as tf
+
+        try:
+            handle, size = tf.io.gfile.GFile(name, "rb"), tf.io.gfile.stat(name).length
+        except tf.errors.OpError as error:
+            raise DataError(f"Cannot read {name}: {first_line(error)}") from None
+
+        def read_at(offset, count):
+            handle.seek(offset)
+            return handle.read(count)
+
+        return read_at, handle.close, size
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer for ever.
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise DataError(f"Cannot read {name}: {error.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise DataError(f"{name} is not a regular file; TFRecord files must be regular files")
+    return (lambda offset, count: os.pread(fd, count, offset)), (lambda: os.close(fd)), info.st_size
+
+
+def walk_records(name: str, *, limit: int | None = None) -> int:
+    """Records in the TFRecord file `name`, counted from the framing headers alone (one 12-byte read
+    per record, no data read), each length checked against its CRC and the bytes left in the file.
+
+    Stops after `limit` records (None: the whole file). DataError naming the file and the byte
+    offset for a length that fails its CRC, claims more than the file holds, or a truncated end.
+    """
+    read_at, close, size = _open_record_file(name)
+    count = offset = 0
+    try:
+        while offset < size and (limit is None or count < limit):
+            header = read_at(offset, HEADER_BYTES)
+            if len(header) < HEADER_BYTES:
+                raise DataError(
+                    f"{name} is not a readable TFRecord file ({size - offset} stray byte(s) after record {count})"
+                )
+            length, crc = struct.unpack("<QI", header)
+            if crc != masked_crc32c(header[:8]):
+                raise DataError(
+                    f"{name} is not a readable TFRecord file (the length of record {count + 1} "
+                    f"at byte {offset} fails its checksum)"
+                )
+            end = offset + HEADER_BYTES + length + FOOTER_BYTES
+            if end > size:
+                raise DataError(
+                    f"{name} is not a readable TFRecord file (record {count + 1} at byte {offset} claims "
+                    f"{length} bytes; the file has {size}): it is truncated or damaged"
+                )
+            offset, count = end, count + 1
+    finally:
+        close()
+    return count
 
 
 # ----------------------------------------------------------------------------- one image
@@ -146,11 +251,15 @@ def write_shard(job: ShardJob) -> dict:
     return dict(file=path.name, examples=sum(counts), bytes=path.stat().st_size, per_class=counts, skipped=skipped)
 
 
-def _quiet_worker() -> None:
-    """Imports TensorFlow with stderr pointed at /dev/null: its C++ start-up lines, printed once
-    per worker process, would bury the command's own output."""
+def _start_worker(parent_pid: int) -> None:
+    """A worker's first act: die with the parent (a killed `prepare` leaves no worker behind), then
+    import TensorFlow with stderr pointed at /dev/null: its C++ start-up lines, printed once per
+    worker process, would bury the command's own output."""
     import sys
 
+    from resnet_keras.processes import die_with_parent
+
+    die_with_parent(parent_pid)
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
@@ -163,8 +272,13 @@ def _quiet_worker() -> None:
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
+    from resnet_keras.preprocessing import open_regular_file
+
+    try:
+        with open_regular_file(path) as handle:
+            return handle.read()
+    except ValueError as error:  # replaced by a FIFO or device since the listing
+        raise DataError(f"{path}: {error}") from None
 
 
 def _tfds_images(job: ShardJob):
@@ -240,9 +354,11 @@ def prepare(
     else:
         import multiprocessing
 
-        # spawn: a forked TensorFlow runtime can deadlock.
+        # spawn: a forked TensorFlow runtime can deadlock. The workers are started from this thread,
+        # which waits in `map` until they are done: the parent-death signal is tied to the thread.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker) as pool:
+        start = dict(initializer=_start_worker, initargs=(os.getpid(),))
+        with ProcessPoolExecutor(workers, mp_context=context, **start) as pool:
             for job, entry in zip(todo, pool.map(write_shard, todo), strict=True):
                 entries[job.path] = entry
     manifest = _manifest(names, jobs, entries, images_per_shard)
@@ -284,6 +400,7 @@ def _existing_entry(job: ShardJob) -> dict:
     import tensorflow as tf
 
     counts = [0] * len(job.class_names)
+    walk_records(job.path)  # a shard tampered with since must not crash TensorFlow's reader
     for record in tf.data.TFRecordDataset(job.path):
         example = tf.train.Example.FromString(record.numpy())
         counts[example.features.feature[KEYS["label"]].int64_list.value[0]] += 1
