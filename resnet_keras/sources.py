@@ -545,7 +545,7 @@ def _list_records(root: str, prefix: str) -> list[str]:
 def _record_counts(root: str, names: list[str], manifest: dict | None, prefix: str) -> list[int]:
     """Examples per file: the manifest's, checked against the files, else counted from the files.
 
-    Counting walks the record headers (`records.walk_records`: a 12-byte read per record, every
+    Counting walks the record headers (`records.walk_records`: header to header, the data skipped, every
     length checked, so no record can make TensorFlow's reader allocate more than the file holds).
     A manifest is checked against the names and byte sizes of the files and, for local files, against
     the walked counts; a URL's files (one request per read) get their first header walked and the

@@ -303,6 +303,8 @@ def test_our_crc_is_the_one_tensorflow_writes(tmp_path):
     data = path.read_bytes()
     assert int.from_bytes(data[8:12], "little") == masked_crc32c(data[:8]) == records.masked_crc32c(data[:8])
     assert int.from_bytes(data[-4:], "little") == masked_crc32c(b"resnet") == records.masked_crc32c(b"resnet")
+    for header in [data[:8], bytes(8), b"\xff" * 8, *(np.random.default_rng(0).bytes(8) for _ in range(200))]:
+        assert records.masked_length_crc(header) == masked_crc32c(header)
 
 
 def claim_length(path, record, length):
