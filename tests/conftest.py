@@ -15,7 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # A copy of the project's ../shared/data/cifar10-mini (1,200 real CIFAR-10 JPEGs, 1.2 MB: images 0000-0099 of
 # each class in train/, 0100-0119 in val/), kept in the repository so that a clone passes its tests.
 # Benchmarks and long measurements (scripts/) read ../shared/data and stop with an error without it.
-FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def pytest_addoption(parser):
