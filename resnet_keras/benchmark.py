@@ -523,8 +523,12 @@ def measure_peak_memory(kind: str, model_config: ModelConfig, bench: BenchmarkCo
         ),
         TF_CPP_MIN_LOG_LEVEL="2",
     )
-    code = "import sys; from resnet_keras.benchmark import _memory_child; _memory_child(sys.argv[1])"
-    result = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env, check=False)
+    code = (
+        "import sys; from resnet_keras.processes import die_with_parent; die_with_parent(int(sys.argv[2])); "
+        "from resnet_keras.benchmark import _memory_child; _memory_child(sys.argv[1])"
+    )
+    argv = [sys.executable, "-c", code, spec, str(os.getpid())]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]

@@ -370,8 +370,10 @@ def _read_config_file(path: str) -> dict:
     def bad(reason: str):
         return click.BadParameter(f"cannot read {path}: {reason}", param_hint="--config")
 
+    from resnet_keras.preprocessing import open_regular_file
+
     try:
-        with open(path, "rb") as handle:
+        with open_regular_file(path) as handle:  # a FIFO would block for ever
             raw = handle.read(CONFIG_FILE_LIMIT + 1)
         if len(raw) > CONFIG_FILE_LIMIT:
             raise bad(f"larger than {CONFIG_FILE_LIMIT // 1024} KB; expected a short YAML or JSON file of options")
@@ -379,7 +381,7 @@ def _read_config_file(path: str) -> dict:
         if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
             raise bad("YAML aliases (*name) are not accepted in option files; write the values out")
         data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+    except (OSError, ValueError, yaml.YAMLError) as error:  # ValueError: not UTF-8, or not a regular file
         raise bad(" ".join(str(error).split())[:300]) from None
     if data is None:
         data = {}

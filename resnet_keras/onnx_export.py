@@ -24,6 +24,7 @@ the file would be smaller but slower than float32 on the CPUs this export is for
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -76,6 +77,22 @@ def _rename_value(graph, old: str, new: str) -> None:
         node.output[:] = [new if name == old else name for name in node.output]
 
 
+@contextlib.contextmanager
+def _quiet_tensorflow_warnings():
+    """TensorFlow's logger at ERROR while tf2onnx runs: tf2onnx freezes the graph with TF1 APIs
+    (`convert_variables_to_constants`, `extract_sub_graph`), whose deprecation notices say nothing
+    to our user (each was printed twice, eight lines of noise around one line of result)."""
+    import tensorflow as tf
+
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def convert_float32(run, scratch: Path):
     """The run's float32 model as an ``onnx.ModelProto`` with input ``image`` and output ``probabilities``."""
     import tf2onnx
@@ -84,10 +101,11 @@ def convert_float32(run, scratch: Path):
     saved_model = scratch / "float32_saved_model"
     float32_saved_model(run, saved_model)
     try:
-        graph_def, inputs, outputs = tf_loader.from_saved_model(
-            str(saved_model), None, None, tag="serve", signatures=["serving_default"]
-        )
-        model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET)
+        with _quiet_tensorflow_warnings():
+            graph_def, inputs, outputs = tf_loader.from_saved_model(
+                str(saved_model), None, None, tag="serve", signatures=["serving_default"]
+            )
+            model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET)
     except Exception as error:  # noqa: BLE001 - the converter raises many kinds; report one line
         raise ExportFailure(f"ONNX conversion failed: {first_line(error)}") from error
     graph = model.graph
@@ -336,8 +354,9 @@ def export_onnx(
         if "accuracy" in check
         else ""
     )
+    precision = "float32" if quantize == "none" else quantize
     log(
-        f"Exported {run.name} ONNX ({quantize}) to {output} ({len(blob) / 1e6:.3f} MB); on ONNX Runtime, "
+        f"Exported {run.name} ONNX ({precision}) to {output} ({len(blob) / 1e6:.3f} MB); on ONNX Runtime, "
         f"{check['checked_on']}: max |p difference| vs Keras {check['max_probability_difference']:.2g}, top-1 "
         f"agreement {100 * check['top1_agreement']:.1f}%{accuracy}."
     )

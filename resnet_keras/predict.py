@@ -138,19 +138,15 @@ def _decode_failure(error) -> str:
 def read_image_file(path: str) -> bytes:
     """The bytes of an image file: a regular file (a FIFO or device would block or never end) of at
     most MAX_IMAGE_BYTES that starts like a JPEG/PNG/GIF/BMP; ValueError or OSError otherwise."""
-    import stat
+    from resnet_keras.preprocessing import MAX_IMAGE_BYTES, open_regular_file, starts_like_image
 
-    from resnet_keras.preprocessing import MAX_IMAGE_BYTES, is_image_file
-
-    info = os.stat(path)
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError("not a regular file")
-    if info.st_size > MAX_IMAGE_BYTES:
-        raise ValueError(f"larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
-    if not is_image_file(path):
+    with open_regular_file(path) as handle:
+        if os.fstat(handle.fileno()).st_size > MAX_IMAGE_BYTES:
+            raise ValueError(f"larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+        data = handle.read(MAX_IMAGE_BYTES + 1)
+    if not starts_like_image(data):
         raise ValueError(NOT_AN_IMAGE)
-    with open(path, "rb") as handle:
-        return handle.read(MAX_IMAGE_BYTES + 1)
+    return data
 
 
 def load_predictor(model: str | os.PathLike):

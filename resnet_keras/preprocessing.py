@@ -49,13 +49,49 @@ def list_image_files(directory: str | os.PathLike) -> list[str]:
     return sorted(found)
 
 
-def is_image_file(path: str | os.PathLike) -> bool:
-    """Whether the file starts like a JPEG, PNG, GIF or BMP (what tf.io.decode_image checks)."""
+NOT_REGULAR = "not a regular file"
+NOT_AN_IMAGE_FILE = "not an image file (JPEG/PNG/GIF/BMP)"
+
+
+def open_regular_file(path: str | os.PathLike):
+    """A binary file object for `path` if it is a regular file (symlinks followed); ValueError
+    (NOT_REGULAR) for a FIFO, device or socket, checked without blocking, OSError if unreadable.
+
+    Every reader of user files opens them here: opening a FIFO waits for a writer for ever and a
+    device like /dev/zero never ends."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO opens at once instead of waiting
     try:
-        with open(path, "rb") as f:
-            return f.read(8).startswith(_MAGIC)
-    except OSError:
-        return False
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(NOT_REGULAR)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def starts_like_image(data: bytes) -> bool:
+    """Whether encoded bytes start like a JPEG, PNG, GIF or BMP."""
+    return data.startswith(_MAGIC)
+
+
+def image_file_problem(path: str | os.PathLike) -> str | None:
+    """None if `path` is a regular file that starts like a JPEG, PNG, GIF or BMP (what
+    tf.io.decode_image checks), else why not (NOT_REGULAR, NOT_AN_IMAGE_FILE or the OS's reason)."""
+    try:
+        with open_regular_file(path) as f:
+            return None if starts_like_image(f.read(8)) else NOT_AN_IMAGE_FILE
+    except ValueError as error:
+        return str(error)
+    except OSError as error:
+        return error.strerror or NOT_AN_IMAGE_FILE
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a regular file that starts like a JPEG, PNG, GIF or BMP."""
+    return image_file_problem(path) is None
 
 
 def decode_image(data) -> tf.Tensor:

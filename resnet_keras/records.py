@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -53,6 +54,162 @@ DEFAULT_IMAGES_PER_SHARD = 1024  # ~100 MB of ImageNet JPEGs: the size the TFRec
 
 def shard_name(prefix: str, index: int, count: int) -> str:
     return f"{prefix}-{index:05d}-of-{count:05d}"
+
+
+# ----------------------------------------------------------------------------- framing
+#
+# A TFRecord file is a chain of records: uint64 length (little-endian), uint32 masked CRC32C of
+# those 8 bytes, the data, uint32 masked CRC32C of the data. TensorFlow's reader allocates `length`
+# bytes before it reads them, so a length that claims more than the file holds (with a valid CRC:
+# anyone can compute one) kills the process natively. We walk the headers ourselves first.
+
+HEADER_BYTES = 12  # length + its CRC
+FOOTER_BYTES = 4  # the data's CRC
+
+
+def _crc32c_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1  # Castagnoli, reflected
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC32C = _crc32c_table()
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The masked CRC32C that TFRecord framing stores (TensorFlow's `crc32c::Mask`).
+
+    Pure Python (~0.2 us a byte): for 8-byte headers; record data is left to TensorFlow's own
+    check, which fails cleanly (DataLossError)."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _length_crc_tables() -> tuple[int, tuple[tuple[int, ...], ...]]:
+    """CRC32C of 8-byte strings as one lookup per byte: for a fixed length the CRC is affine in the
+    bits, so crc(b0..b7) = crc(zeros) ^ T0[b0] ^ ... ^ T7[b7]: eight lookups, no bit loop."""
+
+    def crc(data: bytes) -> int:
+        value = 0xFFFFFFFF
+        for byte in data:
+            value = _CRC32C[(value ^ byte) & 0xFF] ^ (value >> 8)
+        return value ^ 0xFFFFFFFF
+
+    base = crc(bytes(8))
+    tables = tuple(tuple(crc(bytes(k) + bytes([b]) + bytes(7 - k)) ^ base for b in range(256)) for k in range(8))
+    return base, tables
+
+
+_LENGTH_CRC_BASE, _LENGTH_CRC_TABLES = _length_crc_tables()
+
+
+def masked_length_crc(header: bytes) -> int:
+    """`masked_crc32c` of an 8-byte length field, by table."""
+    t = _LENGTH_CRC_TABLES
+    crc = (
+        _LENGTH_CRC_BASE
+        ^ t[0][header[0]] ^ t[1][header[1]] ^ t[2][header[2]] ^ t[3][header[3]]
+        ^ t[4][header[4]] ^ t[5][header[5]] ^ t[6][header[6]] ^ t[7][header[7]]
+    )  # fmt: skip
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def is_url(name: str) -> bool:
+    return "://" in name
+
+
+def _open_record_file(name: str):
+    """(read_at(offset, n) -> bytes, close(), size, identity) of a local regular file (identity:
+    path, device, inode, size, mtime) or a tf.io.gfile URL (identity None); DataError for anything
+    else (a FIFO would block, a device never end)."""
+    import stat
+
+    if is_url(name):
+        import tensorflow as tf
+
+        try:
+            handle, size = tf.io.gfile.GFile(name, "rb"), tf.io.gfile.stat(name).length
+        except tf.errors.OpError as error:
+            raise DataError(f"Cannot read {name}: {first_line(error)}") from None
+
+        def read_at(offset, count):
+            handle.seek(offset)
+            return handle.read(count)
+
+        return read_at, handle.close, size, None
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer for ever.
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise DataError(f"Cannot read {name}: {error.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise DataError(f"{name} is not a regular file; TFRecord files must be regular files")
+    identity = (name, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    page = {"start": 0, "data": b""}
+
+    def read_at(offset, count):
+        # One page read serves every header in it: small records cost one syscall per 4 KB, and a
+        # large record one page read, what the kernel reads anyway.
+        at = offset - page["start"]
+        if not (0 <= at and at + count <= len(page["data"])):
+            page["start"], page["data"], at = offset, os.pread(fd, max(count, 4096), offset), 0
+        return page["data"][at : at + count]
+
+    return read_at, (lambda: os.close(fd)), info.st_size, identity
+
+
+# A local file's identity -> its records: a run opens its dataset several times (describe,
+# each split's pipeline); a walk costs microseconds a record, so an unchanged file is walked once a process.
+_WALKED: dict[tuple, int] = {}
+
+
+def walk_records(name: str, *, limit: int | None = None) -> int:
+    """Records in the TFRecord file `name`, counted from the framing headers alone (seeks from header
+    to header, a 4 KB page read each, the data skipped), each length checked against its CRC and the
+    bytes left in the file.
+
+    Stops after `limit` records (None: the whole file). DataError naming the file and the byte
+    offset for a length that fails its CRC, claims more than the file holds, or a truncated end.
+    """
+    read_at, close, size, key = _open_record_file(name)
+    if key in _WALKED:
+        close()
+        return _WALKED[key] if limit is None else min(limit, _WALKED[key])
+    count = offset = 0
+    try:
+        while offset < size and (limit is None or count < limit):
+            header = read_at(offset, HEADER_BYTES)
+            if len(header) < HEADER_BYTES:
+                raise DataError(
+                    f"{name} is not a readable TFRecord file ({size - offset} stray byte(s) after record {count})"
+                )
+            length, crc = struct.unpack("<QI", header)
+            if crc != masked_length_crc(header):
+                raise DataError(
+                    f"{name} is not a readable TFRecord file (the length of record {count + 1} "
+                    f"at byte {offset} fails its checksum)"
+                )
+            end = offset + HEADER_BYTES + length + FOOTER_BYTES
+            if end > size:
+                raise DataError(
+                    f"{name} is not a readable TFRecord file (record {count + 1} at byte {offset} claims "
+                    f"{length} bytes; the file has {size}): it is truncated or damaged"
+                )
+            offset, count = end, count + 1
+    finally:
+        close()
+    if key is not None and offset >= size:  # walked to the end: the whole file is good
+        _WALKED[key] = count
+    return count
 
 
 # ----------------------------------------------------------------------------- one image
@@ -146,11 +303,15 @@ def write_shard(job: ShardJob) -> dict:
     return dict(file=path.name, examples=sum(counts), bytes=path.stat().st_size, per_class=counts, skipped=skipped)
 
 
-def _quiet_worker() -> None:
-    """Imports TensorFlow with stderr pointed at /dev/null: its C++ start-up lines, printed once
-    per worker process, would bury the command's own output."""
+def _start_worker(parent_pid: int) -> None:
+    """A worker's first act: die with the parent (a killed `prepare` leaves no worker behind), then
+    import TensorFlow with stderr pointed at /dev/null: its C++ start-up lines, printed once per
+    worker process, would bury the command's own output."""
     import sys
 
+    from resnet_keras.processes import die_with_parent
+
+    die_with_parent(parent_pid)
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
@@ -163,8 +324,13 @@ def _quiet_worker() -> None:
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
+    from resnet_keras.preprocessing import open_regular_file
+
+    try:
+        with open_regular_file(path) as handle:
+            return handle.read()
+    except ValueError as error:  # replaced by a FIFO or device since the listing
+        raise DataError(f"{path}: {error}") from None
 
 
 def _tfds_images(job: ShardJob):
@@ -240,9 +406,11 @@ def prepare(
     else:
         import multiprocessing
 
-        # spawn: a forked TensorFlow runtime can deadlock.
+        # spawn: a forked TensorFlow runtime can deadlock. The workers are started from this thread,
+        # which waits in `map` until they are done: the parent-death signal is tied to the thread.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker) as pool:
+        start = dict(initializer=_start_worker, initargs=(os.getpid(),))
+        with ProcessPoolExecutor(workers, mp_context=context, **start) as pool:
             for job, entry in zip(todo, pool.map(write_shard, todo), strict=True):
                 entries[job.path] = entry
     manifest = _manifest(names, jobs, entries, images_per_shard)
@@ -284,6 +452,7 @@ def _existing_entry(job: ShardJob) -> dict:
     import tensorflow as tf
 
     counts = [0] * len(job.class_names)
+    walk_records(job.path)  # a shard tampered with since must not crash TensorFlow's reader
     for record in tf.data.TFRecordDataset(job.path):
         example = tf.train.Example.FromString(record.numpy())
         counts[example.features.feature[KEYS["label"]].int64_list.value[0]] += 1

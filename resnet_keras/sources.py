@@ -27,7 +27,7 @@ import tensorflow as tf
 from resnet_keras import network
 from resnet_keras.config import DataConfig
 from resnet_keras.errors import DataError, first_line
-from resnet_keras.preprocessing import IMAGE_EXTENSIONS, decode_image, is_image_file, list_image_files, to_rgb
+from resnet_keras.preprocessing import IMAGE_EXTENSIONS, decode_image, image_file_problem, list_image_files, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -204,19 +204,21 @@ def _scan_split(
         if not files and directory == train_dir:
             raise DataError(f"Class folder {directory / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
         for path in files:
-            if is_image_file(path):
+            problem = image_file_problem(path)  # regular files only: a FIFO would hang the reader
+            if problem is None:
                 paths.append(path)
                 labels.append(label)
             else:
-                bad.append(path)
+                bad.append((path, problem))
     if bad and not config.skip_corrupt:
+        path, problem = bad[0]
         raise DataError(
-            f"Not an image file (JPEG/PNG/GIF/BMP): {bad[0]}"
-            f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''};"
+            f"{problem[0].upper()}{problem[1:]}: {path}"
+            f"{f' and {len(bad) - 1} more bad file(s)' if len(bad) > 1 else ''};"
             " remove it or skip such files (--skip-corrupt)"
         )
     if bad:
-        log.warning("Skipped %d file(s) that are not images: %s", len(bad), ", ".join(bad))
+        log.warning("Skipped %d file(s) that are not images: %s", len(bad), ", ".join(path for path, _ in bad))
     if not paths:
         raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {directory}")
     return np.array(paths), np.array(labels, np.int32), len(bad)
@@ -474,6 +476,17 @@ def _gfile_error(what: str, error: Exception) -> DataError:
     return DataError(f"Cannot read {what}: {first_line(error)}")
 
 
+def _require_regular(path: str) -> None:
+    """DataError unless a local `path` is a regular file: reading a FIFO blocks for ever."""
+    import os
+    import stat
+
+    from resnet_keras import records
+
+    if not records.is_url(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise DataError(f"{path} is not a regular file")
+
+
 def _read_manifest(root: str) -> dict | None:
     import json
 
@@ -485,6 +498,7 @@ def _read_manifest(root: str) -> dict | None:
             if not tf.io.gfile.isdir(root):
                 raise DataError(f"TFRecord folder not found: {root}")
             return None
+        _require_regular(path)
         with tf.io.gfile.GFile(path) as handle:
             manifest = json.load(handle)
     except tf.errors.OpError as error:
@@ -504,6 +518,7 @@ def _record_class_names(root: str, manifest: dict | None) -> tuple[str, ...]:
     path = f"{root}/{records.LABELS}"
     try:
         if tf.io.gfile.exists(path):
+            _require_regular(path)
             with tf.io.gfile.GFile(path) as handle:
                 names = tuple(line.strip() for line in handle.read().splitlines() if line.strip())
             if len(names) >= 2:
@@ -528,16 +543,19 @@ def _list_records(root: str, prefix: str) -> list[str]:
 
 
 def _record_counts(root: str, names: list[str], manifest: dict | None, prefix: str) -> list[int]:
-    """Examples per file: the manifest's, checked against the files (names and byte sizes), else counted."""
+    """Examples per file: the manifest's, checked against the files, else counted from the files.
+
+    Counting walks the record headers (`records.walk_records`: header to header, the data skipped, every
+    length checked, so no record can make TensorFlow's reader allocate more than the file holds).
+    A manifest is checked against the names and byte sizes of the files and, for local files, against
+    the walked counts; a URL's files (one request per read) get their first header walked and the
+    declared count bounded by the size (every record takes at least 16 bytes of framing).
+    """
+    from resnet_keras import records
+
     if manifest is None:
         log.info("No manifest in %s: counting the records of %d file(s)", root, len(names))
-        counts = []
-        for name in names:
-            try:
-                counts.append(int(tf.data.TFRecordDataset(name).reduce(0, lambda n, _: n + 1)))
-            except tf.errors.OpError as error:
-                raise DataError(f"{name} is not a readable TFRecord file ({_op_reason(error)})") from None
-        return counts
+        return [records.walk_records(name) for name in names]
     entry = next((e for e in manifest["splits"].values() if e.get("prefix") == prefix), None)
     listed = {shard["file"]: shard for shard in (entry or {}).get("shards", [])}
     found = {name.rsplit("/", 1)[-1]: name for name in names}
@@ -547,19 +565,42 @@ def _record_counts(root: str, names: list[str], manifest: dict | None, prefix: s
             f"The manifest in {root} disagrees with the {prefix} files: {odd[:3]} "
             f"{'listed but missing' if odd[0] in listed else 'present but not listed'}; rerun prepare"
         )
+    framing = records.HEADER_BYTES + records.FOOTER_BYTES
     for file, name in found.items():
         size = tf.io.gfile.stat(name).length
         if size != listed[file]["bytes"]:
             raise DataError(f"{name} has {size} bytes; the manifest in {root} expects {listed[file]['bytes']}")
+        declared = listed[file]["examples"]
+        if isinstance(declared, bool) or not (isinstance(declared, int) and declared >= 0):
+            raise DataError(f"The manifest in {root} gives {file} examples={declared!r}; expected a count")
+        if records.is_url(name):
+            records.walk_records(name, limit=1)
+            if declared * framing > size:
+                raise DataError(
+                    f"The manifest in {root} declares {declared} records in {name}, which has only {size} bytes "
+                    f"(room for at most {size // framing}); rerun prepare"
+                )
+            continue
+        found_count = records.walk_records(name)
+        if found_count != declared:
+            raise DataError(
+                f"{name} holds {found_count} records; the manifest in {root} declares {declared}; rerun prepare"
+            )
     return [int(listed[name.rsplit("/", 1)[-1]]["examples"]) for name in names]
 
 
 def find_damaged_record_file(config: DataConfig) -> tuple[str, str] | None:
     """(file, reason) of the first of a `tfrecord` dataset's files that does not read to its end
     (a record whose checksum fails), or None. Reads every file: called when training hit one."""
+    from resnet_keras import records
+
     root = config.data_dir.rstrip("/")
     for prefix in (config.train_split, config.val_split or "validation"):
         for name in _list_records(root, prefix):
+            try:
+                records.walk_records(name)
+            except DataError as error:
+                return name, str(error).removeprefix(f"{name} ")
             try:
                 tf.data.TFRecordDataset(name).reduce(0, lambda n, _: n + 1)
             except tf.errors.OpError as error:
@@ -570,6 +611,7 @@ def find_damaged_record_file(config: DataConfig) -> tuple[str, str] | None:
 def _check_first_record(name: str, num_classes: int, offset: int) -> None:
     from resnet_keras import records
 
+    records.walk_records(name, limit=1)  # the length TensorFlow would allocate, checked first
     try:
         first = next(iter(tf.data.TFRecordDataset(name).take(1)), None)
     except tf.errors.OpError as error:

@@ -296,6 +296,8 @@ def main():
     parser.add_argument("--out", help="keep the exports here (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="tiny ResNet-8 at width 0.25, few runs: smoke test")
     args = parser.parse_args()
+    if not (MINI / "train").is_dir():
+        sys.exit(f"Error: the measurement images are missing: expected {MINI} (see ../shared/data/README.md)")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out or scratch)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import sys
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -86,6 +87,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if not args.archive.is_file():
+        sys.exit(f"Error: the CIFAR-10 archive is missing: expected {args.archive} (see ../shared/data/README.md)")
 
     jobs = []
     for split, count, offset in (("train", args.images, 0), ("validation", args.val, args.images)):

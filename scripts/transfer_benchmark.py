@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import tarfile
 import tempfile
 import time
@@ -83,6 +84,8 @@ def main(argv=None) -> dict:
     from resnet_keras.data import DataConfig
     from resnet_keras.train import TrainConfig, evaluate, train
 
+    if args.data_root is None and not args.archive.is_file():
+        sys.exit(f"Error: the CIFAR-10 archive is missing: expected {args.archive} (see ../shared/data/README.md)")
     started = time.perf_counter()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="transfer-"))
     work = args.workdir or tmp

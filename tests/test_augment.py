@@ -102,10 +102,10 @@ PIL_OPS = {
 
 
 @pytest.mark.parametrize("name", sorted(PIL_OPS))
-def test_trivial_augment_ops_match_pil(name, shared_data):
+def test_trivial_augment_ops_match_pil(name, image_data):
     from PIL import Image
 
-    files = sorted((shared_data / "cifar10-mini" / "train").glob("*/*.jpg"))[:4]
+    files = sorted((image_data / "cifar10-mini" / "train").glob("*/*.jpg"))[:4]
     images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32))) for f in files])
     level, sign = 20, 1.0  # bin 20 of 31
     fraction = level / (augment.MAGNITUDE_BINS - 1)
@@ -159,10 +159,10 @@ def test_rand_augment_is_seeded_and_changes_exactly_the_images_an_op_was_applied
     assert 0.15 < (applied == 0).mean() < 0.35  # both skipped with probability 1/4
 
 
-def test_rand_augment_ops_beyond_trivial_augment_match_pil_and_timm(shared_data):
+def test_rand_augment_ops_beyond_trivial_augment_match_pil_and_timm(image_data):
     from PIL import Image, ImageOps
 
-    files = sorted((shared_data / "cifar10-mini" / "train").glob("*/*.jpg"))[:4]
+    files = sorted((image_data / "cifar10-mini" / "train").glob("*/*.jpg"))[:4]
     images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32))) for f in files])
     n, zeros = len(images), np.zeros(len(images), "float32")
     add = 66.0  # timm's solarize_add at magnitude 6: int(0.6 * 110)

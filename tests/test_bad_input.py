@@ -2,6 +2,7 @@
 `Error:` line, no traceback and nothing written."""
 
 import os
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -85,10 +86,10 @@ def bad_other_commands(tmp):
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch, shared_data):
+def workdir(tmp_path, monkeypatch, image_data):
     """A working folder with a few hostile files; the default runs/ would land here."""
     (tmp_path / "a_file").write_text("not a folder")
-    images = sorted((shared_data / "cifar10-mini" / "train" / "cat").iterdir())[:4]
+    images = sorted((image_data / "cifar10-mini" / "train" / "cat").iterdir())[:4]
     for folder in ("one_class/cat", "newline/dog", "newline/ca\nt"):
         (tmp_path / folder).mkdir(parents=True)
         for image in images:
@@ -136,3 +137,65 @@ def test_bad_command_lines(workdir):
         except AssertionError as error:
             failures.append(str(error)[:600])
     assert not failures, "\n".join(failures)
+
+
+def special_file_cases(tmp):
+    """(command line, the FIFO it meets) for every reader of user files."""
+    folder = ["--dataset", "folder", "--data-dir", str(tmp / "images"), "--depth", "8", "--image-size", "16"]
+    records = ["--dataset", "tfrecord", "--depth", "8", "--image-size", "16", "--model-dir", str(tmp / "run")]
+    return {
+        "prepare": (["prepare", *folder[:4], "--output", str(tmp / "out")], tmp / "images" / "cat" / "zz.jpg"),
+        "train-folder": (["train", *folder, "--model-dir", str(tmp / "run")], tmp / "images" / "cat" / "zz.jpg"),
+        "train-config": (["train", "--config", str(tmp / "options.yaml")], tmp / "options.yaml"),
+        "tfrecord-shard": (
+            ["train", *records, "--data-dir", str(tmp / "shard")],
+            tmp / "shard" / "train-00001-of-00002",
+        ),
+        "tfrecord-manifest": (
+            ["train", *records, "--data-dir", str(tmp / "manifest")],
+            tmp / "manifest" / "manifest.json",
+        ),
+        "tfrecord-labels": (["train", *records, "--data-dir", str(tmp / "labels")], tmp / "labels" / "labels.txt"),
+    }
+
+
+@pytest.mark.parametrize("case", list(special_file_cases(Path("/x"))))
+def test_a_fifo_where_a_file_is_read_is_exit_2_naming_it_never_a_hang(tmp_path, image_data, case):
+    # Real processes with a timeout: opening a FIFO for reading waits for a writer for ever, which would
+    # hang an in-process runner too. Nobody ever writes to these FIFOs.
+    import subprocess
+    import sys
+
+    import tensorflow as tf
+
+    images = sorted((image_data / "cifar10-mini" / "train" / "cat").iterdir())[:8]
+    for name in ("cat", "dog"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for image in images:
+            (tmp_path / "images" / name / image.name).write_bytes(image.read_bytes())
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[images[0].read_bytes()])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0])),
+            }
+        )
+    ).SerializeToString()
+    for name in ("shard", "manifest", "labels"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "labels.txt").write_text("cat\ndog\n")
+        for shard in ("train-00000-of-00002", "train-00001-of-00002", "validation-00000-of-00001"):
+            with tf.io.TFRecordWriter(str(tmp_path / name / shard)) as writer:
+                writer.write(example)
+    args, fifo = special_file_cases(tmp_path)[case]
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    result = subprocess.run(
+        [sys.executable, "-m", "resnet_keras.cli", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert len(errors) == 1 and str(fifo) in errors[0] and "not a regular file" in errors[0].lower(), result.stderr[
+        -2000:
+    ]
+    assert not (tmp_path / "run").exists()

@@ -95,14 +95,14 @@ def test_json_compare_and_profile_on_a_tiny_cifar_net(tmp_path):
 
 
 @pytest.mark.slow
-def test_folder_data_pipeline_speed_real_over_synthetic_and_memory(shared_data):
+def test_folder_data_pipeline_speed_real_over_synthetic_and_memory(image_data):
     result = run(
         "benchmark",
         "--depth",
         "8",
         *TINY,
         "--data",
-        str(shared_data / "cifar10-mini"),
+        str(image_data / "cifar10-mini"),
         "--mode",
         "train",
         "--pipeline-batches",

@@ -73,11 +73,11 @@ def test_budget_watch_stops_at_the_warm_up_and_when_the_pace_would_overrun():
 
 
 @pytest.mark.slow
-def test_budget_run_fits_its_epochs_and_counts_the_calibration(shared_data, tmp_path, capsys):
+def test_budget_run_fits_its_epochs_and_counts_the_calibration(image_data, tmp_path, capsys):
     bench = load_script("cifar10_benchmark")
     budget = 20.0  # room for a calibration, the warm-up and more epochs after the refit
     summary_path = tmp_path / "summary.json"
-    argv = ["--data-root", str(shared_data / "cifar10-mini"), "--width", "0.5", "--batch-size", "32"]
+    argv = ["--data-root", str(image_data / "cifar10-mini"), "--width", "0.5", "--batch-size", "32"]
     argv += ["--budget-seconds", str(budget), "--model-dir", str(tmp_path / "run"), "--json-out", str(summary_path)]
     assert bench.main(argv) == 0
 

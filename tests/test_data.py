@@ -1,6 +1,6 @@
 """Tests for resnet_keras.data: every source, both augmentation families, seeds, sharding, errors.
 
-Real images come from ../shared/data/cifar10-mini (the `shared_data` fixture in conftest.py);
+Real images come from tests/fixtures/cifar10-mini (the `image_data` fixture in conftest.py);
 the TFDS path runs offline through tfds.testing.mock_data with cifar10 metadata written to tmp.
 """
 
@@ -29,8 +29,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 
 @pytest.fixture(scope="session")
-def mini(shared_data) -> Path:
-    return shared_data / "cifar10-mini"
+def mini(image_data) -> Path:
+    return image_data / "cifar10-mini"
 
 
 def collect(ds):

@@ -46,16 +46,16 @@ def one_error_line(result, fragment):
 
 
 @pytest.fixture(scope="module")
-def val_files(shared_data):
+def val_files(image_data):
     """Two real val JPEGs per class (20 images), sorted."""
-    root = shared_data / "cifar10-mini" / "val"
+    root = image_data / "cifar10-mini" / "val"
     return [str(path) for folder in sorted(root.iterdir()) for path in sorted(folder.glob("*.jpg"))[:2]]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, shared_data):
+def run_dir(tmp_path_factory, image_data):
     model_dir = tmp_path_factory.mktemp("run") / "cifar-mini"
-    data = DataConfig(dataset="folder", data_dir=str(shared_data / "cifar10-mini"))
+    data = DataConfig(dataset="folder", data_dir=str(image_data / "cifar10-mini"))
     train(TINY, data, TrainConfig(epochs=4, batch_size=64, learning_rate=0.1), model_dir, log=quiet)
     return model_dir
 

@@ -46,12 +46,12 @@ def cluster(workers, index, kind="worker"):
     return json.dumps({"cluster": {"worker": workers}, "task": {"type": kind, "index": index}})
 
 
-def train_args(shared_data, model_dir, epochs):
+def train_args(image_data, model_dir, epochs):
     return [
         "--dataset",
         "folder",
         "--data-dir",
-        str(shared_data / "cifar10-mini"),
+        str(image_data / "cifar10-mini"),
         *MODEL,
         "--epochs",
         str(epochs),
@@ -153,7 +153,7 @@ def launch(args, workers=2, timeout=None):
 
 
 @pytest.mark.slow
-def test_two_workers_agree_with_each_other_and_with_one_process_of_two_replicas(tmp_path, shared_data):
+def test_two_workers_agree_with_each_other_and_with_one_process_of_two_replicas(tmp_path, image_data):
     """Both workers finish with bit-identical weights; a single process with MirroredStrategy over
     two logical CPUs (same global batch 32, seed and replica-to-shard assignment) matches them.
 
@@ -164,7 +164,7 @@ def test_two_workers_agree_with_each_other_and_with_one_process_of_two_replicas(
     """
     run, scratch = tmp_path / "mw", tmp_path / "scratch"
     done = subprocess.run(
-        launch(train_args(shared_data, run, 1)),
+        launch(train_args(image_data, run, 1)),
         capture_output=True,
         text=True,
         timeout=400,
@@ -188,7 +188,7 @@ def test_two_workers_agree_with_each_other_and_with_one_process_of_two_replicas(
         from resnet_keras.data import DataConfig
         from resnet_keras.train import TrainConfig, train
         train(ModelConfig(depth=8, width=0.25, image_size=32, num_classes=10),
-              DataConfig(dataset="folder", data_dir={str(shared_data / "cifar10-mini")!r}, deterministic=True),
+              DataConfig(dataset="folder", data_dir={str(image_data / "cifar10-mini")!r}, deterministic=True),
               TrainConfig(epochs=1, batch_size=32, seed=0, strategy="mirrored"), {str(single)!r}, log=print)
     """)
     done = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=ENV, timeout=300)
@@ -218,9 +218,9 @@ def start_workers(args, timeout):
 
 
 @pytest.mark.slow
-def test_sigkill_one_worker_the_other_fails_and_the_same_command_resumes(tmp_path, shared_data):
+def test_sigkill_one_worker_the_other_fails_and_the_same_command_resumes(tmp_path, image_data):
     run = tmp_path / "mw"
-    args = train_args(shared_data, run, 4)
+    args = train_args(image_data, run, 4)
     chief, worker = start_workers(args, timeout=60)
     deadline = time.time() + 300
     while not (run / "checkpoints" / "checkpoint").exists():
@@ -251,7 +251,7 @@ def test_sigkill_one_worker_the_other_fails_and_the_same_command_resumes(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_worker_whose_peer_never_starts_fails_within_the_timeout(tmp_path, shared_data):
+def test_a_worker_whose_peer_never_starts_fails_within_the_timeout(tmp_path, image_data):
     peers = [f"localhost:{port}" for port in load_launcher().free_ports(2)]  # nobody listens on the second
     env = dict(ENV, TF_CONFIG=cluster(peers, 0), **{WORKER_TIMEOUT_ENV: "10"})
     command = [
@@ -261,7 +261,7 @@ def test_a_worker_whose_peer_never_starts_fails_within_the_timeout(tmp_path, sha
         "train",
         "--strategy",
         "multi-worker",
-        *train_args(shared_data, tmp_path / "run", 1),
+        *train_args(image_data, tmp_path / "run", 1),
     ]
     started = time.time()
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
@@ -273,11 +273,11 @@ def test_a_worker_whose_peer_never_starts_fails_within_the_timeout(tmp_path, sha
 
 
 @pytest.mark.extended
-def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step_and_the_restart_resumes(tmp_path, shared_data):
+def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step_and_the_restart_resumes(tmp_path, image_data):
     """Each worker learns at every step whether any worker got SIGTERM (one small all-reduce), so
     the collective save happens at the same step everywhere and every worker exits 143."""
     run = tmp_path / "mw"
-    args = [*train_args(shared_data, run, 2), "--checkpoint-every", "5"]
+    args = [*train_args(image_data, run, 2), "--checkpoint-every", "5"]
     chief, worker = start_workers(args, timeout=60)
     deadline = time.time() + 300
     while not (run / "checkpoints" / "checkpoint").exists():  # the first step checkpoint: step 5 of epoch 1

@@ -6,6 +6,7 @@ Reuses test_export's tiny ResNet-8 trained on the real cifar10-mini JPEGs (one t
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -144,3 +145,17 @@ def test_predict_bad_inputs(onnx_float32, val_files, tmp_path, args, fragment): 
     result = cli_run("predict", onnx_float32[0], *[swap.get(a, a) for a in args])
     assert result.exit_code == 2
     one_error_line(result, fragment)
+
+
+def test_the_export_command_prints_its_result_without_tensorflow_noise(run_dir, tmp_path):  # noqa: F811
+    # A fresh process: TensorFlow prints each deprecation notice once per process.
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.onnx"
+    argv = [sys.executable, "-m", "resnet_keras.cli", "export", "--model-dir", str(run_dir), "--format", "onnx"]
+    result = subprocess.run([*argv, "--output", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.match(rf"Exported \S+ ONNX \(float32\) to {re.escape(str(out))} ", result.stdout), result.stdout
+    noise = [line for line in result.stderr.splitlines() if "deprecated" in line or "Instructions for updating" in line]
+    assert not noise, noise

@@ -100,9 +100,9 @@ def test_cli_records_the_train_size_in_config_json(tmp_path):
 
 
 @pytest.mark.parametrize("cache", [True, False])  # decoded and cropped, or decoded-and-cropped from the JPEG
-def test_training_crops_have_the_train_size_and_evaluation_the_image_size(shared_data, cache):
+def test_training_crops_have_the_train_size_and_evaluation_the_image_size(image_data, cache):
     # 80 pixels: the ImageNet view (random-resized crops; centre crop for evaluation).
-    config = DataConfig(dataset="folder", data_dir=str(shared_data / "cifar10-mini"), cache=cache)
+    config = DataConfig(dataset="folder", data_dir=str(image_data / "cifar10-mini"), cache=cache)
     train_images, _ = next(
         iter(make_dataset(config, "train", image_size=80, crop_size=56, batch_size=4, training=True))
     )

@@ -4,8 +4,13 @@ resume, per-worker file sharding, and one-line errors for bad files (real CIFAR-
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -26,10 +31,10 @@ def quiet(_message):
 
 
 @pytest.fixture(scope="module")
-def odd_folder(tmp_path_factory, shared_data):
+def odd_folder(tmp_path_factory, image_data):
     """Three classes of real JPEGs, plus one image per odd kind (grey PNG, CMYK JPEG, 16-bit PNG, palette GIF)."""
     root = tmp_path_factory.mktemp("odd")
-    mini = shared_data / "cifar10-mini" / "train"
+    mini = image_data / "cifar10-mini" / "train"
     for name in ("airplane", "cat", "ship"):
         (root / name).mkdir()
         for path in sorted((mini / name).glob("*.jpg"))[:10]:
@@ -107,9 +112,9 @@ def test_a_corrupt_image_is_named_or_skipped_and_an_interrupted_prepare_resumes(
 
 
 @pytest.fixture(scope="module")
-def cifar_records(tmp_path_factory, shared_data):
+def cifar_records(tmp_path_factory, image_data):
     out = tmp_path_factory.mktemp("cifar") / "records"
-    config = DataConfig(dataset="folder", data_dir=str(shared_data / "cifar10-mini"))
+    config = DataConfig(dataset="folder", data_dir=str(image_data / "cifar10-mini"))
     records.prepare(config, out, images_per_shard=100, processes=1, log=quiet)
     return out
 
@@ -213,10 +218,10 @@ def test_one_based_labels_read_with_a_label_offset(cifar_records, tmp_path):
     assert json.loads((cifar_records / "manifest.json").read_text())["label_offset"] == 0
 
 
-def test_fused_decode_and_crop_matches_decoding_the_whole_image(shared_data):
+def test_fused_decode_and_crop_matches_decoding_the_whole_image(image_data):
     from resnet_keras.preprocessing import decode_image, decode_random_crop, random_resized_crop
 
-    photo = Image.open(shared_data / "cifar10-mini" / "train" / "cat" / "0000.jpg").resize((400, 350))
+    photo = Image.open(image_data / "cifar10-mini" / "train" / "cat" / "0000.jpg").resize((400, 350))
     for fmt in ("JPEG", "PNG"):  # PNG takes the whole-decode branch
         out = io.BytesIO()
         photo.save(out, format=fmt, quality=90)
@@ -269,3 +274,160 @@ def test_a_resumed_fused_stream_continues_with_the_batches_an_uninterrupted_one_
     straight, resumed = stream(0, 15), stream(13, 2)
     for (x, y), (x_resumed, y_resumed) in zip(straight[13:], resumed, strict=True):
         assert np.array_equal(x, x_resumed) and np.array_equal(y, y_resumed)
+
+
+def record_offsets(path):
+    """Byte offsets of each record's header in a TFRecord file."""
+    data, offsets, offset = path.read_bytes(), [], 0
+    while offset < len(data):
+        offsets.append(offset)
+        offset += 16 + int.from_bytes(data[offset : offset + 8], "little")
+    return offsets
+
+
+def masked_crc32c(data):
+    """TFRecord's masked CRC32C, bit by bit (independent of the package's table-driven one)."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def test_our_crc_is_the_one_tensorflow_writes(tmp_path):
+    path = tmp_path / "one"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(b"resnet")
+    data = path.read_bytes()
+    assert int.from_bytes(data[8:12], "little") == masked_crc32c(data[:8]) == records.masked_crc32c(data[:8])
+    assert int.from_bytes(data[-4:], "little") == masked_crc32c(b"resnet") == records.masked_crc32c(b"resnet")
+    for header in [data[:8], bytes(8), b"\xff" * 8, *(np.random.default_rng(0).bytes(8) for _ in range(200))]:
+        assert records.masked_length_crc(header) == masked_crc32c(header)
+
+
+def claim_length(path, record, length):
+    """Rewrites record `record`'s length field to `length`, with a valid CRC, keeping the file size."""
+    data = bytearray(path.read_bytes())
+    at = record_offsets(path)[record]
+    header = length.to_bytes(8, "little")
+    data[at : at + 12] = header + masked_crc32c(header).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "record,length,manifest",
+    [(0, 2**40, True), (37, 2**40, True), (99, 2**40, False), (5, 2**62, False), (12, 50_000, True)],
+)
+def test_a_length_field_claiming_more_than_the_file_is_exit_2_before_tensorflow_reads_it(
+    cifar_records, tmp_path, record, length, manifest
+):
+    # A real process: TensorFlow's reader allocating 2**40 bytes kills it natively (exit 139),
+    # which no in-process runner could report.
+    bad = tmp_path / "records"
+    shutil.copytree(cifar_records, bad)
+    shard = bad / "train-00002-of-00010"
+    claim_length(shard, record, length)
+    if not manifest:
+        (bad / "manifest.json").unlink()
+    argv = ["train", "--dataset", "tfrecord", "--data-dir", str(bad), "--depth", "8", "--image-size", "32"]
+    argv += ["--width", "0.25", "--epochs", "1", "--batch-size", "100", "--model-dir", str(tmp_path / "run")]
+    result = subprocess.run(
+        [sys.executable, "-m", "resnet_keras.cli", *argv], capture_output=True, text=True, timeout=300
+    )
+    lines = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if line.startswith("Error")]
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert lines == [f"Error: {shard} is not a readable TFRecord file ({lines[0].split('(', 1)[1]}"], lines
+    at = record_offsets(cifar_records / shard.name)[record]
+    if at + 16 + length > shard.stat().st_size:
+        assert f"record {record + 1} at byte {at} claims {length} bytes" in lines[0]
+    else:  # within the file: the next "header" is data, whose checksum fails
+        assert f"record {record + 2} at byte {at + 16 + length} fails its checksum" in lines[0]
+    assert not (tmp_path / "run").exists()  # refused before the run directory is written
+
+
+@pytest.mark.parametrize("declared", [100_000, 99, 0])
+def test_a_manifest_whose_counts_disagree_with_the_files_is_refused_naming_both(cifar_records, tmp_path, declared):
+    bad = tmp_path / "records"
+    shutil.copytree(cifar_records, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    train = manifest["splits"]["train"]
+    shard = train["shards"][4]
+    train["examples"] += declared - shard["examples"]
+    shard["examples"] = declared  # byte sizes still agree: only the count lies
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    expected = f"{bad / shard['file']} holds 100 records; the manifest in {bad} declares {declared}"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        describe(DataConfig(dataset="tfrecord", data_dir=str(bad)))
+    code, output = run("--data-dir", str(bad), "--model-dir", str(tmp_path / "run"))
+    assert code == 2 and output.strip().count("\n") == 0 and expected in output, output
+    assert not (tmp_path / "run").exists()
+
+
+def test_walking_the_framing_counts_records_and_refuses_special_files(cifar_records, tmp_path):
+    shard = cifar_records / "train-00000-of-00010"
+    assert records.walk_records(str(shard)) == len(read_examples(shard)) == 100
+    assert records.walk_records(str(shard), limit=1) == 1
+    truncated = tmp_path / "train-00000-of-00001"
+    truncated.write_bytes(shard.read_bytes()[:-3])
+    with pytest.raises(DataError, match=r"record 100 at byte \d+ claims \d+ bytes; the file has"):
+        records.walk_records(str(truncated))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="is not a regular file"):
+        records.walk_records(str(fifo))
+
+
+def children_of(pid):
+    """Pids of the live processes (not zombies) whose parent is `pid`, read from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == pid and state != "Z":
+                found.append(int(entry))
+    return found
+
+
+def alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigkill_of_prepare_leaves_no_worker_running(image_data, tmp_path):
+    out = tmp_path / "records"
+    argv = ["prepare", "--data-dir", str(image_data / "cifar10-mini"), "--output", str(out)]
+    argv += ["--processes", "2", "--images-per-shard", "5"]
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "resnet_keras.cli", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    workers = []
+    try:
+        deadline = time.monotonic() + 240
+        # Killed while the workers write shards (a few are written: the workers are past their start-up).
+        while not len(list(out.glob("train-*"))) >= 2:
+            assert parent.poll() is None and time.monotonic() < deadline, "prepare ended before writing shards"
+            time.sleep(0.1)
+        workers = children_of(parent.pid)
+        assert len(workers) >= 2, workers  # the two workers (and multiprocessing's resource tracker)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [pid for pid in workers if alive(pid)]
+        assert not left, f"children alive 5 s after their parent's SIGKILL: {left}"
+    finally:
+        for pid in [parent.pid, *(pid for pid in workers if alive(pid))]:  # a failed run leaves nothing either
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass

@@ -164,9 +164,9 @@ def test_a_file_system_that_refuses_writes_is_one_line_exit_2(tmp_path, monkeypa
 
 
 @pytest.fixture(scope="module")
-def folder_run(tmp_path_factory, shared_data):
+def folder_run(tmp_path_factory, image_data):
     run = tmp_path_factory.mktemp("folder") / "run"
-    data = DataConfig(dataset="folder", data_dir=str(shared_data / "cifar10-mini"))
+    data = DataConfig(dataset="folder", data_dir=str(image_data / "cifar10-mini"))
     train(TINY, data, TrainConfig(epochs=1, batch_size=100, learning_rate=0.1), run, log=quiet)
     return run
 
@@ -179,8 +179,8 @@ def copy_classes(source, target, classes, per_class=5):
 
 
 @pytest.mark.parametrize("layout", ["test-split-only", "class-folders-only"])
-def test_evaluate_on_a_labelled_folder_matches_classes_by_name(folder_run, shared_data, tmp_path, layout):
-    val = shared_data / "cifar10-mini" / "val"
+def test_evaluate_on_a_labelled_folder_matches_classes_by_name(folder_run, image_data, tmp_path, layout):
+    val = image_data / "cifar10-mini" / "val"
     root = tmp_path / "new"
     copy_classes(val, root / "test" if layout == "test-split-only" else root, ["cat", "truck", "airplane"])
     result = evaluate(folder_run, DataConfig(dataset="folder", data_dir=str(root)), "test", write=False)
@@ -197,9 +197,9 @@ def test_evaluate_on_a_labelled_folder_matches_classes_by_name(folder_run, share
     assert json.loads(output.output)["examples"] == 15
 
 
-def test_evaluate_refuses_a_class_the_run_does_not_know(folder_run, shared_data, tmp_path):
+def test_evaluate_refuses_a_class_the_run_does_not_know(folder_run, image_data, tmp_path):
     root = tmp_path / "new"
-    copy_classes(shared_data / "cifar10-mini" / "val", root / "test", ["cat"])
+    copy_classes(image_data / "cifar10-mini" / "val", root / "test", ["cat"])
     (root / "test" / "zebra").mkdir()
     with pytest.raises(DataError, match="zebra"):
         evaluate(folder_run, DataConfig(dataset="folder", data_dir=str(root)), "test", write=False)

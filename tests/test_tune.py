@@ -1,7 +1,7 @@
 """Hyperparameter search: the space, the HyperModel, real KerasTuner searches on real images, resume,
 the best config through `train --config`, bad input, and a chief with two workers on localhost.
 
-Trials are tiny (ResNet-8/14 at width <= 0.25, 32x32 CIFAR-10 JPEGs from ../shared/data/cifar10-mini,
+Trials are tiny (ResNet-8/14 at width <= 0.25, 32x32 CIFAR-10 JPEGs from tests/fixtures/cifar10-mini,
 batch 16, 2 steps per epoch), so a trial costs its TensorFlow tracing more than its training.
 """
 
@@ -44,8 +44,8 @@ def quiet(_line):
     pass
 
 
-def data_args(shared_data):
-    return ["--dataset", "folder", "--data-dir", str(shared_data / "cifar10-mini")]
+def data_args(image_data):
+    return ["--dataset", "folder", "--data-dir", str(image_data / "cifar10-mini")]
 
 
 def read_trials(results_dir):
@@ -208,8 +208,8 @@ def test_empty_space_is_exit_2_before_reading_data(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_cost_limit_nothing_meets_is_exit_2(tmp_path, shared_data):
-    result = tune_cli(*data_args(shared_data), *TINY, "--max-params", "1k", "--results-dir", str(tmp_path / "r"))
+def test_cost_limit_nothing_meets_is_exit_2(tmp_path, image_data):
+    result = tune_cli(*data_args(image_data), *TINY, "--max-params", "1k", "--results-dir", str(tmp_path / "r"))
     assert result.exit_code == 2, result.output
     assert (
         "Error: no candidate meets the cost limit --max-params 1,000 (the smallest, resnet8-w0.125-A, has 1,356"
@@ -219,18 +219,18 @@ def test_cost_limit_nothing_meets_is_exit_2(tmp_path, shared_data):
     assert not list((tmp_path / "r" / "kerastuner").glob("trial_*"))  # nothing trained
 
 
-def test_a_train_size_larger_than_the_image_size_is_exit_2_before_any_trial(tmp_path, shared_data):
-    args = [*data_args(shared_data), *TINY, "--train-image-size", "40", "--results-dir", str(tmp_path / "r")]
+def test_a_train_size_larger_than_the_image_size_is_exit_2_before_any_trial(tmp_path, image_data):
+    args = [*data_args(image_data), *TINY, "--train-image-size", "40", "--results-dir", str(tmp_path / "r")]
     result = tune_cli(*args)
     assert result.exit_code == 2, result.output
     assert "Error: Received: train_image_size=40; expected an integer from" in result.output
     assert not (tmp_path / "r").exists()
 
 
-def test_a_folder_that_is_not_a_search_is_refused(tmp_path, shared_data):
+def test_a_folder_that_is_not_a_search_is_refused(tmp_path, image_data):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "notes.txt").write_text("mine")
-    result = tune_cli(*data_args(shared_data), *TINY, "--results-dir", str(tmp_path / "r"))
+    result = tune_cli(*data_args(image_data), *TINY, "--results-dir", str(tmp_path / "r"))
     assert result.exit_code == 2
     assert "is not a search directory" in result.output
     assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
@@ -240,7 +240,7 @@ def test_a_folder_that_is_not_a_search_is_refused(tmp_path, shared_data):
     "address, allowed", [("10.1.2.3", False), ("0.0.0.0", False), ("127.0.0.2", True), ("::1", True)]
 )
 def test_the_chief_serves_the_unauthenticated_oracle_on_loopback_only_unless_allowed(
-    tmp_path, shared_data, monkeypatch, address, allowed
+    tmp_path, image_data, monkeypatch, address, allowed
 ):
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", address)
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "1")
@@ -250,13 +250,13 @@ def test_the_chief_serves_the_unauthenticated_oracle_on_loopback_only_unless_all
     if allowed:
         tune_module.check_oracle_address(allow_remote=False)
         return
-    result = tune_cli(*data_args(shared_data), *TINY, "--results-dir", str(tmp_path / "r"))
+    result = tune_cli(*data_args(image_data), *TINY, "--results-dir", str(tmp_path / "r"))
     assert result.exit_code == 2 and "no authentication" in result.output and "--allow-remote-oracle" in result.output
     assert not (tmp_path / "r").exists()
     tune_module.check_oracle_address(allow_remote=True)  # the explicit flag lets it through
 
 
-def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_search(tmp_path, shared_data, monkeypatch):
+def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_search(tmp_path, image_data, monkeypatch):
     # The training loop raises TrainingFailure when the loss becomes NaN; stand in for it so that
     # real KerasTuner bookkeeping is tested without training.
     import resnet_keras.train
@@ -265,7 +265,7 @@ def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_sea
         raise resnet_keras.errors.TrainingFailure("loss became NaN at epoch 1 step 1")
 
     monkeypatch.setattr(resnet_keras.train, "train", diverge)
-    args = [*data_args(shared_data), *TINY, "--lrs", "0.1,0.2,0.4"]
+    args = [*data_args(image_data), *TINY, "--lrs", "0.1,0.2,0.4"]
     result = tune_cli(*args, "--max-trials", "2", "--results-dir", str(tmp_path / "two"))
     assert result.exit_code == 0, result.output
     rows = read_trials(tmp_path / "two")
@@ -287,11 +287,11 @@ def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_sea
 
 @pytest.mark.slow
 def test_random_search_ranks_trials_resumes_refuses_another_search_and_its_best_config_trains(
-    tmp_path, shared_data, monkeypatch
+    tmp_path, image_data, monkeypatch
 ):
     # One test, so pytest-xdist never runs this search twice on two workers.
     results = tmp_path / "random"
-    args = [*data_args(shared_data), *TINY, "--max-trials", "2", "--results-dir", str(results)]
+    args = [*data_args(image_data), *TINY, "--max-trials", "2", "--results-dir", str(results)]
     result = tune_cli(*args)
     assert result.exit_code == 0, result.output
     assert "rank" in result.output and f"Wrote {results / 'best.yaml'}" in result.output
@@ -354,22 +354,22 @@ def test_random_search_ranks_trials_resumes_refuses_another_search_and_its_best_
     assert run["data"]["data_dir"] == best["data_dir"] and history_epochs(model_dir) == [1]
 
 
-def _search(shared_data, results, tune, **space):
+def _search(image_data, results, tune, **space):
     from resnet_keras.data import DataConfig
     from resnet_keras.train import TrainConfig
 
     space = SearchSpace(**{"depths": (8,), "widths": (0.125, 0.25), "shortcuts": ("A",), **space})
-    data = DataConfig(dataset="folder", data_dir=str(shared_data / "cifar10-mini"))
+    data = DataConfig(dataset="folder", data_dir=str(image_data / "cifar10-mini"))
     train = TrainConfig(epochs=tune.epochs_per_trial, batch_size=16, steps_per_epoch=2)
     return tune_lib.search(space, tune, data, train, results, log=quiet)
 
 
 @pytest.mark.slow
-def test_hyperband_promotes_a_trial_and_trains_on_from_its_checkpoint(tmp_path, shared_data):
+def test_hyperband_promotes_a_trial_and_trains_on_from_its_checkpoint(tmp_path, image_data):
     # factor 2, max 2 epochs: bracket 1 runs two 1-epoch trials, then the better one on to epoch 2.
     # The cost limit (5,000 params) keeps only width 0.125 of depths 8 and 14: the architecture choice.
     tune = TuneConfig(tuner="hyperband", epochs_per_trial=2, hyperband_factor=2, max_trials=3, max_params=5000)
-    result = _search(shared_data, tmp_path / "hb", tune, depths=(8, 14))
+    result = _search(image_data, tmp_path / "hb", tune, depths=(8, 14))
     rows = {r["trial"]: r for r in result.rows}
     assert len(rows) == 3 and all(r["status"] == "COMPLETED" for r in rows.values())
     assert all(r["params"] <= 5000 and r["width"] == 0.125 for r in rows.values())
@@ -394,9 +394,9 @@ def test_hyperband_promotes_a_trial_and_trains_on_from_its_checkpoint(tmp_path, 
 
 
 @pytest.mark.slow
-def test_bayesian_search_fits_its_gaussian_process_after_the_initial_points(tmp_path, shared_data):
+def test_bayesian_search_fits_its_gaussian_process_after_the_initial_points(tmp_path, image_data):
     tune = TuneConfig(tuner="bayesian", epochs_per_trial=1, max_trials=3, initial_points=2, objective="val_loss")
-    result = _search(shared_data, tmp_path / "bo", tune, learning_rates=LogRange(0.01, 0.2))
+    result = _search(image_data, tmp_path / "bo", tune, learning_rates=LogRange(0.01, 0.2))
     assert [r["status"] for r in result.rows] == ["COMPLETED"] * 3
     losses = [r["objective"] for r in result.rows]
     assert losses == sorted(losses) and losses == [r["val_loss"] for r in result.rows]  # min objective first
@@ -405,10 +405,10 @@ def test_bayesian_search_fits_its_gaussian_process_after_the_initial_points(tmp_
 
 
 @pytest.mark.slow
-def test_a_search_killed_mid_trial_resumes_that_trial_and_keeps_the_finished_one(tmp_path, shared_data):
+def test_a_search_killed_mid_trial_resumes_that_trial_and_keeps_the_finished_one(tmp_path, image_data):
     results = tmp_path / "killed"
     args = [
-        *data_args(shared_data),
+        *data_args(image_data),
         "--depths",
         "8",
         "--widths",
@@ -475,7 +475,7 @@ def _gone(pid):
 
 
 @pytest.mark.slow
-def test_a_chief_and_two_workers_complete_a_search_together(tmp_path, shared_data):
+def test_a_chief_and_two_workers_complete_a_search_together(tmp_path, image_data):
     results = tmp_path / "dist"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [
@@ -486,7 +486,7 @@ def test_a_chief_and_two_workers_complete_a_search_together(tmp_path, shared_dat
         "--timeout",
         "400",
         "--",
-        *data_args(shared_data),
+        *data_args(image_data),
         *TINY,
         "--max-trials",
         "4",
@@ -507,7 +507,7 @@ def test_a_chief_and_two_workers_complete_a_search_together(tmp_path, shared_dat
     assert "[chief] Wrote " in proc.stdout and (results / "best.yaml").exists()
 
 
-def test_the_distributed_script_stops_every_process_on_timeout(tmp_path, shared_data):
+def test_the_distributed_script_stops_every_process_on_timeout(tmp_path, image_data):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [
         sys.executable,
@@ -517,7 +517,7 @@ def test_the_distributed_script_stops_every_process_on_timeout(tmp_path, shared_
         "--timeout",
         "2",
         "--",
-        *data_args(shared_data),
+        *data_args(image_data),
         *TINY,
         "--results-dir",
         str(tmp_path / "r"),
