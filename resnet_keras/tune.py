@@ -52,6 +52,7 @@ from resnet_keras.config import COMPONENT_FIELDS, SHORTCUTS, ModelConfig
 from resnet_keras.errors import ResNetKerasError, TrainingFailure, UsageError, expect, is_int, is_number
 from resnet_keras.files import write_atomic
 from resnet_keras.rundir import RunDir
+from resnet_keras.runlock import holds_lock
 
 TUNERS = ("random", "hyperband", "bayesian")
 # Objective -> KerasTuner direction; both are the best epoch's value, as KerasTuner's own Tuner scores.
@@ -722,6 +723,7 @@ def _hyperband_min_epochs(tune: TuneConfig) -> int:
     return math.ceil(tune.epochs_per_trial / tune.hyperband_factor ** (brackets - 1))
 
 
+@holds_lock("results_dir", "tune", writer=lambda arguments: role() != "worker")  # workers share the chief's
 def search(
     space: SearchSpace,
     tune: TuneConfig,
