@@ -52,6 +52,7 @@ class WriterLock:
     path: Path | None = None
     fd: int | None = None
     body: dict | None = None
+    made: list[Path] = dataclasses.field(default_factory=list)  # parents created for the lock file
 
     def release(self) -> None:
         """Deletes the lock file (while still locked, see the module docstring), then unlocks."""
@@ -65,6 +66,11 @@ class WriterLock:
         finally:
             os.close(self.fd)
             self.fd = None
+        for parent in reversed(self.made):  # a refused command leaves no folder behind
+            try:
+                parent.rmdir()
+            except OSError:
+                break  # not empty: the run was written there
 
     def __enter__(self) -> WriterLock:
         return self
@@ -90,6 +96,7 @@ def acquire(directory: str | os.PathLike, *, command: str, log: Callable[[str], 
         log(f"Note: {text} is on an object store, which has no file locks; nothing stops a second writer.")
         return WriterLock()
     path = lock_file(directory)
+    made = [parent for parent in (path.parent, *path.parent.parents) if not parent.exists()][::-1]
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {"host": socket.gethostname(), "pid": os.getpid(), "command": command, "started": _now()}
     while True:
@@ -103,7 +110,7 @@ def acquire(directory: str | os.PathLike, *, command: str, log: Callable[[str], 
             os.close(fd)
             if error.errno not in _NO_FLOCK:
                 raise
-            return _acquire_by_body(text, path, body, log)
+            return _acquire_by_body(text, path, body, log, made)
         try:
             same = _same_file(os.fstat(fd), os.stat(path))
         except FileNotFoundError:
@@ -115,7 +122,7 @@ def acquire(directory: str | os.PathLike, *, command: str, log: Callable[[str], 
         _write_body(fd, body)
         if previous and previous.get("pid") != os.getpid():
             log(f"Took over the lock of {text} left by {_holder(previous)}, which no longer holds it.")
-        return WriterLock(path, fd, body)
+        return WriterLock(path, fd, body, made)
 
 
 def holds_lock(directory: str, command: str, *, writer: Callable[[dict], bool] = lambda arguments: True):
@@ -150,7 +157,7 @@ def chief_trainer(arguments: dict) -> bool:
     return worker_info().is_chief
 
 
-def _acquire_by_body(text: str, path: Path, body: dict, log) -> WriterLock:
+def _acquire_by_body(text: str, path: Path, body: dict, log, made: list[Path]) -> WriterLock:
     """The lock on a file system without flock: judged by the body's host and pid (racy; see above)."""
     previous = _read_body(path)
     if previous and previous.get("pid") != os.getpid() and not _gone(previous):
@@ -160,7 +167,7 @@ def _acquire_by_body(text: str, path: Path, body: dict, log) -> WriterLock:
     log(f"Note: {path.parent} has no file locks (flock refused); the writer lock is judged by host and pid.")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     _write_body(fd, body)
-    return WriterLock(path, fd, body)
+    return WriterLock(path, fd, body, made)
 
 
 def _gone(holder: dict) -> bool:

@@ -53,11 +53,12 @@ def holder_pid(directory: Path):
 
 
 def test_the_lock_is_exclusive_across_open_files_and_released_whole(tmp_path):
-    first = runlock.acquire(tmp_path / "run", command="train", log=lambda m: None)
+    run_dir = tmp_path / "runs" / "new" / "run"
+    first = runlock.acquire(run_dir, command="train", log=lambda m: None)
     with pytest.raises(UsageError, match=f"train pid {os.getpid()} on host"):
-        runlock.acquire(tmp_path / "run", command="train", log=lambda m: None)
+        runlock.acquire(run_dir, command="train", log=lambda m: None)
     first.release()
-    assert not runlock.lock_file(tmp_path / "run").exists()
+    assert not runlock.lock_file(run_dir).exists() and not (tmp_path / "runs").exists()  # nothing left behind
     notes = []
     with runlock.acquire("gs://bucket/run", command="train", log=notes.append) as held:
         assert held.path is None
