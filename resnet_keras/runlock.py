@@ -100,7 +100,13 @@ def acquire(directory: str | os.PathLike, *, command: str, log: Callable[[str], 
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {"host": socket.gethostname(), "pid": os.getpid(), "command": command, "started": _now()}
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as error:  # a run folder that is writable inside a read-only parent still trains
+            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            log(f"Note: cannot create {path} ({error.strerror}); {text} has no writer lock.")
+            return WriterLock()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
