@@ -32,6 +32,7 @@ from typing import Any
 from resnet_keras.config import DataConfig, ModelConfig, TrainConfig
 from resnet_keras.errors import UsageError, expect
 from resnet_keras.files import save_model_atomic
+from resnet_keras.runstate import check_class_names, check_keras_file, parse_history, read_labels, validate_configs
 from resnet_keras.storage import UrlPath, as_path, check_reachable, local_copy, local_file_for, rmtree, write_atomic
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "finished_at")
@@ -91,7 +92,7 @@ class RunDir:
             raise UsageError(f"{self.file(self.CONFIG)} is not a valid run config ({error})") from None
         if not isinstance(configs, dict) or not {"model", "data"} <= set(configs):
             raise UsageError(f"{self.file(self.CONFIG)} is not a valid run config (no model and data sections)")
-        return configs
+        return validate_configs(configs, self.file(self.CONFIG))  # the validators `train` uses
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict(self.read_configs()["model"])
@@ -151,6 +152,7 @@ class RunDir:
 
     def start(self, configs: dict, class_names: tuple[str, ...]) -> None:
         """Makes the folder a run: writes config.json and labels.txt (the labels need no data later)."""
+        check_class_names(class_names, where=str(self.path))
         self.path.mkdir(parents=True, exist_ok=True)
         self.write_json(self.CONFIG, configs, sort_keys=True)
         write_atomic(self.file(self.LABELS), "".join(f"{name}\n" for name in class_names))
@@ -159,7 +161,7 @@ class RunDir:
         """labels.txt, or for runs written before it existed the dataset's listing (needs the data)."""
         labels = self.file(self.LABELS)
         if labels.exists():
-            names = tuple(labels.read_text(encoding="utf-8").splitlines())
+            names = read_labels(labels, num_classes)  # bounded: a huge file is refused, not read
         else:
             from resnet_keras.data import describe
 
@@ -185,20 +187,17 @@ class RunDir:
         return path
 
     def read_json(self, name: str) -> Any:
-        return json.loads(self.file(name).read_text())
+        try:
+            return json.loads(self.file(name).read_text())
+        except ValueError as error:
+            raise UsageError(f"{self.file(name)} is not valid JSON ({error}); correct or delete it") from None
 
     def read_history(self) -> list[dict]:
         path = self.file(self.HISTORY)
         if not path.exists():
             return []
         with io.StringIO(path.read_text(), newline="") as handle:
-            return [
-                {
-                    key: (value if key == "finished_at" else int(value) if key == "epoch" else float(value))
-                    for key, value in row.items()
-                }
-                for row in csv.DictReader(handle)
-            ]
+            return parse_history(path, csv.DictReader(handle), HISTORY_FIELDS)  # typed, in order, or UsageError
 
     def write_history(self, rows: list[dict]) -> None:
         out = io.StringIO()
@@ -242,6 +241,7 @@ class RunDir:
         name = self.weights_file(weights)
         if name == self.FINAL_MODEL:
             with local_copy(self.file(name)) as local:  # Keras reads local files
+                check_keras_file(local)  # a truncated zip would load as "File not found"
                 return keras.saving.load_model(str(local), safe_mode=True, compile=False)
         if self.file(self.BEST_WEIGHTS).exists():
             from resnet_keras.models import build_model

@@ -21,6 +21,8 @@ from resnet_keras.errors import UsageError
 from resnet_keras.evaluate import evaluate  # noqa: F401  part of this module's API since the first release
 from resnet_keras.recipes import make_schedule  # noqa: F401  part of this module's API since the first release
 from resnet_keras.rundir import RunDir
+from resnet_keras.runlock import chief_trainer, holds_lock
+from resnet_keras.runstate import ReadableCheckpoints, check_resume
 from resnet_keras.trainer import Hook, make_train_step  # noqa: F401  make_train_step: benchmark and scripts use it
 
 __all__ = ["TrainConfig", "evaluate", "load_run_config", "make_schedule", "make_train_step", "train"]
@@ -31,6 +33,7 @@ def load_run_config(model_dir: str | os.PathLike) -> dict:
     return RunDir(model_dir).read_configs()
 
 
+@holds_lock("model_dir", "train", writer=chief_trainer)  # one writer per run directory
 def train(
     model_config: ModelConfig,
     data_config: DataConfig,
@@ -89,7 +92,8 @@ def train(
     resuming = out.check_resumable(setup.configs, overwrite)
     parts = _build(setup)
     history: list[dict] = []
-    latest = distribute.peer_guard(distribute.agreed_checkpoint, strategy)(strategy, parts.manager, run, resuming)
+    readable = ReadableCheckpoints(parts.manager, log)  # the newest checkpoint that reads whole
+    latest = distribute.peer_guard(distribute.agreed_checkpoint, strategy)(strategy, readable, run, resuming)
     within = None
     if latest:
         within = _restore(parts, latest)
@@ -103,6 +107,8 @@ def train(
         from resnet_keras.weights import assign
 
         log(f"Initialised {assign(parts.model, init_weights)} layers from {train_config.init_from} (new head).")
+    if resuming and out is run:  # a run whose files disagree with its checkpoint is not trained over
+        check_resume(run, int(parts.epoch.numpy()) if latest else None)
     start_epoch = int(parts.epoch.numpy())
     out.start(setup.configs, setup.info.class_names)  # from here on, the folder is a run
     summary, run_hooks = _hooks(setup, parts, history, log, checkpoint_interval)

@@ -50,6 +50,7 @@ from resnet_keras import plots, specs
 from resnet_keras.config import COMPONENT_FIELDS, SHORTCUTS, ModelConfig
 from resnet_keras.errors import ResNetKerasError, TrainingFailure, UsageError, expect, is_int, is_number
 from resnet_keras.rundir import RunDir
+from resnet_keras.runlock import holds_lock
 from resnet_keras.storage import as_path, check_reachable, copy_folder, rmtree, write_atomic
 
 TUNERS = ("random", "hyperband", "bayesian")
@@ -718,6 +719,7 @@ def _hyperband_min_epochs(tune: TuneConfig) -> int:
     return math.ceil(tune.epochs_per_trial / tune.hyperband_factor ** (brackets - 1))
 
 
+@holds_lock("results_dir", "tune", writer=lambda arguments: role() != "worker")  # workers share the chief's
 def search(
     space: SearchSpace,
     tune: TuneConfig,

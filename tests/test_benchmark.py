@@ -128,8 +128,8 @@ def test_folder_data_pipeline_speed_real_over_synthetic_and_memory(image_data):
     assert memory["ours"] >= memory["tensorflow_alone"] * 0.95  # TF plus a model cannot be much smaller
 
 
-def test_pipeline_only_prints_one_json_line_of_images_per_cpu_second(shared_data):
-    folder = str(shared_data / "cifar10-mini")
+def test_pipeline_only_prints_one_json_line_of_images_per_cpu_second(image_data):
+    folder = str(image_data / "cifar10-mini")
     args = ["--data", folder, "--batch-size", "8", "--pipeline-batches", "3", "--warmup", "1"]
     result = run("benchmark", "--pipeline-only", "--recipe", "torchvision", *args)
     assert result.exit_code == 0, result.output[-3000:]
