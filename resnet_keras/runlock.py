@@ -91,7 +91,7 @@ def lock_file(directory: str | os.PathLike) -> Path:
 
 def acquire(directory: str | os.PathLike, *, command: str, log: Callable[[str], None] = print) -> WriterLock:
     """The writer lock of `directory` for this process; UsageError naming the holder when another has it."""
-    text = os.fspath(directory)
+    text = str(directory) if hasattr(directory, "scheme") else os.fspath(directory)  # storage.UrlPath: str
     if "://" in text:
         log(f"Note: {text} is on an object store, which has no file locks; nothing stops a second writer.")
         return WriterLock()

@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from resnet_keras import tf_compat
 from resnet_keras.errors import UsageError, first_line
 
 # Longer than any file or folder name (255 bytes on common file systems), so every folder
@@ -152,10 +153,9 @@ def check_keras_file(path: Path) -> None:
 
 def checkpoint_problem(path: str) -> str | None:
     """Why the checkpoint at `path` cannot be restored (None: every tensor reads and checks)."""
-    import tensorflow as tf
 
     try:
-        reader = tf.train.load_checkpoint(path)
+        reader = tf_compat.checkpoint_reader(path)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)  # the bundle reader checks each tensor's CRC32C
     except Exception as error:  # noqa: BLE001 - truncated, missing or corrupt files all mean "unreadable"

@@ -107,3 +107,15 @@ def keras_home() -> str:
         return home
     base = os.path.expanduser("~")
     return os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+
+
+def checkpoint_reader(path: str):
+    """A reader of the checkpoint at `path` (``tf.compat.v1.train.NewCheckpointReader``).
+
+    `tf.train.load_checkpoint` first asks whether `path` is a directory, and `ram://` answers by
+    string prefix (True for ``ckpt-20`` beside ``ckpt-20.index``); the TF1 reader takes the
+    prefix as it is, on every file system.
+    """
+    import tensorflow as tf
+
+    return tf.compat.v1.train.NewCheckpointReader(path)

@@ -311,11 +311,12 @@ def _restore(parts: _Parts, path: str):
     """
     import tensorflow as tf
 
+    from resnet_keras import tf_compat
     from resnet_keras.trainer import EpochProgress
 
     # The reader of the prefix itself: load_checkpoint first asks isdir(path), which a store that
     # matches names by prefix (TensorFlow's ram://) answers True for ckpt-20 next to ckpt-20.index.
-    if tf.compat.v1.train.NewCheckpointReader(path).has_tensor("epoch_progress/.ATTRIBUTES/VARIABLE_VALUE"):
+    if tf_compat.checkpoint_reader(path).has_tensor("epoch_progress/.ATTRIBUTES/VARIABLE_VALUE"):
         parts.checkpoint.restore(path).assert_existing_objects_matched()
     else:
         parts.progress.assign(tf.zeros([6], tf.float64))

@@ -90,3 +90,12 @@ def test_no_other_module_uses_private_apis(module):
             used.append("tf.compat.v1")
     private = [name for name in used if name.startswith(PRIVATE_PREFIXES) or name == "tf.compat.v1"]
     assert not private, f"{module} uses {private}; put such uses in resnet_keras/tf_compat.py"
+
+
+def test_checkpoint_reader_reads_a_checkpoint_by_its_prefix(tmp_path):
+    import tensorflow as tf
+
+    from resnet_keras import tf_compat
+
+    prefix = tf.train.Checkpoint(v=tf.Variable(3.0)).save(str(tmp_path / "ckpt"))
+    assert tf_compat.checkpoint_reader(prefix).get_tensor("v/.ATTRIBUTES/VARIABLE_VALUE") == 3.0
