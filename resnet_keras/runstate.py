@@ -88,7 +88,7 @@ def check_class_names(names: Iterable[str], *, where: str) -> None:
 def parse_history(path: Path, rows: Iterable[dict], fields: tuple[str, ...]) -> list[dict]:
     """history.csv's rows (csv.DictReader) as typed dicts; UsageError unless they are epochs 1, 2, ...
     with every field of `fields` and numbers where numbers belong."""
-    if path.stat().st_size > MAX_HISTORY_BYTES:
+    if (path.size() if hasattr(path, "scheme") else path.stat().st_size) > MAX_HISTORY_BYTES:
         raise UsageError(f"{path} is larger than {MAX_HISTORY_BYTES // 2**20} MiB, more than any run's history; {_FIX}")
 
     def bad(line: int, reason: str):
