@@ -73,11 +73,6 @@ def test_budget_watch_stops_at_the_warm_up_and_when_the_pace_would_overrun():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="no warm-up refit line since the steps-per-loop loop and the multi-replica merge (CI 2026-12-02); "
-    "not yet diagnosed, see the session 8 note",
-    strict=False,
-)
 def test_budget_run_fits_its_epochs_and_counts_the_calibration(image_data, tmp_path, capsys):
     bench = load_script("cifar10_benchmark")
     budget = 20.0  # room for a calibration, the warm-up and more epochs after the refit
@@ -93,16 +88,21 @@ def test_budget_run_fits_its_epochs_and_counts_the_calibration(image_data, tmp_p
 
     assert calibration["steps"] == 2 * bench.CALIBRATION_STEPS and calibration["epoch_seconds"] > 0
     provisional = bench.epochs_for_budget(budget - calibration["train_seconds"], calibration["epoch_seconds"])
-    # Fitted again at the end of the warm-up (its whole epochs, at least one) from the real epochs, then resumed.
+    # Fitted again at the end of the warm-up (its whole epochs, at least one) from the real epochs, then
+    # resumed; unless the provisional plan leaves at most one epoch after the warm-up, which a slow machine's
+    # calibration can (the refit rule itself is timed-free in the test above).
     refits = [line for line in lines if line["kind"] == "refit"]
-    assert refits[0]["reason"] == "warm-up" and refits[0]["planned_epochs"] == provisional
     warmup_end = max(1, math.ceil(summary["warmup_epochs"]))
-    before = [float(row["seconds"]) for row in bench.read_history(tmp_path / "run")[:warmup_end]]
-    assert refits[0]["after_epoch"] == warmup_end
-    left = budget - calibration["train_seconds"] - sum(before)
-    assert refits[0]["epochs"] == bench.refit_epochs(before, left, refits[0]["retrace_seconds"])
-    assert all(r["reason"] == "pace" and r["epochs"] < r["planned_epochs"] for r in refits[1:])  # only ever fewer
-    assert summary["epochs"] == refits[-1]["epochs"] == len(epochs) and summary["refits"] == refits
+    if provisional <= warmup_end + 1:
+        assert refits == [] and summary["epochs"] == len(epochs) == provisional and summary["refits"] == []
+    else:
+        assert refits[0]["reason"] == "warm-up" and refits[0]["planned_epochs"] == provisional
+        before = [float(row["seconds"]) for row in bench.read_history(tmp_path / "run")[:warmup_end]]
+        assert refits[0]["after_epoch"] == warmup_end
+        left = budget - calibration["train_seconds"] - sum(before)
+        assert refits[0]["epochs"] == bench.refit_epochs(before, left, refits[0]["retrace_seconds"])
+        assert all(r["reason"] == "pace" and r["epochs"] < r["planned_epochs"] for r in refits[1:])  # only fewer
+        assert summary["epochs"] == refits[-1]["epochs"] == len(epochs) and summary["refits"] == refits
     # Cumulative training seconds start from the calibration's and only grow.
     seconds = [calibration["train_seconds"]] + [e["train_seconds"] for e in epochs]
     assert seconds == sorted(seconds) and seconds[1] > seconds[0]
