@@ -439,9 +439,14 @@ def _tuner_class():
                 f"lr {plan.learning_rate:.4g}, weight decay {plan.weight_decay:.3g}, {epochs} epochs -> {run_dir}"
             )
             try:
-                train_lib.train(
-                    plan.model_config, self.data_config, train_config, run_dir, log=lambda line: self.log(prefix + line)
-                )
+                with space_for(run_dir):  # a full disk is DiskFull here, which is not retried
+                    train_lib.train(
+                        plan.model_config,
+                        self.data_config,
+                        train_config,
+                        run_dir,
+                        log=lambda line: self.log(prefix + line),
+                    )
             except TrainingFailure as error:  # e.g. a learning rate so high the loss diverges
                 import keras_tuner
 
