@@ -3,8 +3,8 @@
 `UsageError` is a user mistake (bad option, missing folder, unknown dataset): exit
 code 2. `TrainingFailure` is a run that started and could not finish (a loss that
 became NaN), `ExportFailure` an export that was written but failed its check against
-the Keras model (nothing is published): exit code 1. Library code never calls
-`sys.exit` or imports click.
+the Keras model (nothing is published): exit code 1. `DiskFull` is a write that found its
+file system full: exit code 2. Library code never calls `sys.exit` or imports click.
 """
 
 import math
@@ -41,6 +41,18 @@ class ExportFailure(ResNetKerasError):
     """An export was converted but disagrees with the Keras model or loses too much accuracy."""
 
     exit_code = 1
+
+
+class DiskFull(ResNetKerasError):
+    """A write found no space left on its file system (ENOSPC, or a disk quota); the message names
+    the path and the space needed. Nothing half-written is left: the previous files stay whole and
+    the same command resumes once space is freed.
+
+    Exit code 2, as for the other faults the user fixes outside the program (a read-only folder):
+    restarting it without freeing space would only fill the disk again.
+    """
+
+    exit_code = 2
 
 
 class Preempted(ResNetKerasError):

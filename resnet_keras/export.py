@@ -45,7 +45,15 @@ from typing import Any
 
 from resnet_keras.config import ModelConfig
 from resnet_keras.errors import ExportFailure, UsageError, expect, first_line, is_int
-from resnet_keras.files import fsync_tree, owner_tag, publish_dir, recover_replaced, remove_stale_temps
+from resnet_keras.files import (
+    fsync_tree,
+    owner_tag,
+    publish_dir,
+    recover_replaced,
+    remove_stale_temps,
+    saved_size,
+    space_for,
+)
 from resnet_keras.rundir import WEIGHTS, RunDir
 from resnet_keras.storage import as_path, local_folder, write_atomic
 
@@ -346,38 +354,40 @@ def export_saved_model(
     sample = held_out_sample(run, 64, log)
     tmp = model_base / f".tmp-{version}-{owner_tag()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            labels_path = Path(scratch) / LABELS_FILE
-            labels_path.write_text("\n".join(run.class_names) + "\n", encoding="utf-8")
-            _build_archive(run, labels_path).write_out(str(tmp), verbose=False)
-        check = _check_saved_model(tmp, run, sample)
-        metadata = dict(
-            model_name=run.name,
-            version=version,
-            created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            source_run=str(as_path(model_dir).resolve()),
-            weights=run.weights_file,
-            class_names=list(run.class_names),
-            preprocessing=run.preprocessing,
-            image_size=run.model_config.image_size,
-            top_k=run.top_k,
-            signatures={
-                PIXELS_SIGNATURE: f"{PIXELS_INPUT}: uint8 [batch, H, W, 3]",
-                BYTES_SIGNATURE: f"{BYTES_INPUT}: string [batch] (JPEG/PNG)",
-            },
-            outputs=list(OUTPUTS),
-            check=check,
-            model=run.model_config.to_dict(),
-            data=run.data_config.to_dict(),
-        )
-        (tmp / "assets.extra").mkdir(exist_ok=True)
-        (tmp / "assets.extra" / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        fsync_tree(tmp)
-        publish_dir(tmp, final, overwrite=overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # A SavedModel is its weights (variables/) and a graph of about their size: both must fit.
+    with space_for(final, 2 * saved_size(run.model)):
+        try:
+            with tempfile.TemporaryDirectory() as scratch:
+                labels_path = Path(scratch) / LABELS_FILE
+                labels_path.write_text("\n".join(run.class_names) + "\n", encoding="utf-8")
+                _build_archive(run, labels_path).write_out(str(tmp), verbose=False)
+            check = _check_saved_model(tmp, run, sample)
+            metadata = dict(
+                model_name=run.name,
+                version=version,
+                created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                source_run=str(as_path(model_dir).resolve()),
+                weights=run.weights_file,
+                class_names=list(run.class_names),
+                preprocessing=run.preprocessing,
+                image_size=run.model_config.image_size,
+                top_k=run.top_k,
+                signatures={
+                    PIXELS_SIGNATURE: f"{PIXELS_INPUT}: uint8 [batch, H, W, 3]",
+                    BYTES_SIGNATURE: f"{BYTES_INPUT}: string [batch] (JPEG/PNG)",
+                },
+                outputs=list(OUTPUTS),
+                check=check,
+                model=run.model_config.to_dict(),
+                data=run.data_config.to_dict(),
+            )
+            (tmp / "assets.extra").mkdir(exist_ok=True)
+            (tmp / "assets.extra" / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+            fsync_tree(tmp)
+            publish_dir(tmp, final, overwrite=overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
     log(
         f"Exported {run.name} version {version} to {final} ({size / 1e6:.2f} MB); signatures "
@@ -503,7 +513,8 @@ def probabilities_saved_model(
     archive.track(model)
     spec = tf.TensorSpec([batch, size, size, 3], tf.float32, name=input_name)
     archive.add_endpoint("serving_default", probabilities, [spec])
-    archive.write_out(str(path), verbose=False)
+    with space_for(path, 2 * saved_size(model)):  # a scratch folder, which its caller removes
+        archive.write_out(str(path), verbose=False)
 
 
 def _convert(run: TrainedRun, quantize: str, calibration, scratch: Path) -> bytes:

@@ -85,7 +85,7 @@ def export_features(
     import keras
     import tensorflow as tf
 
-    from resnet_keras.files import publish_dir
+    from resnet_keras.files import publish_dir, saved_size, space_for
 
     output = Path(output)
     if output.exists() and not overwrite:
@@ -111,11 +111,12 @@ def export_features(
     )
     tmp = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        archive.write_out(str(tmp), verbose=False)
-        publish_dir(tmp, output, overwrite=overwrite)  # the old export is moved aside only once the new one is complete
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with space_for(output, 2 * saved_size(model)):  # its weights and a graph of about their size
+        try:
+            archive.write_out(str(tmp), verbose=False)
+            publish_dir(tmp, output, overwrite=overwrite)  # the old export moves aside once the new one is whole
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     dims = model.output["embedding"].shape[-1]
     log(
         f"Wrote {output}: serving_default(image [batch, {config.image_size}, {config.image_size}, "

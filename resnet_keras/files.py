@@ -4,32 +4,151 @@ Everything the package writes for others to read (run-directory files, SavedMode
 that TF Serving polls, TFLite files, feature extractors) goes through these: write under a
 hidden temporary name, flush it to disk, then rename, which is atomic on one filesystem. A
 crash or a kill at any point leaves the previous file or folder, never half of a new one.
+
+A full file system is met in one place too (`space_for`): a writer says how many bytes it needs,
+that much must be free before anything is written (HDF5 and TensorFlow's writers included, which
+report a failed write as raw text or, in libhdf5, may crash), and a full disk met while writing
+anyway becomes one `DiskFull` naming the path and the space, once the writer removed its temporary.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import math
 import os
 import re
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
-from resnet_keras.errors import UsageError
+from resnet_keras.errors import DiskFull, UsageError
+
+# A full file system: no blocks left, or the user's quota spent.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# The same, as TensorFlow (ResourceExhaustedError "<file>; No space left on device") and h5py
+# ("errno = 28, error message = 'No space left on device'") report it: text, not an errno.
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")
+
+
+def is_no_space(error: BaseException) -> bool:
+    """Whether `error` says the file system is full."""
+    if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+        return True
+    return any(text in str(error) for text in _NO_SPACE_TEXT)
+
+
+def free_bytes(path) -> int | None:
+    """Bytes this process may still write on the file system of `path` (or of its nearest existing
+    parent: it may not exist yet); None where that cannot be told (a URL, a failing statvfs)."""
+    from resnet_keras.storage import is_url
+
+    if is_url(path) or hasattr(path, "scheme"):
+        return None
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def disk_full(path, needed: int = 0, free: int | None = None) -> DiskFull:
+    """The one-line DiskFull for `path`: what it needs and what is free."""
+    free = free_bytes(path) if free is None else free
+    need = f"it needs {_size(needed)}" if needed else "it needs more space"
+    have = f", {_size(free)} free" if free is not None else ""
+    return DiskFull(
+        f"no space left on the device for {path} ({need}{have}); nothing half-written was kept: "
+        "free some space and run the same command again"
+    )
+
+
+def ensure_space(path, needed: int) -> None:
+    """DiskFull unless `needed` bytes are free for `path` (always true where free space is unknown)."""
+    free = free_bytes(path)
+    if free is not None and free < needed:
+        raise disk_full(path, needed, free)
+
+
+@contextlib.contextmanager
+def space_for(path, needed: int = 0) -> Iterator[None]:
+    """Around the writes of `path` (a file or a folder): `needed` bytes must be free before the
+    block starts, and a full file system met inside it leaves as DiskFull naming `path`. The block
+    removes its own temporary files (its `except` or `finally`) before the error leaves it."""
+    if needed:
+        ensure_space(path, needed)
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as error:
+        if not is_no_space(error):
+            raise
+        raise disk_full(path, needed) from error
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Writes `data` (text as UTF-8) to `path` through a fsynced temporary sibling and a rename."""
+    """Writes `data` (text as UTF-8) to `path` through a fsynced temporary sibling and a rename.
+
+    DiskFull (the temporary removed, `path` untouched) when its file system has no room for it.
+    """
     path = Path(path)
+    data = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with space_for(path, len(data)):
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                view = memoryview(data)
+                while view:  # os.write may write less than asked
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def remove_own_temps(folder: str | os.PathLike) -> None:
+    """Deletes the `.<name>.tmp-<pid>...` files `write_atomic` and `storage.local_file_for` left in
+    `folder` when a writer was killed mid-write (or an older version met a full disk). For a folder
+    whose writer lock this process holds: no other writer can be using them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in folder.glob(".*.tmp-*"):
+        pid = re.search(r"\.tmp-(\d+)", path.name)
+        if pid and int(pid.group(1)) != os.getpid() and (path.is_symlink() or path.is_file()):
+            path.unlink(missing_ok=True)
+
+
+def saved_size(model) -> int:
+    """About the bytes a `.keras` or `.weights.h5` file of `model` takes (measured: the weights'
+    bytes plus under 1 KB of HDF5 metadata per variable), for `space_for`."""
+    return variables_size(model.weights)
+
+
+def variables_size(variables) -> int:
+    """About the bytes a file of `variables` takes: their data plus 1 KB each and 64 KB for the rest."""
+    return sum(_itemsize(v.dtype) * math.prod(v.shape) + 1024 for v in variables) + 65536
+
+
+def _itemsize(dtype) -> int:
+    bits = re.findall(r"\d+", str(dtype))  # "float32" (Keras), "<dtype: 'bfloat16'>" (TensorFlow)
+    return max(int(bits[-1]) // 8, 1) if bits else 8
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -136,5 +255,6 @@ def save_model_atomic(model, output: str | os.PathLike) -> None:
     from resnet_keras.portable import save_model
     from resnet_keras.storage import local_file_for
 
-    with local_file_for(output, suffix=".keras") as local:  # a URL's file is copied up from a local one
-        save_model(model, local)
+    # Space is checked before Keras (and HDF5, for a model too big to stage in memory) writes.
+    with space_for(output, saved_size(model)), local_file_for(output, suffix=".keras") as local:
+        save_model(model, local)  # a URL's file is copied up from a local one

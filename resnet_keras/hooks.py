@@ -1,9 +1,10 @@
 """The concerns of a training run, one `Hook` each (`resnet_keras.trainer`).
 
 `train.train` assembles them in this order, which is the order they run at each call:
-StopOnNaN, LowLrStart, FineTunePhases, ProgressBar, History, TensorBoard, BestWeights,
+StopOnNaN, LowLrStart, FineTunePhases, ProgressBar, DiskSpace, History, TensorBoard, BestWeights,
 Checkpoint, EpochLog, Preemption, RunSummary. History is written before the checkpoint: a crash between
-the two leaves a history row the checkpoint lacks, and a resume drops it.
+the two leaves a history row the checkpoint lacks, and a resume drops it. DiskSpace checks first
+that the epoch's files fit, so a full disk stops the run before any of them is written.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from resnet_keras.config import LOW_LR_UNTIL_ERROR
 from resnet_keras.errors import Preempted, TrainingFailure, UsageError
+from resnet_keras.files import ensure_space, saved_size, space_for, variables_size
 from resnet_keras.rundir import RunDir
 from resnet_keras.trainer import Hook
 
@@ -98,15 +100,31 @@ class ProgressBar(Hook):
         return sys.stdout.isatty()
 
 
+class DiskSpace(Hook):
+    """Before an epoch's files are written, DiskFull unless the run's file system has room for all
+    of them (each of `writers` says what it will write, `bytes_needed(logs)`): a full disk then
+    stops the run with none of the epoch written, so history, best weights and checkpoint stay
+    those of the epoch before and agree with each other, and the same command resumes there."""
+
+    def __init__(self, run: RunDir, writers: list[Hook]):
+        self.run, self.writers = run, writers
+
+    def on_epoch_end(self, epoch, logs):
+        ensure_space(self.run.path, sum(writer.bytes_needed(logs) for writer in self.writers))
+
+
 class History(Hook):
     """history.csv: one row per epoch, rewritten whole (atomically) after each epoch."""
 
     def __init__(self, run: RunDir, rows: list[dict]):
         self.run, self.rows = run, rows
 
+    def bytes_needed(self, logs) -> int:
+        return 256 * (len(self.rows) + 2)  # the new file beside the old one: rows are ~120 bytes
+
     def on_epoch_end(self, epoch, logs):
-        self.rows.append(dict(logs))
-        self.run.write_history(self.rows)
+        self.run.write_history([*self.rows, dict(logs)])
+        self.rows.append(dict(logs))  # only once written: a full disk leaves the rows as the file has them
 
 
 class TensorBoard(Hook):
@@ -117,14 +135,17 @@ class TensorBoard(Hook):
     def __init__(self, run: RunDir):
         import tensorflow as tf
 
-        self.tf = tf
-        self.writer = tf.summary.create_file_writer(str(run.file(RunDir.LOGS)))
+        self.tf, self.logs = tf, run.file(RunDir.LOGS)
+        self.writer = tf.summary.create_file_writer(str(self.logs))
+
+    def bytes_needed(self, logs) -> int:
+        return 4096
 
     def on_epoch_end(self, epoch, logs):
-        with self.writer.as_default(step=epoch):
+        with space_for(self.logs), self.writer.as_default(step=epoch):  # the event file is appended to
             for key in self.KEYS:
                 self.tf.summary.scalar(key, logs[key])
-        self.writer.flush()
+            self.writer.flush()
 
 
 class BestWeights(Hook):
@@ -132,6 +153,9 @@ class BestWeights(Hook):
 
     def __init__(self, run: RunDir, best: float):
         self.run, self.best = run, best
+
+    def bytes_needed(self, logs) -> int:
+        return saved_size(self.trainer.eval_model) if logs["val_accuracy"] > self.best else 0
 
     def on_epoch_end(self, epoch, logs):
         if logs["val_accuracy"] > self.best:
@@ -181,9 +205,44 @@ class Checkpoint(Hook):
         self.epoch_variable.assign(epochs_done)
         if self.progress_variable is not None:
             self.progress_variable.assign(self.trainer.progress.to_array() if step else np.zeros(6))
-        path = self.manager.save(checkpoint_number=self.global_step(epochs_done, step))
+        number = self.global_step(epochs_done, step)
+        # The manager deletes the oldest checkpoint only after the new one is whole: on a full disk
+        # the previous checkpoints stay, and what the failed save wrote is removed.
+        with space_for(self.manager.directory, self.bytes_needed()):
+            try:
+                path = self.manager.save(checkpoint_number=number)
+            except BaseException:
+                self._remove_unfinished(number)
+                raise
         self.saved_at, self.last_time = (epochs_done, step), time.monotonic()
         return path
+
+    def bytes_needed(self, logs=None) -> int:
+        """About the bytes of the next checkpoint: the last one's files, else its variables' bytes."""
+        import tensorflow as tf
+
+        if self.manager.latest_checkpoint:
+            names = tf.io.gfile.glob(self.manager.latest_checkpoint + ".*")
+            if names:
+                return sum(tf.io.gfile.stat(name).length for name in names) + 16384
+        trainer = self.trainer
+        variables = {id(v): v for v in [*trainer.model.weights, *trainer.optimizer.variables]}
+        variables.update({id(v): v for v in trainer.eval_model.weights})  # the weight average, when kept
+        return variables_size(variables.values())
+
+    def _remove_unfinished(self, number: int) -> None:
+        """Deletes the files of a failed save of `ckpt-<number>` (unless the manager lists it)."""
+        import tensorflow as tf
+
+        prefix = f"{self.manager.directory}/ckpt-{number}"
+        leftovers = tf.io.gfile.glob(prefix + "_temp") + tf.io.gfile.glob(f"{self.manager.directory}/checkpoint.tmp*")
+        if prefix not in {str(p) for p in self.manager.checkpoints}:
+            leftovers += tf.io.gfile.glob(prefix + ".*")
+        for name in leftovers:
+            try:
+                tf.io.gfile.rmtree(name) if tf.io.gfile.isdir(name) else tf.io.gfile.remove(name)
+            except Exception:  # noqa: BLE001 - cleanup is best effort; the save's own error is the answer
+                pass
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from resnet_keras.errors import DataError, UsageError, first_line
-from resnet_keras.files import write_atomic
+from resnet_keras.files import space_for, write_atomic
 
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
@@ -283,23 +283,26 @@ def write_shard(job: ShardJob) -> dict:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     counts, skipped = [0] * len(job.class_names), []
     images = _tfds_images(job) if job.tfds else ((item, _read(item)) for item, _ in job.items)
-    try:
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
-            for (name, data), (_, label) in zip(images, job.items, strict=True):
-                try:
-                    jpeg, height, width = encode_image(data, name)
-                except ValueError as error:
-                    if not job.skip_corrupt:
-                        raise DataError(f"{error}; remove it or skip such files (--skip-corrupt)") from None
-                    skipped.append(name)
-                    continue
-                text = job.class_names[label]
-                writer.write(make_example(jpeg, label, text, height, width, os.path.basename(name)))
-                counts[label] += 1
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # About the shard's size, for the space check: the images' bytes (TFDS's are not known here).
+    needed = 0 if job.tfds else sum(os.path.getsize(item) + 256 for item, _ in job.items if os.path.isfile(item))
+    with space_for(path, needed):
+        try:
+            with tf.io.TFRecordWriter(str(tmp)) as writer:
+                for (name, data), (_, label) in zip(images, job.items, strict=True):
+                    try:
+                        jpeg, height, width = encode_image(data, name)
+                    except ValueError as error:
+                        if not job.skip_corrupt:
+                            raise DataError(f"{error}; remove it or skip such files (--skip-corrupt)") from None
+                        skipped.append(name)
+                        continue
+                    text = job.class_names[label]
+                    writer.write(make_example(jpeg, label, text, height, width, os.path.basename(name)))
+                    counts[label] += 1
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
     return dict(file=path.name, examples=sum(counts), bytes=path.stat().st_size, per_class=counts, skipped=skipped)
 
 

@@ -31,9 +31,9 @@ from typing import Any
 
 from resnet_keras.config import DataConfig, ModelConfig, TrainConfig
 from resnet_keras.errors import UsageError, expect
-from resnet_keras.files import save_model_atomic
+from resnet_keras.files import remove_own_temps, save_model_atomic
 from resnet_keras.runstate import check_class_names, check_keras_file, parse_history, read_labels, validate_configs
-from resnet_keras.storage import UrlPath, as_path, check_reachable, local_copy, local_file_for, rmtree, write_atomic
+from resnet_keras.storage import UrlPath, as_path, check_reachable, local_copy, rmtree, write_atomic
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "finished_at")
 WEIGHTS = ("final", "best")
@@ -154,6 +154,7 @@ class RunDir:
         """Makes the folder a run: writes config.json and labels.txt (the labels need no data later)."""
         check_class_names(class_names, where=str(self.path))
         self.path.mkdir(parents=True, exist_ok=True)
+        self.remove_temps()
         self.write_json(self.CONFIG, configs, sort_keys=True)
         write_atomic(self.file(self.LABELS), "".join(f"{name}\n" for name in class_names))
 
@@ -178,6 +179,16 @@ class RunDir:
         if bad:
             raise UsageError(f"{self.path}: class names must be non-empty single lines; received {bad[:3]!r}")
         return names
+
+    def remove_temps(self) -> None:
+        """Deletes what a killed (or an older, disk-full) writer left: hidden `.<name>.tmp-<pid>`
+        files and TensorFlow's `checkpoints/ckpt-<n>_temp/` folders. The caller holds the run's
+        writer lock, so no other process is writing them."""
+        if isinstance(self.path, UrlPath):
+            return
+        remove_own_temps(self.path)
+        for folder in self.path.glob(f"{self.CHECKPOINTS}/ckpt-*_temp"):
+            shutil.rmtree(folder, ignore_errors=True)
 
     # -- records -------------------------------------------------------------------------
 
@@ -218,8 +229,10 @@ class RunDir:
         return tf.train.latest_checkpoint(str(self.checkpoint_dir))
 
     def save_best_weights(self, model) -> None:
-        with local_file_for(self.file(self.BEST_WEIGHTS), suffix=".weights.h5") as local:  # Keras wants it
-            model.save_weights(str(local))
+        from resnet_keras import tf_compat
+
+        # Rendered in memory: HDF5 never writes to the disk, whose full state it reports badly.
+        write_atomic(self.file(self.BEST_WEIGHTS), tf_compat.weights_h5_bytes(model))
 
     def save_final_model(self, model) -> None:
         save_model_atomic(model, self.file(self.FINAL_MODEL))

@@ -119,3 +119,25 @@ def checkpoint_reader(path: str):
     import tensorflow as tf
 
     return tf.compat.v1.train.NewCheckpointReader(path)
+
+
+def weights_h5_bytes(model) -> bytes:
+    """The bytes of `model.save_weights("x.weights.h5")`, rendered in memory.
+
+    A `.weights.h5` written straight to a full disk fails inside libhdf5 as raw HDF5 text, or
+    crashes the process; rendered in memory, the file is written by `files.write_atomic`, whose
+    writes fail cleanly. `save_weights` takes only a file name. Private: Keras'
+    ``saving_lib.H5IOStore`` (which accepts an ``io.BytesIO``) and ``saving_lib._save_state``,
+    what ``save_weights_only`` calls.
+    """
+    import io
+
+    from keras.src.saving import saving_lib
+
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    try:
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+    finally:
+        store.close()
+    return buffer.getvalue()

@@ -392,13 +392,13 @@ def _hooks(setup: _Setup, parts: _Parts, history: list[dict], log, checkpoint_ev
     )
     summary = hooks.RunSummary(out, history, facts, log)
     checkpoint = hooks.Checkpoint(parts.manager, parts.epoch, parts.progress, checkpoint_every)
-    run_hooks += [
+    writers = [
         hooks.History(out, history),
         hooks.TensorBoard(out),
         hooks.BestWeights(out, max((row["val_accuracy"] for row in history), default=-1.0)),
         checkpoint,
-        hooks.EpochLog(log),
     ]
+    run_hooks += [hooks.DiskSpace(out, writers), *writers, hooks.EpochLog(log)]
     # A multi-worker save is a collective: the workers agree at each step whether any got SIGTERM.
     multi_worker = setup.train_config.strategy == "multi-worker"
     agree = distribute.any_worker(setup.strategy) if multi_worker else None

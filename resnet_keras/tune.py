@@ -48,7 +48,8 @@ from typing import Any
 
 from resnet_keras import plots, specs
 from resnet_keras.config import COMPONENT_FIELDS, SHORTCUTS, ModelConfig
-from resnet_keras.errors import ResNetKerasError, TrainingFailure, UsageError, expect, is_int, is_number
+from resnet_keras.errors import DiskFull, ResNetKerasError, TrainingFailure, UsageError, expect, is_int, is_number
+from resnet_keras.files import space_for
 from resnet_keras.rundir import RunDir
 from resnet_keras.runlock import holds_lock
 from resnet_keras.storage import as_path, check_reachable, copy_folder, rmtree, write_atomic
@@ -375,9 +376,9 @@ def _hypermodel_class():
 
 
 class _FatalUsage(Exception):
-    """Carries a UsageError out of KerasTuner's trial loop, which retries any other exception."""
+    """Carries a UsageError or DiskFull out of KerasTuner's trial loop, which retries any other exception."""
 
-    def __init__(self, error: UsageError):
+    def __init__(self, error: UsageError | DiskFull):
         super().__init__(str(error))
         self.error = error
 
@@ -438,14 +439,19 @@ def _tuner_class():
                 f"lr {plan.learning_rate:.4g}, weight decay {plan.weight_decay:.3g}, {epochs} epochs -> {run_dir}"
             )
             try:
-                train_lib.train(
-                    plan.model_config, self.data_config, train_config, run_dir, log=lambda line: self.log(prefix + line)
-                )
+                with space_for(run_dir):  # a full disk is DiskFull here, which is not retried
+                    train_lib.train(
+                        plan.model_config,
+                        self.data_config,
+                        train_config,
+                        run_dir,
+                        log=lambda line: self.log(prefix + line),
+                    )
             except TrainingFailure as error:  # e.g. a learning rate so high the loss diverges
                 import keras_tuner
 
                 raise keras_tuner.errors.FailedTrialError(str(error)) from error
-            except UsageError as error:
+            except (UsageError, DiskFull) as error:  # retrying would refuse, or fill the disk, again
                 raise FatalUsage(error) from error
             finally:
                 import keras
@@ -794,7 +800,8 @@ def search(
             + (f", {len(trials) - done} interrupted trial(s) restart" if len(trials) > done else "")
         )
     try:
-        tuner.search()
+        with space_for(results_dir):  # KerasTuner's own files (oracle.json, trial.json) on a full disk
+            tuner.search()
     except _FatalUsage as error:
         raise error.error from None
     except RuntimeError as error:

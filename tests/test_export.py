@@ -21,6 +21,7 @@ from resnet_keras import export as export_lib
 from resnet_keras.cli import cli
 from resnet_keras.config import ModelConfig
 from resnet_keras.data import DataConfig
+from resnet_keras.errors import DiskFull
 from resnet_keras.files import owner_tag
 from resnet_keras.preprocessing import eval_view
 from resnet_keras.train import TrainConfig, train
@@ -253,7 +254,7 @@ def test_a_failed_export_leaves_no_version_and_no_temp(run_dir, tmp_path, monkey
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export_lib, "fsync_tree", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskFull, match="no space left on the device for .*resnet8_w0.25/1 .*it needs"):
         export_lib.export_saved_model(run_dir, base, log=quiet)
     assert sorted(p.name for p in model_base.iterdir()) == [elsewhere.name]
 

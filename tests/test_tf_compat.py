@@ -99,3 +99,21 @@ def test_checkpoint_reader_reads_a_checkpoint_by_its_prefix(tmp_path):
 
     prefix = tf.train.Checkpoint(v=tf.Variable(3.0)).save(str(tmp_path / "ckpt"))
     assert tf_compat.checkpoint_reader(prefix).get_tensor("v/.ATTRIBUTES/VARIABLE_VALUE") == 3.0
+
+
+def test_weights_h5_bytes_is_the_file_save_weights_writes(tmp_path):
+    import numpy as np
+
+    from resnet_keras import tf_compat
+    from resnet_keras.config import ModelConfig
+    from resnet_keras.models import build_model
+
+    config = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=3)
+    model, copy = build_model(config), build_model(config)
+    path = tmp_path / "w.weights.h5"
+    path.write_bytes(tf_compat.weights_h5_bytes(model))
+    copy.load_weights(str(path))  # what `load_model(weights="best")` and fine-tuning read
+    for ours, theirs in zip(model.weights, copy.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    model.save_weights(str(tmp_path / "keras.weights.h5"))
+    assert abs(path.stat().st_size - (tmp_path / "keras.weights.h5").stat().st_size) < 4096

@@ -282,6 +282,28 @@ def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_sea
     assert "loss became NaN" in result.output.strip().splitlines()[-1]
 
 
+def test_a_full_disk_stops_the_search_at_once_in_one_line(tmp_path, image_data, monkeypatch):
+    """KerasTuner retries a trial that raises; a full disk would only fill again: exit 2, the
+    trial's folder and the space named, no second trial."""
+    import errno
+
+    import resnet_keras.train
+
+    calls = []
+
+    def disk_full(*args, **kwargs):
+        calls.append(args)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(resnet_keras.train, "train", disk_full)
+    results = tmp_path / "search"
+    result = tune_cli(*data_args(image_data), *TINY, "--max-trials", "3", "--results-dir", str(results))
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("Error: no space left on the device for ") and "trial_" in line and "free" in line, line
+    assert len(calls) == 1
+
+
 # ----------------------------------------------------------------------------- real searches
 
 
