@@ -19,9 +19,14 @@ from pathlib import Path
 BF16_FLAGS = {"avx512_bf16": "AVX512_BF16", "amx_bf16": "AMX-BF16", "bf16": "Arm BF16"}
 # The precision names of `config.PRECISIONS`, plus the choice this module resolves.
 AUTO = "auto"
-# Measured on this project's CPUs with `scripts/step_throughput.py` and `scripts/bf16_peers.py`
-# (README "bfloat16 on CPUs"): float32 over bfloat16 step time where bfloat16 is emulated.
-EMULATED_BF16_COST = "on an AVX2 CPU (AMD Zen 3) a bfloat16 training step took about 1.3x the float32 one"
+# Measured here (AMD Zen 5, 2 cores) with oneDNN held to an ISA without bfloat16 instructions,
+# `ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI python scripts/bf16_peers.py --models resnet20 --contenders
+# ours_fp32,ours_bf16`: ResNet-20's bfloat16 step ran at 0.54x the float32 one. Held to AVX2, oneDNN
+# had no bfloat16 convolution at all and the step failed ("could not create a primitive descriptor").
+EMULATED_BF16_COST = (
+    "on AVX-512 without BF16 a ResNet-20 bfloat16 training step ran at about half the float32 speed "
+    "(0.54x), and oneDNN has no bfloat16 convolution on AVX2-only CPUs"
+)
 
 
 @dataclasses.dataclass(frozen=True)
