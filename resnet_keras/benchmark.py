@@ -39,6 +39,7 @@ from typing import Any
 
 from resnet_keras.config import PRECISIONS, ModelConfig
 from resnet_keras.errors import UsageError, expect, is_int
+from resnet_keras.precision import AUTO, resolve
 
 MODES = ("train", "infer")
 
@@ -89,7 +90,9 @@ class BenchmarkConfig:
             self.batch_size,
             "None or an integer >= 1",
         )
-        expect(self.precision in PRECISIONS, "precision", self.precision, "one of " + ", ".join(PRECISIONS))
+        if self.precision == AUTO:
+            object.__setattr__(self, "precision", resolve(AUTO).name)
+        expect(self.precision in PRECISIONS, "precision", self.precision, "one of " + ", ".join((AUTO, *PRECISIONS)))
         expect(isinstance(self.xla, bool), "xla", self.xla, "True or False")
         expect(
             isinstance(self.data, str) and bool(self.data),

@@ -243,6 +243,19 @@ _TRAIN_KEYS = (
 )
 
 
+def _resolve_precision(name: str) -> str:
+    """--mixed-precision/--precision as a concrete choice; says on stderr what auto chose, and warns
+    when bfloat16 is asked for on a CPU that only emulates it."""
+    from resnet_keras.precision import AUTO, resolve
+
+    choice = resolve(name)
+    if name == AUTO:
+        click.echo(choice.note, err=True)
+    if choice.warning:
+        click.echo(f"Warning: {choice.warning}", err=True)
+    return choice.name
+
+
 def _options(*options):
     """One decorator applying click options in the order given (shared by train and tune)."""
 
@@ -278,10 +291,10 @@ _schedule_options = _options(
 _runtime_options = _options(
     click.option(
         "--mixed-precision",
-        type=click.Choice(list(PRECISIONS)),
+        type=click.Choice(["auto", *PRECISIONS]),
         default="none",
         show_default=True,
-        help="Mixed-precision compute dtype.",
+        help="Mixed-precision compute dtype; auto: bfloat16 where the CPU computes it natively (AVX512_BF16, AMX).",
     ),
     click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the train step with XLA."),
 )
@@ -587,6 +600,8 @@ def train(ctx, **params):
 
         make_strategy("multi-worker")
 
+    p["mixed_precision"] = _resolve_precision(p["mixed_precision"])
+
     def make_train_config(family):  # the paper recipe's defaults depend on the model's family
         return TrainConfig(
             recipe=p["recipe"],
@@ -823,7 +838,7 @@ def predict(model, images, top_k, as_json, batch_size, output):
 @click.option("--batch-size", type=int, help="Global batch (default 128 up to 64 pixels, 16 above).")
 @click.option(
     "--precision",
-    type=click.Choice(list(PRECISIONS)),
+    type=click.Choice(["auto", *PRECISIONS]),
     default="none",
     show_default=True,
     help="Mixed-precision compute dtype (float16 with loss scaling).",
@@ -959,7 +974,7 @@ def benchmark(
 
     bench = BenchmarkConfig(
         batch_size=batch_size,
-        precision=precision,
+        precision=_resolve_precision(precision),
         xla=xla,
         data=data,
         data_dir=data_dir,
@@ -1175,6 +1190,7 @@ def tune(ctx, **params):
     )
     from resnet_keras.train import TrainConfig
 
+    p["mixed_precision"] = _resolve_precision(p["mixed_precision"])
     train_config = TrainConfig(
         recipe=p["recipe"],
         epochs=p["epochs_per_trial"],

@@ -16,7 +16,7 @@ import dataclasses
 import json
 from typing import Any
 
-from resnet_keras import recipes, specs
+from resnet_keras import precision, recipes, specs
 from resnet_keras.errors import ConfigError, expect, is_int, is_number
 
 SHORTCUTS = ("A", "B")
@@ -325,6 +325,7 @@ FLOAT32_MAX = 3.4028234663852886e38
 # "auto": every GPU of this machine (MirroredStrategy) or the one device; "multi-worker" reads TF_CONFIG.
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 # --mixed-precision name -> Keras dtype policy. bfloat16 keeps float32's exponent range: no loss scaling.
+# "auto" (`precision.resolve`) is bfloat16 where the CPU computes it natively, else "none".
 PRECISIONS = {"none": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 # The paper's ResNet-110 start: a tenth of the rate until the training error is below 80 %.
 LOW_LR_FACTOR = 0.1
@@ -466,11 +467,13 @@ class TrainConfig:
             "a number in [0, 1)",
         )
         expect(self.strategy in STRATEGIES, "strategy", self.strategy, "one of " + ", ".join(STRATEGIES))
+        if self.mixed_precision == precision.AUTO:  # the saved config records what was chosen
+            object.__setattr__(self, "mixed_precision", precision.resolve(precision.AUTO).name)
         expect(
             self.mixed_precision in PRECISIONS,
             "mixed_precision",
             self.mixed_precision,
-            "one of " + ", ".join(PRECISIONS),
+            "one of " + ", ".join((precision.AUTO, *PRECISIONS)),
         )
         expect(isinstance(self.xla, bool), "xla", self.xla, "True or False")
         expect(is_int(self.seed) and 0 <= self.seed < SEED_LIMIT, "seed", self.seed, "an integer in [0, 2**32)")

@@ -19,6 +19,7 @@ from typing import Any
 from resnet_keras.config import LOW_LR_FACTOR, PRECISIONS, DataConfig, ModelConfig, TrainConfig
 from resnet_keras.errors import UsageError
 from resnet_keras.evaluate import evaluate  # noqa: F401  part of this module's API since the first release
+from resnet_keras.precision import resolve as resolve_precision
 from resnet_keras.recipes import make_schedule  # noqa: F401  part of this module's API since the first release
 from resnet_keras.rundir import RunDir
 from resnet_keras.runlock import chief_trainer, holds_lock
@@ -78,6 +79,9 @@ def train(
         )
     model_config = dataclasses.replace(model_config, weight_decay=float(model_weight_decay(train_config)))
     train_config = train_config.for_model(model_config)  # the recipe's training crop size, checked
+    precision_warning = resolve_precision(train_config.mixed_precision).warning
+    if precision_warning:  # bfloat16 asked for on a CPU that emulates it
+        log(f"Warning: {precision_warning}")
     setup = _prepare(model_config, data_config, train_config, RunDir(model_dir), log)
     run, out, strategy = setup.run, setup.out, setup.strategy
     steps_per_loop = _steps_per_loop(steps_per_loop, setup, checkpoint_interval)

@@ -76,18 +76,6 @@ def unpack(archive: Path, cache: Path) -> Path:
     return root
 
 
-def native_bfloat16() -> bool:
-    """Whether this CPU has bfloat16 arithmetic (x86 AVX512-BF16 or AMX-BF16, Arm's BF16 extension).
-
-    Without it oneDNN converts bfloat16 in software and mixed precision is slower than float32.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:  # not Linux: stay with float32
-        return False
-    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
-
-
 def read_history(model_dir: Path) -> list[dict]:
     import csv
 
@@ -249,7 +237,7 @@ def main(argv=None) -> int:
         "--mixed-precision",
         choices=("auto", *PRECISIONS),
         default="auto",
-        help="auto: bfloat16 where the CPU computes it natively (AVX512-BF16, AMX, Arm BF16), else none",
+        help="auto: bfloat16 where the CPU computes it natively (AVX512_BF16, AMX-BF16, Arm BF16), else none",
     )
     parser.add_argument(
         "--anchor",
@@ -316,8 +304,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model-dir", default=None, help="run directory (default: a fresh temp dir)")
     parser.add_argument("--json-out", default=None, help="also write the summary to this file")
     args = parser.parse_args(argv)
-    if args.mixed_precision == "auto":
-        args.mixed_precision = "bfloat16" if native_bfloat16() else "none"
+    from resnet_keras.precision import resolve
+
+    choice = resolve(args.mixed_precision)  # auto: bfloat16 where the CPU computes it natively
+    print(choice.note + (f"; warning: {choice.warning}" if choice.warning else ""), file=sys.stderr, flush=True)
+    args.mixed_precision = choice.name
 
     wall_start = time.perf_counter()
     root = Path(args.data_root) if args.data_root else unpack(ARCHIVE, Path(args.cache_dir))
