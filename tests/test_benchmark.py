@@ -141,7 +141,9 @@ def test_pipeline_only_prints_one_json_line_of_images_per_cpu_second(image_data)
     want = dict(auto_augment="ta_wide", random_erasing=0.1, mixup=0.2, cutmix=1.0, flip="random")
     assert row["augmentations"] == want
     assert row["images"] == 24 and row["cpu_seconds"] > 0
-    assert row["images_per_cpu_second"] == pytest.approx(24 / row["cpu_seconds"], rel=0.01)
+    # cpu_seconds is printed to the millisecond, which on a fast CPU (0.027 s) is a few per cent of it.
+    low, high = 24 / (row["cpu_seconds"] + 0.0005) - 0.05, 24 / max(row["cpu_seconds"] - 0.0005, 1e-9) + 0.05
+    assert low <= row["images_per_cpu_second"] <= high
     assert row["private_threads"] >= 1
 
     result = run("benchmark", "--pipeline-only", "--recipe", "rsb_a3", "--train-image-size", "128", *args)
