@@ -21,24 +21,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from click.testing import CliRunner
+from test_runstate import TINY_CLI, one_error_line, run
 
-from resnet_keras.cli import cli
 from resnet_keras.errors import DiskFull
 from resnet_keras.rundir import RunDir
-
-TINY_CLI = ["--dataset", "digits", "--depth", "8", "--width", "0.25", "--image-size", "16", "--batch-size", "64"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(args))
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert lines[-1].startswith("Error: ") and "Traceback" not in result.output, result.output
-    return lines[-1]
 
 
 def tree(path: Path) -> dict:
