@@ -420,6 +420,13 @@ def _interpreter_class():
     return Interpreter
 
 
+def _builtin_without_delegates(Interpreter):
+    """The OpResolverType that skips the default delegates, from the interpreter's own module."""
+    import importlib
+
+    return importlib.import_module(Interpreter.__module__).OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+
+
 class TFLiteRunner:
     """Runs a .tflite classifier one image at a time: float32 pixels [n, s, s, 3] -> probabilities [n, C]."""
 
@@ -429,10 +436,25 @@ class TFLiteRunner:
         import numpy as np
 
         self.np = np
-        self.interpreter = _interpreter_class()(
-            model_path=model_path, model_content=model_content, num_threads=num_threads
-        )
-        self.interpreter.allocate_tensors()
+        Interpreter = _interpreter_class()
+        #: why LiteRT's default XNNPACK delegate was not used (None when it was). XNNPACK refuses some
+        #: int8 graphs whose requantization scales fall outside its range (calibration on unrepresentative
+        #: images makes them); LiteRT's builtin kernels run every op of the standard op set.
+        self.xnnpack_refused: str | None = None
+        try:
+            self.interpreter = Interpreter(model_path=model_path, model_content=model_content, num_threads=num_threads)
+            self.interpreter.allocate_tensors()
+        except RuntimeError as error:
+            if "XNNPACK" not in str(error) and "Delegate" not in str(error):
+                raise
+            self.xnnpack_refused = str(error).strip()
+            self.interpreter = Interpreter(
+                model_path=model_path,
+                model_content=model_content,
+                num_threads=num_threads,
+                experimental_op_resolver_type=_builtin_without_delegates(Interpreter),
+            )
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
 
@@ -624,7 +646,14 @@ def export_tflite(
         calibration_images=len(calibration) if calibration is not None else None,
     )
     runner = TFLiteRunner(model_content=blob)
+    if runner.xnnpack_refused:
+        log(
+            "Note: LiteRT's XNNPACK delegate refused this model "
+            f"({runner.xnnpack_refused.split('(')[0].strip()}); it was checked with LiteRT's builtin kernels, "
+            "which devices use when XNNPACK is unavailable (slower)."
+        )
     report.update(
+        xnnpack=runner.xnnpack_refused is None,
         input_dtype=np.dtype(runner.input["dtype"]).name,
         input_quantization=[float(v) for v in runner.input["quantization"]],
         output_dtype=np.dtype(runner.output["dtype"]).name,

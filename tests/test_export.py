@@ -410,6 +410,37 @@ def test_int8_that_loses_accuracy_is_refused_and_not_written(run_dir, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["dark"]
 
 
+def test_a_model_xnnpack_refuses_runs_on_litert_builtin_kernels():
+    """An int8 graph calibrated where a convolution's output is constant gets a requantization scale that
+    XNNPACK refuses ("failed to prepare"); the runner falls back to LiteRT's builtin kernels and says so."""
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 1)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(conv(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    conv.set_weights([np.ones((1, 1, 3, 4), np.float32), np.full((4,), -1.5, np.float32)])  # 0 on the calibration
+
+    def calibration():
+        for _ in range(4):
+            yield [np.full((1, 8, 8, 3), 0.5, np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = calibration
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.uint8
+    blob = converter.convert()
+
+    runner = export_lib.TFLiteRunner(model_content=blob)
+    assert runner.xnnpack_refused and "XNNPACK" in runner.xnnpack_refused
+    images = np.full((3, 8, 8, 3), 0.5, np.float32)  # what it was calibrated on: int8 represents it
+    probabilities = runner(images)
+    assert probabilities.shape == (3, 2)
+    np.testing.assert_allclose(probabilities, model.predict(images, verbose=0), atol=1 / 128)
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
