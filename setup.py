@@ -49,7 +49,7 @@ setup(
         # tf2onnx 1.17.0 install beside tensorflow-cpu 2.21, numpy 2.4 and protobuf 7 without changing them).
         "onnx": ["onnx>=1.14", "onnxruntime>=1.17", "tf2onnx>=1.16"],
     },
-    entry_points={"console_scripts": ["resnet-keras=resnet_keras.cli:main"]},
+    entry_points={"console_scripts": ["resnet-keras=resnet_keras.cli.main:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -21,15 +21,14 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "config": ["DataConfig", "ModelConfig", "TrainConfig"],
-    "errors": ["ConfigError", "DataError", "ExportFailure", "ResNetKerasError", "TrainingFailure", "UsageError"],
-    "models": [
+    "config.schema": ["DataConfig", "ModelConfig", "TrainConfig"],
+    "core.errors": ["ConfigError", "DataError", "ExportFailure", "ResNetKerasError", "TrainingFailure", "UsageError"],
+    "zoo.models": [
         "build_backbone",
         "build_classifier",
         "build_model",
         "count_multiply_adds",
         "count_parameters",
-        "create_model",
         "describe",
         "resnet18",
         "resnet34",
@@ -43,10 +42,11 @@ _EXPORTS = {
         "resnet110",
         "resnet1202",
     ],
-    "recipes": ["RECIPES", "Recipe"],
-    "rundir": ["RunDir"],
-    "portable": ["load_model"],
-    "specs": ["PRESETS", "StageSpec"],
+    "pretrained.create": ["create_model"],
+    "config.recipes": ["RECIPES", "Recipe"],
+    "runs.rundir": ["RunDir"],
+    "zoo.portable": ["load_model"],
+    "config.specs": ["PRESETS", "StageSpec"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
@@ -54,7 +54,7 @@ __all__ = sorted(_WHERE)
 
 # Registers our custom Keras layers when Keras loads, so `keras.saving.load_model` reads our files
 # after a plain `import resnet_keras` without this import paying for TensorFlow (see portable.py).
-importlib.import_module("resnet_keras.portable").register_when_keras_loads()
+importlib.import_module("resnet_keras.zoo.portable").register_when_keras_loads()
 
 
 def __getattr__(name):

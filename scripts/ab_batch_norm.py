@@ -15,8 +15,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
-from resnet_keras import ModelConfig, blocks  # noqa: E402
-from resnet_keras.benchmark import BenchmarkConfig, TrainStepRunner, alternate, data_config_for  # noqa: E402
+from resnet_keras import ModelConfig  # noqa: E402
+from resnet_keras.bench.benchmark import BenchmarkConfig, TrainStepRunner, alternate, data_config_for  # noqa: E402
+from resnet_keras.zoo import blocks
 
 
 def keras_batch_norm(x, *, zero_gamma=False, name):

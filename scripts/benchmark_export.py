@@ -47,11 +47,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from resnet_keras import export as export_lib  # noqa: E402  (first: it turns on TensorFlow's oneDNN kernels)
-from resnet_keras import onnx_export  # noqa: E402
-from resnet_keras.config import ModelConfig  # noqa: E402
-from resnet_keras.data import DataConfig, describe, make_dataset  # noqa: E402
-from resnet_keras.models import build_model  # noqa: E402
+from resnet_keras.config.schema import ModelConfig  # noqa: E402
+from resnet_keras.data.pipeline import DataConfig, describe, make_dataset  # noqa: E402
+from resnet_keras.serving import export as export_lib  # noqa: E402  (first: it turns on TensorFlow's oneDNN kernels)
+from resnet_keras.serving import onnx as onnx_export  # noqa: E402
+from resnet_keras.zoo.models import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO.parent / "shared" / "data" / "cifar10-mini"
@@ -74,7 +74,7 @@ def make_run(directory: Path, config: ModelConfig, data: DataConfig, bn_batches:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps({"model": config.to_dict(), "data": data.to_dict()}))
     (directory / "labels.txt").write_text("".join(f"{n}\n" for n in describe(data).class_names))
-    from resnet_keras.portable import save_model
+    from resnet_keras.zoo.portable import save_model
 
     save_model(model, directory / "model.keras")
     return directory

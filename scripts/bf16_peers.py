@@ -61,8 +61,8 @@ def _serve(step, batch: int) -> None:
 def ours_worker(model: str, precision: str, warmup: int) -> None:
     """Our training step, exactly as `resnet-keras benchmark --mode train` times it."""
     import resnet_keras  # noqa: F401  sets TF_ENABLE_ONEDNN_OPTS before TensorFlow loads
-    from resnet_keras.benchmark import BenchmarkConfig, TrainStepRunner, data_config_for
-    from resnet_keras.config import ModelConfig
+    from resnet_keras.bench.benchmark import BenchmarkConfig, TrainStepRunner, data_config_for
+    from resnet_keras.config.schema import ModelConfig
 
     spec = MODELS[model]
     model_config = ModelConfig.preset(model)

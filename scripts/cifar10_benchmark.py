@@ -1,7 +1,7 @@
 """The CIFAR-10 budget record: accuracy within a training-time budget, on the real CIFAR-10 archive.
 
 Unpacks ``../shared/data/cifar10-train.tar.gz`` (50,000 JPEGs) into a cache directory once, trains
-with ``resnet_keras.train`` on the folder source (10 % held out per class: the paper's 45k/5k split)
+with ``resnet_keras.training.train`` on the folder source (10 % held out per class: the paper's 45k/5k split)
 and prints one JSON line per epoch (cumulative training seconds, wall seconds, val accuracy) and a
 summary. The budget is 1,409 s of training: the time a plain hand-written Keras ResNet-20 (SGD +
 Nesterov, warm-up + cosine, pad-crop-flip, XLA) took for its 4 epochs (76 % val accuracy) on this
@@ -46,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from resnet_keras.trainer import Hook
+from resnet_keras.training.trainer import Hook
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-train.tar.gz"
@@ -92,7 +92,7 @@ def calibrate(model_config, data_config, train_config, num_train: int) -> dict:
     these few seconds would otherwise set the whole run's length; the occasional slow step that
     a full epoch has (its mean was 5-6 % above this median here) is what BUDGET_MARGIN covers.
     """
-    from resnet_keras.train import train
+    from resnet_keras.training.train import train
 
     class StepEnds(Hook):
         def __init__(self):
@@ -189,7 +189,7 @@ def anchor_seconds_today(steps: int = 30, batch: int = 128) -> dict:
 
     child = (
         "import json, time, keras, tensorflow as tf\n"
-        "from resnet_keras.benchmark import plain_keras_cifar_resnet\n"
+        "from resnet_keras.bench.benchmark import plain_keras_cifar_resnet\n"
         f"b, n = {batch}, {steps}\n"
         "m = plain_keras_cifar_resnet(20)\n"
         "m.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),"
@@ -214,9 +214,9 @@ def anchor_seconds_today(steps: int = 30, batch: int = 128) -> dict:
 
 
 def main(argv=None) -> int:
-    from resnet_keras import recipes
-    from resnet_keras.config import AUTO_AUGMENTS, COMPONENT_FIELDS, FLIPS, LOSSES, OPTIMIZERS, PRECISIONS, STEMS
-    from resnet_keras.evaluate import TTA_MODES
+    from resnet_keras.config import recipes
+    from resnet_keras.config.schema import AUTO_AUGMENTS, COMPONENT_FIELDS, FLIPS, LOSSES, OPTIMIZERS, PRECISIONS, STEMS
+    from resnet_keras.training.evaluate import TTA_MODES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="resnet20")
@@ -304,7 +304,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model-dir", default=None, help="run directory (default: a fresh temp dir)")
     parser.add_argument("--json-out", default=None, help="also write the summary to this file")
     args = parser.parse_args(argv)
-    from resnet_keras.precision import resolve
+    from resnet_keras.core.precision import resolve
 
     choice = resolve(args.mixed_precision)  # auto: bfloat16 where the CPU computes it natively
     print(choice.note + (f"; warning: {choice.warning}" if choice.warning else ""), file=sys.stderr, flush=True)
@@ -314,9 +314,9 @@ def main(argv=None) -> int:
     root = Path(args.data_root) if args.data_root else unpack(ARCHIVE, Path(args.cache_dir))
     unpack_seconds = time.perf_counter() - wall_start
 
-    from resnet_keras.config import ModelConfig
-    from resnet_keras.data import DataConfig, describe
-    from resnet_keras.train import TrainConfig, train
+    from resnet_keras.config.schema import ModelConfig
+    from resnet_keras.data.pipeline import DataConfig, describe
+    from resnet_keras.training.train import TrainConfig, train
 
     data_config = DataConfig(dataset="folder", data_dir=str(root), validation_fraction=0.1, seed=args.seed)
     info = describe(data_config)
@@ -399,7 +399,7 @@ def main(argv=None) -> int:
     tta_accuracies = {}
     for mode in dict.fromkeys(args.tta):
         if mode != "none":
-            from resnet_keras.evaluate import evaluate
+            from resnet_keras.training.evaluate import evaluate
 
             tta_accuracies[mode] = evaluate(model_dir, split="val", tta=mode, write=False)["accuracy"]
 

@@ -46,12 +46,12 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
-    from resnet_keras import augment
-    from resnet_keras.config import ModelConfig, TrainConfig
-    from resnet_keras.hooks import WeightAverage
-    from resnet_keras.models import build_model
-    from resnet_keras.train import make_optimizer
-    from resnet_keras.trainer import make_train_step
+    from resnet_keras.config.schema import ModelConfig, TrainConfig
+    from resnet_keras.data import augment
+    from resnet_keras.training.hooks import WeightAverage
+    from resnet_keras.training.train import make_optimizer
+    from resnet_keras.training.trainer import make_train_step
+    from resnet_keras.zoo.models import build_model
 
     base = ModelConfig.preset(args.preset)
     size, n = base.image_size, args.batch_size

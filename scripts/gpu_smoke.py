@@ -55,17 +55,17 @@ def case_names() -> list[str]:
 
 
 def run_case(name: str, args) -> dict:
-    """Runs in the child: one case through `resnet_keras.train.train`; returns its record."""
+    """Runs in the child: one case through `resnet_keras.training.train.train`; returns its record."""
     devices, precision, xla = name.split("-")
     gpus = _gpu_count()
     if devices == "all" and not gpus:
-        from resnet_keras.distribute import split_cpu
+        from resnet_keras.training.distribute import split_cpu
 
         split_cpu(2)  # before TensorFlow initialises its devices
-    from resnet_keras.config import DataConfig, ModelConfig, TrainConfig
-    from resnet_keras.errors import UsageError
-    from resnet_keras.train import train
-    from resnet_keras.trainer import Hook
+    from resnet_keras.config.schema import DataConfig, ModelConfig, TrainConfig
+    from resnet_keras.core.errors import UsageError
+    from resnet_keras.training.train import train
+    from resnet_keras.training.trainer import Hook
 
     replicas = max(gpus, 1) if devices == "all" and gpus else (2 if devices == "all" else 1)
     per_device = args.batch_size or (64 if gpus else 8)

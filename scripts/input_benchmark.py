@@ -35,8 +35,8 @@ SIZE = 224
 def whole_decode_stream(config, batch_size: int):
     import tensorflow as tf
 
-    from resnet_keras.preprocessing import random_resized_crop
-    from resnet_keras.sources import open_source
+    from resnet_keras.data.preprocessing import random_resized_crop
+    from resnet_keras.data.sources import open_source
 
     part = open_source(config).split("train", SIZE)
     ds = part.items.shuffle(10_000, seed=0).repeat()
@@ -52,7 +52,7 @@ def whole_decode_stream(config, batch_size: int):
 def no_antialias_stream(config, batch_size: int):
     import tensorflow as tf
 
-    from resnet_keras.sources import open_source
+    from resnet_keras.data.sources import open_source
 
     part = open_source(config).split("train", SIZE)
 
@@ -79,7 +79,7 @@ def no_antialias_stream(config, batch_size: int):
 
 
 def library_stream(config, batch_size: int):
-    from resnet_keras.data import make_dataset
+    from resnet_keras.data.pipeline import make_dataset
 
     return make_dataset(config, "train", image_size=SIZE, batch_size=batch_size, training=True, repeat=True)
 
@@ -110,8 +110,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
 
-    from resnet_keras.config import DataConfig
-    from resnet_keras.records import MANIFEST, prepare
+    from resnet_keras.config.schema import DataConfig
+    from resnet_keras.data.prepare import prepare
+    from resnet_keras.data.records import MANIFEST
 
     folder = DataConfig(dataset="folder", data_dir=args.data, cache=False, augment="imagenet")
     if not os.path.exists(os.path.join(args.records, MANIFEST)):

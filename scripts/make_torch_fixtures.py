@@ -6,7 +6,7 @@ Needs PyTorch, torchvision and timm (never installed in CI), e.g. in a separate 
     PYTHONPATH=$PWD /tmp/torchenv/bin/python scripts/make_torch_fixtures.py
 
 For each architecture it builds the model in its own framework, fills every parameter and BN
-statistic from `resnet_keras.torch_weights.seeded_state_dict` (numpy only, so the tests make the
+statistic from `resnet_keras.pretrained.state_dicts.seeded_state_dict` (numpy only, so the tests make the
 same state dict without PyTorch: no weights file is committed), runs two seeded 64x64 images
 through it in eval mode with the hub's own normalisation, and writes tests/fixtures/torch/<hub>_<arch>.npz:
 the state dict's keys and shapes, a checksum of the weights and images, the logits and the
@@ -28,8 +28,8 @@ import timm
 import torch
 import torchvision
 
-from resnet_keras import weight_sets
-from resnet_keras.torch_weights import seeded_state_dict
+from resnet_keras.pretrained import registry as weight_sets
+from resnet_keras.pretrained.state_dicts import seeded_state_dict
 
 SEED = 2016
 SIZE = 64

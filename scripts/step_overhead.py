@@ -33,10 +33,10 @@ TRAIN = """
 import sys
 setting, run_dir, steps, loop = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if setting == "mirrored":
-    from resnet_keras.distribute import split_cpu
+    from resnet_keras.training.distribute import split_cpu
     split_cpu(2)
-from resnet_keras.config import DataConfig, ModelConfig, TrainConfig
-from resnet_keras.train import train
+from resnet_keras.config.schema import DataConfig, ModelConfig, TrainConfig
+from resnet_keras.training.train import train
 extra = {} if loop == "default" else {"steps_per_loop": int(loop)}
 train(ModelConfig(depth=20, image_size=32, num_classes=10), DataConfig(dataset="synthetic", synthetic_examples=2048),
       TrainConfig(epochs=2, steps_per_epoch=steps, batch_size=128, family="cifar",

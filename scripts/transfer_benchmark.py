@@ -79,10 +79,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", type=pathlib.Path, help="Write the results as JSON.")
     args = parser.parse_args(argv)
 
-    from resnet_keras import finetune
-    from resnet_keras.config import ModelConfig
-    from resnet_keras.data import DataConfig
-    from resnet_keras.train import TrainConfig, evaluate, train
+    from resnet_keras.config.schema import ModelConfig
+    from resnet_keras.data.pipeline import DataConfig
+    from resnet_keras.pretrained import finetune
+    from resnet_keras.training.train import TrainConfig, evaluate, train
 
     if args.data_root is None and not args.archive.is_file():
         sys.exit(f"Error: the CIFAR-10 archive is missing: expected {args.archive} (see ../shared/data/README.md)")

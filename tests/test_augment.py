@@ -1,10 +1,10 @@
-"""Batch augmentations (resnet_keras.augment): mixup, CutMix and random erasing."""
+"""Batch augmentations (resnet_keras.data.augment): mixup, CutMix and random erasing."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from resnet_keras import augment
+from resnet_keras.data import augment
 
 CLASSES = 5
 

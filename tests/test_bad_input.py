@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from resnet_keras.cli import cli
+from resnet_keras.cli.main import cli
 
 DIGITS = ["--dataset", "digits", "--depth", "8", "--width", "0.25", "--image-size", "16", "--epochs", "1"]
 

@@ -1,4 +1,4 @@
-"""`resnet-keras benchmark` and resnet_keras.benchmark: options, output and anchors (not speed)."""
+"""`resnet-keras benchmark` and resnet_keras.bench.benchmark: options, output and anchors (not speed)."""
 
 import json
 import math
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from resnet_keras.benchmark import BenchmarkConfig, op_time_by_type, plain_keras_cifar_resnet, step_stats
-from resnet_keras.cli import cli
+from resnet_keras.bench.benchmark import BenchmarkConfig, op_time_by_type, plain_keras_cifar_resnet, step_stats
+from resnet_keras.cli.main import cli
 
 TINY = ["--width", "0.25", "--batch-size", "4", "--steps", "2", "--warmup", "1"]
 
@@ -248,7 +248,7 @@ def test_benchmark_config_validates_modes():
         # Decided off before our import (here: queried while the switch was 0): off, and train() says so.
         (
             "0",
-            "import os, tensorflow\nfrom resnet_keras.tf_compat import onednn_enabled as query\nquery()\n"
+            "import os, tensorflow\nfrom resnet_keras.core.tf_compat import onednn_enabled as query\nquery()\n"
             "os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1'",
             False,
             True,
@@ -261,7 +261,8 @@ def test_import_turns_on_onednn_kernels_unless_told_otherwise(setting, first_imp
         env["TF_ENABLE_ONEDNN_OPTS"] = setting
     code = (
         f"{first_import}\n"
-        "from resnet_keras.distribute import onednn_hint\nfrom resnet_keras.tf_compat import onednn_enabled\n"
+        "from resnet_keras.training.distribute import onednn_hint\n"
+        "from resnet_keras.core.tf_compat import onednn_enabled\n"
         "print(onednn_enabled(), onednn_hint() is not None)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -277,8 +278,8 @@ def test_memory_child_reports_its_own_peak_not_its_parents():
     # Linux's ru_maxrss survives exec, so a child of a 1.5 GB parent used to report 1.5 GB.
     import numpy as np
 
-    from resnet_keras.benchmark import measure_peak_memory
-    from resnet_keras.config import ModelConfig
+    from resnet_keras.bench.benchmark import measure_peak_memory
+    from resnet_keras.config.schema import ModelConfig
 
     ballast = np.ones(int(1.5e9 // 8))
     baseline = measure_peak_memory("baseline", ModelConfig.preset("resnet20"), BenchmarkConfig())

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from resnet_keras.cli import cli
+from resnet_keras.cli.main import cli
 
 
 def run(*args):

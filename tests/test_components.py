@@ -10,14 +10,14 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from resnet_keras.cli import cli
-from resnet_keras.config import COMPONENT_FIELDS, ModelConfig
-from resnet_keras.data import DataConfig
-from resnet_keras.errors import ConfigError, UsageError
-from resnet_keras.hooks import Hook
-from resnet_keras.rundir import RunDir
-from resnet_keras.train import TrainConfig, make_optimizer, train
-from resnet_keras.trainer import make_train_step, per_example_loss
+from resnet_keras.cli.main import cli
+from resnet_keras.config.schema import COMPONENT_FIELDS, ModelConfig
+from resnet_keras.core.errors import ConfigError, UsageError
+from resnet_keras.data.pipeline import DataConfig
+from resnet_keras.runs.rundir import RunDir
+from resnet_keras.training.hooks import Hook
+from resnet_keras.training.train import TrainConfig, make_optimizer, train
+from resnet_keras.training.trainer import make_train_step, per_example_loss
 
 TINY = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
 DIGITS = DataConfig(dataset="digits")
@@ -69,8 +69,8 @@ def test_ema_equals_the_analytic_average_through_a_resume(ema_run):
 
 
 def test_validation_reads_the_average_and_evaluate_averages_test_time_views(ema_run):
-    from resnet_keras.data import make_dataset
-    from resnet_keras.evaluate import evaluate
+    from resnet_keras.data.pipeline import make_dataset
+    from resnet_keras.training.evaluate import evaluate
 
     path = ema_run["path"]
     plain = evaluate(path, split="val", write=False)
@@ -100,7 +100,7 @@ def test_validation_reads_the_average_and_evaluate_averages_test_time_views(ema_
 
 @pytest.mark.parametrize("tta", ["shifts", "crops"])
 def test_shifted_and_cropped_views_are_refused_for_the_imagenet_view(ema_run, tta):
-    from resnet_keras.evaluate import evaluate
+    from resnet_keras.training.evaluate import evaluate
 
     with pytest.raises(UsageError, match=f"tta='{tta}' with the imagenet evaluation view"):
         evaluate(ema_run["path"], data_config=dataclasses.replace(DIGITS, augment="imagenet"), tta=tta, write=False)
@@ -132,7 +132,7 @@ def test_decoupled_weight_decay_spares_batch_norm_and_biases(optimizer):
 
 
 def test_sgd_keeps_weight_decay_in_the_model_and_adamw_moves_it_to_the_optimizer():
-    from resnet_keras.train import model_weight_decay
+    from resnet_keras.training.train import model_weight_decay
 
     assert model_weight_decay(TrainConfig(weight_decay=1e-4)) == 1e-4
     assert model_weight_decay(TrainConfig(weight_decay=0.05, optimizer="adamw")) == 0.0
@@ -228,7 +228,7 @@ def test_cli_options_come_from_the_constants(tmp_path):
 
 
 def test_modern_recipes_cite_their_sources_and_round_trip_through_config_json_and_resume(tmp_path):
-    from resnet_keras import recipes
+    from resnet_keras.config import recipes
 
     torchvision = TrainConfig(recipe="torchvision", family="imagenet", batch_size=1024)
     assert (torchvision.learning_rate, torchvision.weight_decay, torchvision.epochs) == (0.5, 2e-5, 600)

@@ -1,4 +1,4 @@
-"""Tests for resnet_keras.data: every source, both augmentation families, seeds, sharding, errors.
+"""Tests for resnet_keras.data.pipeline: every source, both augmentation families, seeds, sharding, errors.
 
 Real images come from tests/fixtures/cifar10-mini (the `image_data` fixture in conftest.py);
 the TFDS path runs offline through tfds.testing.mock_data with cifar10 metadata written to tmp.
@@ -18,9 +18,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from resnet_keras import network
-from resnet_keras.data import DataConfig, DatasetInfo, describe, make_dataset
-from resnet_keras.errors import ConfigError, DataError, UsageError
+from resnet_keras.core import network
+from resnet_keras.core.errors import ConfigError, DataError, UsageError
+from resnet_keras.data.pipeline import DataConfig, DatasetInfo, describe, make_dataset
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 

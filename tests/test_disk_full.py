@@ -23,8 +23,8 @@ from types import SimpleNamespace
 import pytest
 from test_runstate import TINY_CLI, one_error_line, run
 
-from resnet_keras.errors import DiskFull
-from resnet_keras.rundir import RunDir
+from resnet_keras.core.errors import DiskFull
+from resnet_keras.runs.rundir import RunDir
 
 
 def tree(path: Path) -> dict:
@@ -45,7 +45,7 @@ def leftovers(path: Path) -> list[str]:
 def checkpoint_epochs(path: Path) -> int:
     import tensorflow as tf
 
-    from resnet_keras import tf_compat
+    from resnet_keras.core import tf_compat
 
     latest = tf.train.latest_checkpoint(str(path / "checkpoints"))
     return int(tf_compat.checkpoint_reader(latest).get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
@@ -149,8 +149,8 @@ def test_a_write_that_meets_the_full_tmpfs_midway_leaves_whole_files(small_fs, f
 def test_a_checkpoint_save_on_the_full_tmpfs_removes_its_temporary_folder(small_fs, monkeypatch):
     import tensorflow as tf
 
-    from resnet_keras.hooks import Checkpoint
-    from resnet_keras.trainer import EpochProgress
+    from resnet_keras.training.hooks import Checkpoint
+    from resnet_keras.training.trainer import EpochProgress
 
     weights = tf.Variable(tf.ones([64_000]))  # 256 KB, and 2 MB on the file system: one save fits
     epoch = tf.Variable(0, dtype=tf.int64)

@@ -21,7 +21,7 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
 
 def run_replicas(body: str, timeout: float = 240) -> str:
     """Runs `body` after `split_cpu(2)` in a fresh Python; returns stdout (fails on error or hang)."""
-    script = "from resnet_keras.distribute import split_cpu\nsplit_cpu(2)\n" + textwrap.dedent(body)
+    script = "from resnet_keras.training.distribute import split_cpu\nsplit_cpu(2)\n" + textwrap.dedent(body)
     try:
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -34,8 +34,8 @@ def run_replicas(body: str, timeout: float = 240) -> str:
 # batch overflows float16 (1e6 > 65504): its gradients are Inf/NaN, replica 0's are finite.
 OVERFLOW = """
 import numpy as np, keras, tensorflow as tf
-from resnet_keras.loss_scale import with_loss_scaling
-from resnet_keras.trainer import make_train_step
+from resnet_keras.training.loss_scale import with_loss_scaling
+from resnet_keras.training.trainer import make_train_step
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
 keras.mixed_precision.set_global_policy("mixed_float16")
@@ -79,7 +79,7 @@ def test_float16_overflow_on_one_replica_skips_the_step_on_every_replica():
 
 VALIDATION = """
 import numpy as np, keras, tensorflow as tf
-from resnet_keras.trainer import make_validation
+from resnet_keras.training.trainer import make_validation
 
 class Seen(keras.layers.Layer):
     # Records the largest batch each replica's copy of the model saw (aggregation NONE: per replica).
@@ -129,11 +129,11 @@ def test_validation_runs_per_replica_batches_and_counts_every_example_once():
 
 WEIGHT_AVERAGE = """
 import numpy as np, keras, tensorflow as tf
-from resnet_keras.config import ModelConfig
-from resnet_keras.distribute import replica_statistics_sync
-from resnet_keras.hooks import WeightAverage
-from resnet_keras.models import build_model
-from resnet_keras.trainer import make_train_step
+from resnet_keras.config.schema import ModelConfig
+from resnet_keras.training.distribute import replica_statistics_sync
+from resnet_keras.training.hooks import WeightAverage
+from resnet_keras.zoo.models import build_model
+from resnet_keras.training.trainer import make_train_step
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
 config = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=3)
@@ -182,7 +182,7 @@ def test_weight_average_updates_in_the_replica_context_each_replica_its_own_copy
 
 DROP_PATH = """
 import numpy as np, keras, tensorflow as tf
-from resnet_keras.blocks import DropPath, Dropout
+from resnet_keras.zoo.blocks import DropPath, Dropout
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())
 keras.utils.set_random_seed(0)
@@ -211,7 +211,7 @@ def test_drop_path_and_dropout_draw_one_random_stream_per_replica():
 def test_multi_worker_collectives_use_nccl_on_gpus_and_no_per_collective_timeout():
     import tensorflow as tf
 
-    from resnet_keras.distribute import communication_options
+    from resnet_keras.training.distribute import communication_options
 
     implementation = tf.distribute.experimental.CommunicationImplementation
     on_gpus = communication_options(gpus=["/physical_device:GPU:0"])
@@ -228,8 +228,8 @@ class _Strategy:
 
 @pytest.mark.parametrize("replicas", [2, 8])
 def test_xla_is_refused_with_more_than_one_replica(replicas):
-    from resnet_keras.distribute import check_xla
-    from resnet_keras.errors import UsageError
+    from resnet_keras.core.errors import UsageError
+    from resnet_keras.training.distribute import check_xla
 
     check_xla(True, _Strategy(1))  # one GPU or the CPU compiles
     check_xla(False, _Strategy(replicas))
@@ -240,7 +240,7 @@ def test_xla_is_refused_with_more_than_one_replica(replicas):
 def test_deterministic_runs_turn_on_op_determinism_only_where_gpus_need_it(monkeypatch):
     import tensorflow as tf
 
-    from resnet_keras.distribute import deterministic_kernels
+    from resnet_keras.training.distribute import deterministic_kernels
 
     calls = []
     monkeypatch.setattr(tf.config.experimental, "enable_op_determinism", lambda: calls.append(1))
@@ -254,7 +254,7 @@ def test_fused_batch_norm_runs_in_the_compute_dtype_under_mixed_precision():
     """The fused kernel gets the half-precision activations themselves (no float32 copy)."""
     import tensorflow as tf
 
-    from resnet_keras.blocks import FusedBatchNormalization
+    from resnet_keras.zoo.blocks import FusedBatchNormalization
 
     for policy, dtype in (("mixed_float16", tf.float16), ("mixed_bfloat16", tf.bfloat16), ("float32", tf.float32)):
         layer = FusedBatchNormalization(dtype=policy)

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from resnet_keras import export as export_lib
-from resnet_keras.cli import cli
-from resnet_keras.config import ModelConfig
-from resnet_keras.data import DataConfig
-from resnet_keras.errors import DiskFull
-from resnet_keras.files import owner_tag
-from resnet_keras.preprocessing import eval_view
-from resnet_keras.train import TrainConfig, train
+from resnet_keras.cli.main import cli
+from resnet_keras.config.schema import ModelConfig
+from resnet_keras.core.errors import DiskFull
+from resnet_keras.core.files import owner_tag
+from resnet_keras.data.pipeline import DataConfig
+from resnet_keras.data.preprocessing import eval_view
+from resnet_keras.serving import export as export_lib
+from resnet_keras.training.train import TrainConfig, train
 
 TINY = ModelConfig(depth=8, width=0.25, image_size=32, num_classes=10)
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -315,7 +315,7 @@ def test_evaluation_view_is_the_data_pipeline_view(tmp_path):
     """Serving preprocesses as make_dataset does at evaluation, for the resize and the centre-crop views."""
     import tensorflow as tf
 
-    from resnet_keras.data import make_dataset
+    from resnet_keras.data.pipeline import make_dataset
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):

@@ -14,13 +14,13 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from resnet_keras import finetune
-from resnet_keras.cli import cli
-from resnet_keras.config import ModelConfig
-from resnet_keras.data import DataConfig
-from resnet_keras.errors import ConfigError, UsageError
-from resnet_keras.models import build_model
-from resnet_keras.train import TrainConfig, train
+from resnet_keras.cli.main import cli
+from resnet_keras.config.schema import ModelConfig
+from resnet_keras.core.errors import ConfigError, UsageError
+from resnet_keras.data.pipeline import DataConfig
+from resnet_keras.pretrained import finetune
+from resnet_keras.training.train import TrainConfig, train
+from resnet_keras.zoo.models import build_model
 
 TINY = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
 DIGITS = DataConfig(dataset="digits")

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from resnet_keras import keras_hub_weights, network, torch_weights
-from resnet_keras.cli import cli
-from resnet_keras.errors import UsageError
-from resnet_keras.models import create_model
+from resnet_keras import create_model
+from resnet_keras.cli.main import cli
+from resnet_keras.core import network
+from resnet_keras.core.errors import UsageError
+from resnet_keras.pretrained import keras_hub as keras_hub_weights
+from resnet_keras.pretrained import state_dicts as torch_weights
 
 keras_hub = pytest.importorskip("keras_hub")
 

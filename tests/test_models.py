@@ -15,7 +15,7 @@ from resnet_keras import (
     count_parameters,
     create_model,
 )
-from resnet_keras.blocks import ZeroPadShortcut, basic_block, bottleneck_block
+from resnet_keras.zoo.blocks import ZeroPadShortcut, basic_block, bottleneck_block
 
 # torchvision's trainable counts (1000 classes, 224x224); He et al. Table 1 FLOPs (multiply-adds).
 IMAGENET_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
@@ -283,7 +283,7 @@ def test_fused_batch_norm_matches_keras_batch_norm_in_training(policy):
     """blocks.FusedBatchNormalization (TensorFlow's fused kernel) = Keras BN: outputs, gradients, moving stats."""
     import tensorflow as tf
 
-    from resnet_keras.blocks import FusedBatchNormalization
+    from resnet_keras.zoo.blocks import FusedBatchNormalization
 
     previous = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(policy)
@@ -315,7 +315,7 @@ def test_fused_batch_norm_matches_keras_batch_norm_in_training(policy):
 
 
 def test_models_use_the_fused_batch_norm_and_reload_with_safe_mode(tmp_path):
-    from resnet_keras.blocks import FusedBatchNormalization
+    from resnet_keras.zoo.blocks import FusedBatchNormalization
 
     model = build_model(ModelConfig.preset("resnet20", width=0.25))
     assert isinstance(model.get_layer("conv1_bn"), FusedBatchNormalization)
@@ -348,7 +348,7 @@ def test_resnet_d_and_se_parameter_counts_match_timm(name):
 
 
 def test_se_width_rounds_as_timm_and_basic_blocks_take_every_option():
-    from resnet_keras.blocks import se_channels
+    from resnet_keras.zoo.blocks import se_channels
 
     assert [se_channels(c, 1 / 16) for c in (16, 64, 200, 256, 2048)] == [8, 8, 16, 16, 128]
     config = ModelConfig(
@@ -363,7 +363,7 @@ def test_se_width_rounds_as_timm_and_basic_blocks_take_every_option():
 
 def test_avg_down_pools_odd_maps_like_timm():
     """2x2/2 average over the pixels that exist (ceil mode, padding not counted), then the 1x1 conv."""
-    from resnet_keras.blocks import shortcut
+    from resnet_keras.zoo.blocks import shortcut
 
     inputs = keras.Input((7, 7, 4))
     out = shortcut(inputs, 8, stride=2, option="B", preact=True, avg_down=True, name="s")
@@ -378,7 +378,7 @@ def test_avg_down_pools_odd_maps_like_timm():
 
 
 def test_drop_path_keeps_the_expected_value_and_is_identity_at_inference():
-    from resnet_keras.blocks import DropPath
+    from resnet_keras.zoo.blocks import DropPath
 
     keras.utils.set_random_seed(1)
     rate, n = 0.3, 20_000
@@ -394,7 +394,7 @@ def test_drop_path_keeps_the_expected_value_and_is_identity_at_inference():
 
 
 def test_drop_path_rates_grow_linearly_with_depth():
-    from resnet_keras.models import drop_path_rates
+    from resnet_keras.zoo.models import drop_path_rates
 
     config = ModelConfig.preset("resnet20", drop_path=0.2)
     rates = drop_path_rates(config)

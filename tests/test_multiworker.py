@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from resnet_keras.cli import cli
-from resnet_keras.distribute import WORKER_TIMEOUT_ENV, worker_info, worker_timeout
-from resnet_keras.errors import UsageError
+from resnet_keras.cli.main import cli
+from resnet_keras.core.errors import UsageError
+from resnet_keras.training.distribute import WORKER_TIMEOUT_ENV, worker_info, worker_timeout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "scripts", "launch_workers.py")
@@ -77,7 +77,7 @@ def load_launcher():
 def weights(path):
     import keras
 
-    import resnet_keras.blocks  # noqa: F401  registers the custom layers
+    import resnet_keras.zoo.blocks  # noqa: F401  registers the custom layers
 
     return keras.saving.load_model(str(path), compile=False).get_weights()
 
@@ -182,11 +182,11 @@ def test_two_workers_agree_with_each_other_and_with_one_process_of_two_replicas(
 
     single = tmp_path / "single"
     script = textwrap.dedent(f"""
-        from resnet_keras.distribute import split_cpu
+        from resnet_keras.training.distribute import split_cpu
         split_cpu(2)
-        from resnet_keras.config import ModelConfig
-        from resnet_keras.data import DataConfig
-        from resnet_keras.train import TrainConfig, train
+        from resnet_keras.config.schema import ModelConfig
+        from resnet_keras.data.pipeline import DataConfig
+        from resnet_keras.training.train import TrainConfig, train
         train(ModelConfig(depth=8, width=0.25, image_size=32, num_classes=10),
               DataConfig(dataset="folder", data_dir={str(image_data / "cifar10-mini")!r}, deterministic=True),
               TrainConfig(epochs=1, batch_size=32, seed=0, strategy="mirrored"), {str(single)!r}, log=print)
@@ -257,7 +257,7 @@ def test_a_worker_whose_peer_never_starts_fails_within_the_timeout(tmp_path, ima
     command = [
         PYTHON,
         "-m",
-        "resnet_keras.cli",
+        "resnet_keras.cli.main",
         "train",
         "--strategy",
         "multi-worker",
@@ -297,9 +297,9 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step_and_the_resta
 
 THREADS = """
 import sys
-from resnet_keras.config import DataConfig, ModelConfig, TrainConfig
-from resnet_keras.train import train
-from resnet_keras.trainer import Hook
+from resnet_keras.config.schema import DataConfig, ModelConfig, TrainConfig
+from resnet_keras.training.train import train
+from resnet_keras.training.trainer import Hook
 
 def threads():
     with open("/proc/self/status") as status:

@@ -1,7 +1,7 @@
 """Model files that load anywhere: stock Keras for plain-layer models, `import resnet_keras` for the rest.
 
 Each loading check runs in a fresh Python process, because a test process has long since imported
-resnet_keras.blocks (which registers our layers) and would hide a missing registration.
+resnet_keras.zoo.blocks (which registers our layers) and would hide a missing registration.
 """
 
 import subprocess
@@ -11,9 +11,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from resnet_keras import portable
-from resnet_keras.config import ModelConfig
-from resnet_keras.models import build_model
+from resnet_keras.config.schema import ModelConfig
+from resnet_keras.zoo import portable
+from resnet_keras.zoo.models import build_model
 
 CIFAR_A = ModelConfig(depth=8, width=0.25, image_size=32, num_classes=10)  # option A: ZeroPadShortcut
 IMAGENET = ModelConfig(depth=18, width=0.125, image_size=32, num_classes=10)
@@ -28,7 +28,7 @@ def fresh_python(code):
 def test_plain_layers_is_the_same_function_with_stock_batch_norm():
     import keras
 
-    from resnet_keras.blocks import FusedBatchNormalization
+    from resnet_keras.zoo.blocks import FusedBatchNormalization
 
     model = build_model(CIFAR_A)
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
@@ -90,7 +90,7 @@ def test_saved_files_load_with_stock_keras_or_after_import_resnet_keras(tmp_path
 
 
 def test_load_model_missing_file_is_a_usage_error(tmp_path):
-    from resnet_keras.errors import UsageError
+    from resnet_keras.core.errors import UsageError
 
     with pytest.raises(UsageError, match="not found"):
         portable.load_model(tmp_path / "nope.keras")

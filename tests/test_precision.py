@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from resnet_keras import precision
-from resnet_keras.config import ModelConfig, TrainConfig
-from resnet_keras.data import DataConfig
+from resnet_keras.config.schema import ModelConfig, TrainConfig
+from resnet_keras.core import precision
+from resnet_keras.data.pipeline import DataConfig
 
 # Abridged /proc/cpuinfo texts of real CPUs (one core each; the kernel prints one block per core).
 ZEN5 = """processor\t: 0
@@ -80,7 +80,7 @@ def test_train_config_records_what_auto_chose(monkeypatch):
 
 
 def test_cli_says_what_auto_chose(monkeypatch, capsys):
-    from resnet_keras import cli
+    from resnet_keras.cli import main as cli
 
     monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: {"avx512_bf16"})
     assert cli._resolve_precision("auto") == "bfloat16"
@@ -100,9 +100,9 @@ def test_bfloat16_loss_tracks_float32_and_the_float32_export_agrees(tmp_path, im
     import keras
     import tensorflow as tf
 
-    from resnet_keras import export as export_lib
-    from resnet_keras.models import build_model, dtype_policy
-    from resnet_keras.train import train
+    from resnet_keras.serving import export as export_lib
+    from resnet_keras.training.train import train
+    from resnet_keras.zoo.models import build_model, dtype_policy
 
     model = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
     data = DataConfig(dataset="folder", data_dir=str(image_data / "cifar10-mini"))

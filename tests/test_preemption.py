@@ -12,13 +12,13 @@ import time
 import numpy as np
 import pytest
 
-from resnet_keras.config import ModelConfig
-from resnet_keras.data import DataConfig
-from resnet_keras.errors import Preempted, UsageError
-from resnet_keras.hooks import CheckpointInterval
-from resnet_keras.rundir import RunDir
-from resnet_keras.train import TrainConfig, train
-from resnet_keras.trainer import Hook
+from resnet_keras.config.schema import ModelConfig
+from resnet_keras.core.errors import Preempted, UsageError
+from resnet_keras.data.pipeline import DataConfig
+from resnet_keras.runs.rundir import RunDir
+from resnet_keras.training.hooks import CheckpointInterval
+from resnet_keras.training.train import TrainConfig, train
+from resnet_keras.training.trainer import Hook
 
 TINY = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
 DATA = DataConfig(dataset="digits", deterministic=True, augment="cifar")

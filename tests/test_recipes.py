@@ -8,12 +8,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from resnet_keras.cli import cli
-from resnet_keras.config import ModelConfig
-from resnet_keras.data import DataConfig, make_dataset
-from resnet_keras.errors import ConfigError
-from resnet_keras.rundir import RunDir
-from resnet_keras.train import TrainConfig, train
+from resnet_keras.cli.main import cli
+from resnet_keras.config.schema import ModelConfig
+from resnet_keras.core.errors import ConfigError
+from resnet_keras.data.pipeline import DataConfig, make_dataset
+from resnet_keras.runs.rundir import RunDir
+from resnet_keras.training.train import TrainConfig, train
 
 TINY = ModelConfig(depth=8, width=0.25, image_size=32, num_classes=10)
 DIGITS = DataConfig(dataset="digits", deterministic=True)
@@ -114,7 +114,7 @@ def test_training_crops_have_the_train_size_and_evaluation_the_image_size(image_
 
 
 def test_torchvision_warms_up_from_one_percent_of_the_rate():
-    from resnet_keras.train import make_schedule
+    from resnet_keras.training.train import make_schedule
 
     config = TrainConfig(recipe="torchvision", family="imagenet", epochs=10, warmup_epochs=1, learning_rate=0.4)
     schedule = make_schedule(config, steps_per_epoch=100)  # 100 warm-up steps
@@ -133,8 +133,8 @@ def test_torchvision_warms_up_from_one_percent_of_the_rate():
 
 
 def test_rsb_a3_trains_with_randaugment_m6_and_torchvision_with_trivialaugment():
-    from resnet_keras import recipes
-    from resnet_keras.config import AUTO_AUGMENTS, RAND_AUGMENTS
+    from resnet_keras.config import recipes
+    from resnet_keras.config.schema import AUTO_AUGMENTS, RAND_AUGMENTS
 
     a3 = TrainConfig(recipe="rsb_a3", family="imagenet")
     assert a3.auto_augment == "rand_m6_mstd0.5" and RAND_AUGMENTS[a3.auto_augment] == (6.0, 0.5)

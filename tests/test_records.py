@@ -18,12 +18,13 @@ import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
 
-from resnet_keras import records
-from resnet_keras.cli import cli
-from resnet_keras.config import DataConfig
-from resnet_keras.data import describe, make_dataset
-from resnet_keras.errors import DataError, UsageError
-from resnet_keras.sources import open_source
+from resnet_keras.cli.main import cli
+from resnet_keras.config.schema import DataConfig
+from resnet_keras.core.errors import DataError, UsageError
+from resnet_keras.data import records
+from resnet_keras.data.pipeline import describe, make_dataset
+from resnet_keras.data.prepare import prepare
+from resnet_keras.data.sources import open_source
 
 
 def quiet(_message):
@@ -59,7 +60,7 @@ def value(example, key):
 def test_prepare_writes_the_imagenet_schema_and_re_encodes_odd_images_as_rgb_jpeg(odd_folder, tmp_path):
     out = tmp_path / "records"
     config = DataConfig(dataset="folder", data_dir=str(odd_folder), validation_fraction=0.2)
-    manifest = records.prepare(config, out, images_per_shard=8, processes=1, log=quiet)
+    manifest = prepare(config, out, images_per_shard=8, processes=1, log=quiet)
     assert (out / "labels.txt").read_text().split() == ["airplane", "cat", "ship"]
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     assert train["examples"] + val["examples"] == 34 and val["examples"] == 7
@@ -92,7 +93,7 @@ def test_a_corrupt_image_is_named_or_skipped_and_an_interrupted_prepare_resumes(
     out = tmp_path / "records"
     config = DataConfig(dataset="folder", data_dir=str(folder), validation_fraction=0.2)
     with pytest.raises(DataError, match=r"broken\.jpg: cannot decode .*--skip-corrupt"):
-        records.prepare(config, out, images_per_shard=4, processes=1, log=quiet)
+        prepare(config, out, images_per_shard=4, processes=1, log=quiet)
     written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert all(name.startswith(("train-", "validation-")) for name in written)  # whole shards only, no manifest
     assert not list(out.glob(".*.tmp-*"))
@@ -100,7 +101,7 @@ def test_a_corrupt_image_is_named_or_skipped_and_an_interrupted_prepare_resumes(
 
     messages = []
     skip = DataConfig(dataset="folder", data_dir=str(folder), validation_fraction=0.2, skip_corrupt=True)
-    manifest = records.prepare(skip, out, images_per_shard=4, processes=2, log=messages.append)
+    manifest = prepare(skip, out, images_per_shard=4, processes=2, log=messages.append)
     assert any(m.startswith(f"Keeping {len(before)} shard(s)") for m in messages) or not before
     assert all((out / name).read_bytes() == data for name, data in before.items())  # kept, not rewritten
     skipped = manifest["splits"]["train"]["skipped_files"] + manifest["splits"]["val"]["skipped_files"]
@@ -108,14 +109,14 @@ def test_a_corrupt_image_is_named_or_skipped_and_an_interrupted_prepare_resumes(
     total = manifest["splits"]["train"]["examples"] + manifest["splits"]["val"]["examples"]
     assert total == 34 and not (out / records.PLAN).exists()
     with pytest.raises(UsageError, match="not empty"):  # a finished output is never overwritten
-        records.prepare(skip, out, images_per_shard=4, log=quiet)
+        prepare(skip, out, images_per_shard=4, log=quiet)
 
 
 @pytest.fixture(scope="module")
 def cifar_records(tmp_path_factory, image_data):
     out = tmp_path_factory.mktemp("cifar") / "records"
     config = DataConfig(dataset="folder", data_dir=str(image_data / "cifar10-mini"))
-    records.prepare(config, out, images_per_shard=100, processes=1, log=quiet)
+    prepare(config, out, images_per_shard=100, processes=1, log=quiet)
     return out
 
 
@@ -219,7 +220,7 @@ def test_one_based_labels_read_with_a_label_offset(cifar_records, tmp_path):
 
 
 def test_fused_decode_and_crop_matches_decoding_the_whole_image(image_data):
-    from resnet_keras.preprocessing import decode_image, decode_random_crop, random_resized_crop
+    from resnet_keras.data.preprocessing import decode_image, decode_random_crop, random_resized_crop
 
     photo = Image.open(image_data / "cifar10-mini" / "train" / "cat" / "0000.jpg").resize((400, 350))
     for fmt in ("JPEG", "PNG"):  # PNG takes the whole-decode branch
@@ -257,7 +258,7 @@ def test_tfds_splits_are_sharded_by_file_per_worker(tmp_path):
         assert [len(s) for s in seen] == expected
         assert sorted(d for s in seen for d in s) == everything  # disjoint, and together the split
     # prepare reads the same TFDS splits into our shards (grayscale PNGs become RGB JPEGs).
-    manifest = records.prepare(config, tmp_path / "records", images_per_shard=8, processes=1, log=quiet)
+    manifest = prepare(config, tmp_path / "records", images_per_shard=8, processes=1, log=quiet)
     assert [manifest["splits"][s]["examples"] for s in ("train", "val")] == [20, 20]
     first = read_examples(tmp_path / "records" / "train-00000-of-00003")[0]
     assert tf.io.decode_jpeg(value(first, "encoded")).shape == (28, 28, 3)

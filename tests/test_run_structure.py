@@ -7,14 +7,14 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from resnet_keras import recipes
-from resnet_keras.cli import cli
-from resnet_keras.config import DataConfig, ModelConfig, TrainConfig
-from resnet_keras.errors import DataError, UsageError
-from resnet_keras.evaluate import evaluate
-from resnet_keras.rundir import RunDir
-from resnet_keras.train import train
-from resnet_keras.trainer import Hook
+from resnet_keras.cli.main import cli
+from resnet_keras.config import recipes
+from resnet_keras.config.schema import DataConfig, ModelConfig, TrainConfig
+from resnet_keras.core.errors import DataError, UsageError
+from resnet_keras.runs.rundir import RunDir
+from resnet_keras.training.evaluate import evaluate
+from resnet_keras.training.train import train
+from resnet_keras.training.trainer import Hook
 
 TINY = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
 
@@ -238,14 +238,14 @@ def test_an_overwrite_killed_between_its_two_renames_is_undone_by_the_next_write
     import sys
     import textwrap
 
-    from resnet_keras.files import recover_replaced, remove_stale_temps
+    from resnet_keras.core.files import recover_replaced, remove_stale_temps
 
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "saved_model.pb").write_text("old version")
     (tmp_path / ".tmp-1-x").mkdir()
     code = textwrap.dedent(f"""
         import os
-        from resnet_keras import files
+        from resnet_keras.core import files
         real_rename = os.rename
         def rename(src, dst):
             real_rename(src, dst)
@@ -270,7 +270,7 @@ def test_ctrl_c_ends_the_command_with_130_and_the_same_command_resumes(tmp_path)
     command = [
         sys.executable,
         "-c",
-        "from resnet_keras.cli import main; main()",
+        "from resnet_keras.cli.main import main; main()",
         "train",
         *["--dataset", "digits", "--depth", "8", "--width", "0.25", "--image-size", "16", "--batch-size", "64"],
         *["--epochs", "200", "--model-dir", str(tmp_path / "run")],

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from resnet_keras import runlock
-from resnet_keras.cli import cli
-from resnet_keras.errors import UsageError
+from resnet_keras.cli.main import cli
+from resnet_keras.core.errors import UsageError
+from resnet_keras.runs import runlock
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

@@ -1,4 +1,4 @@
-"""Run directories on object storage: `resnet_keras.storage` and everything that reaches a run through it.
+"""Run directories on object storage: `resnet_keras.core.storage` and everything that reaches a run through it.
 
 TensorFlow's in-process ``ram://`` file system stands in for a bucket: the same `tf.io.gfile`
 calls a ``gs://`` run makes, with no network. It lives in one process, so the training, resume,
@@ -17,13 +17,13 @@ import uuid
 
 import pytest
 
-from resnet_keras import storage
-from resnet_keras.config import ModelConfig
-from resnet_keras.data import DataConfig
-from resnet_keras.errors import UsageError
-from resnet_keras.rundir import RunDir
-from resnet_keras.storage import UrlPath, as_path, copy_folder, write_atomic
-from resnet_keras.train import TrainConfig, evaluate, train
+from resnet_keras.config.schema import ModelConfig
+from resnet_keras.core import storage
+from resnet_keras.core.errors import UsageError
+from resnet_keras.core.storage import UrlPath, as_path, copy_folder, write_atomic
+from resnet_keras.data.pipeline import DataConfig
+from resnet_keras.runs.rundir import RunDir
+from resnet_keras.training.train import TrainConfig, evaluate, train
 
 TINY = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
 DIGITS = DataConfig(dataset="digits")
@@ -131,7 +131,7 @@ def test_a_scheme_this_tensorflow_lacks_is_a_usage_error(tmp_path, monkeypatch):
 
 
 def test_a_run_on_ram_trains_resumes_evaluates_and_exports(tmp_path, monkeypatch):
-    from resnet_keras import export as export_lib
+    from resnet_keras.serving import export as export_lib
 
     monkeypatch.chdir(tmp_path)  # a URL written as a local folder would appear here
     url = f"{ram_root()}/run"
@@ -177,7 +177,7 @@ def test_a_run_on_ram_trains_resumes_evaluates_and_exports(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_a_hyperband_search_on_ram_promotes_a_trial_from_its_copied_run(image_data):
-    from resnet_keras import tune as tune_lib
+    from resnet_keras.tune import search as tune_lib
 
     url = f"{ram_root()}/search"
     tune = tune_lib.TuneConfig(tuner="hyperband", epochs_per_trial=2, hyperband_factor=2, max_trials=3)

@@ -1,4 +1,4 @@
-"""Every private or legacy TensorFlow/Keras API the package uses (resnet_keras.tf_compat) still works.
+"""Every private or legacy TensorFlow/Keras API the package uses (resnet_keras.core.tf_compat) still works.
 
 When a TensorFlow or Keras upgrade moves one of them, the test named after it fails here, before
 a user meets the failure in a multi-worker start-up, a benchmark or a weights download.
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from resnet_keras import tf_compat
+from resnet_keras.core import tf_compat
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "resnet_keras"
 PRIVATE_PREFIXES = ("tensorflow.python", "tensorflow.tsl", "tensorflow.compiler", "keras.src")
@@ -95,7 +95,7 @@ def test_no_other_module_uses_private_apis(module):
 def test_checkpoint_reader_reads_a_checkpoint_by_its_prefix(tmp_path):
     import tensorflow as tf
 
-    from resnet_keras import tf_compat
+    from resnet_keras.core import tf_compat
 
     prefix = tf.train.Checkpoint(v=tf.Variable(3.0)).save(str(tmp_path / "ckpt"))
     assert tf_compat.checkpoint_reader(prefix).get_tensor("v/.ATTRIBUTES/VARIABLE_VALUE") == 3.0
@@ -104,9 +104,9 @@ def test_checkpoint_reader_reads_a_checkpoint_by_its_prefix(tmp_path):
 def test_weights_h5_bytes_is_the_file_save_weights_writes(tmp_path):
     import numpy as np
 
-    from resnet_keras import tf_compat
-    from resnet_keras.config import ModelConfig
-    from resnet_keras.models import build_model
+    from resnet_keras.config.schema import ModelConfig
+    from resnet_keras.core import tf_compat
+    from resnet_keras.zoo.models import build_model
 
     config = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=3)
     model, copy = build_model(config), build_model(config)

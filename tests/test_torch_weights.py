@@ -20,10 +20,13 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
-from resnet_keras import finetune, network, torch_weights, weight_sets
-from resnet_keras.cli import cli
-from resnet_keras.errors import UsageError
-from resnet_keras.models import create_model
+from resnet_keras import create_model
+from resnet_keras.cli.main import cli
+from resnet_keras.core import network
+from resnet_keras.core.errors import UsageError
+from resnet_keras.pretrained import finetune
+from resnet_keras.pretrained import registry as weight_sets
+from resnet_keras.pretrained import state_dicts as torch_weights
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torch"
 SIZE = 64
@@ -257,8 +260,8 @@ def test_finetuning_source_and_features_take_torch_weights(resnet18_file, tmp_pa
 
 
 def test_train_init_from_a_named_weight_set(tmp_path, monkeypatch):
-    from resnet_keras.data import DataConfig
-    from resnet_keras.train import TrainConfig, train
+    from resnet_keras.data.pipeline import DataConfig
+    from resnet_keras.training.train import TrainConfig, train
 
     _, _, state = fixture("timm_resnet18")
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache_with(tmp_path, "resnet18.a1_in1k", state)))

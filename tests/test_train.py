@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from resnet_keras.cli import cli
-from resnet_keras.config import ModelConfig
-from resnet_keras.data import DataConfig
-from resnet_keras.errors import ConfigError, TrainingFailure, UsageError
-from resnet_keras.train import TrainConfig, evaluate, make_schedule, train
-from resnet_keras.trainer import Hook
+from resnet_keras.cli.main import cli
+from resnet_keras.config.schema import ModelConfig
+from resnet_keras.core.errors import ConfigError, TrainingFailure, UsageError
+from resnet_keras.data.pipeline import DataConfig
+from resnet_keras.training.train import TrainConfig, evaluate, make_schedule, train
+from resnet_keras.training.trainer import Hook
 
 TINY = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
 DIGITS = DataConfig(dataset="digits")
@@ -150,7 +150,7 @@ def test_low_rate_start_runs_at_a_tenth_until_train_error_is_below_80_percent(tm
 
 
 def test_global_batch_must_split_over_replicas():
-    from resnet_keras.distribute import check_global_batch
+    from resnet_keras.training.distribute import check_global_batch
 
     with pytest.raises(UsageError, match="batch_size=7.*2 replicas"):
         check_global_batch(7, types.SimpleNamespace(num_replicas_in_sync=2))
@@ -197,7 +197,7 @@ def test_run_directory_contents(digits_run):
         "wall_seconds",
         "images_per_second",
     }
-    import resnet_keras.blocks  # noqa: F401  registers ZeroPadShortcut
+    import resnet_keras.zoo.blocks  # noqa: F401  registers ZeroPadShortcut
 
     model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
     assert model.output.shape == (None, 10)
@@ -309,7 +309,7 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    import resnet_keras.trainer as trainer_module
+    import resnet_keras.training.trainer as trainer_module
 
     poison = tf.Variable(1.0)
     original = trainer_module.per_example_loss
@@ -407,13 +407,13 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
 def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     script = textwrap.dedent(f"""
         import json, numpy as np
-        from resnet_keras.distribute import split_cpu, make_strategy
+        from resnet_keras.training.distribute import split_cpu, make_strategy
         split_cpu(2)
-        from resnet_keras.config import ModelConfig
-        from resnet_keras.data import DataConfig
-        from resnet_keras.errors import UsageError
-        from resnet_keras.train import TrainConfig, train
-        import keras, resnet_keras.blocks
+        from resnet_keras.config.schema import ModelConfig
+        from resnet_keras.data.pipeline import DataConfig
+        from resnet_keras.core.errors import UsageError
+        from resnet_keras.training.train import TrainConfig, train
+        import keras, resnet_keras.zoo.blocks
         model = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
         try:
             train(model, DataConfig(dataset="digits"), TrainConfig(epochs=1, batch_size=33, strategy="mirrored"),
@@ -448,12 +448,13 @@ def test_mirrored_replicas_read_one_pipeline_per_worker_and_resume_exactly(tmp_p
     stream resumed mid-epoch continues with exactly the batches an uninterrupted one reads."""
     script = textwrap.dedent("""
         import json, types
-        from resnet_keras.distribute import split_cpu, make_strategy, input_threads
+        from resnet_keras.training.distribute import split_cpu, make_strategy, input_threads
         split_cpu(2)
         import numpy as np, tensorflow as tf
-        from resnet_keras import data as data_lib, train as train_lib
-        from resnet_keras.config import ModelConfig, TrainConfig
-        from resnet_keras.data import DataConfig
+        from resnet_keras.data import pipeline as data_lib
+        from resnet_keras.training import train as train_lib
+        from resnet_keras.config.schema import ModelConfig, TrainConfig
+        from resnet_keras.data.pipeline import DataConfig
         strategy = make_strategy("mirrored")
         model = ModelConfig(depth=8, width=0.25, image_size=16, num_classes=10)
         data = DataConfig(dataset="digits", deterministic=True, augment="cifar")
@@ -503,7 +504,7 @@ def test_sigkill_mid_training_then_the_same_command_resumes(tmp_path):
     command = [
         PYTHON,
         "-m",
-        "resnet_keras.cli",
+        "resnet_keras.cli.main",
         "train",
         *TINY_CLI[:-1],
         "32",

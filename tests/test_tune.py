@@ -18,10 +18,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from resnet_keras import tune as tune_lib
-from resnet_keras.cli import cli
-from resnet_keras.errors import ConfigError, UsageError
-from resnet_keras.tune import Architecture, LogRange, SearchSpace, TuneConfig
+from resnet_keras.cli.main import cli
+from resnet_keras.core.errors import ConfigError, UsageError
+from resnet_keras.tune import search as tune_lib
+from resnet_keras.tune.search import Architecture, LogRange, SearchSpace, TuneConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -174,7 +174,7 @@ def test_a_bigger_max_trials_extends_a_search_but_other_changes_do_not():
 
 
 def test_a_search_written_before_newer_train_fields_still_resumes():
-    from resnet_keras.config import TrainConfig
+    from resnet_keras.config.schema import TrainConfig
 
     train = {
         k: v for k, v in TrainConfig(recipe="short").to_dict().items() if k not in ("learning_rate", "weight_decay")
@@ -245,7 +245,7 @@ def test_the_chief_serves_the_unauthenticated_oracle_on_loopback_only_unless_all
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", address)
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "1")
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
-    import resnet_keras.tune as tune_module
+    import resnet_keras.tune.search as tune_module
 
     if allowed:
         tune_module.check_oracle_address(allow_remote=False)
@@ -259,12 +259,12 @@ def test_the_chief_serves_the_unauthenticated_oracle_on_loopback_only_unless_all
 def test_diverging_trials_are_recorded_as_failed_and_three_in_a_row_stop_the_search(tmp_path, image_data, monkeypatch):
     # The training loop raises TrainingFailure when the loss becomes NaN; stand in for it so that
     # real KerasTuner bookkeeping is tested without training.
-    import resnet_keras.train
+    import resnet_keras.training.train
 
     def diverge(*args, **kwargs):
-        raise resnet_keras.errors.TrainingFailure("loss became NaN at epoch 1 step 1")
+        raise resnet_keras.core.errors.TrainingFailure("loss became NaN at epoch 1 step 1")
 
-    monkeypatch.setattr(resnet_keras.train, "train", diverge)
+    monkeypatch.setattr(resnet_keras.training.train, "train", diverge)
     args = [*data_args(image_data), *TINY, "--lrs", "0.1,0.2,0.4"]
     result = tune_cli(*args, "--max-trials", "2", "--results-dir", str(tmp_path / "two"))
     assert result.exit_code == 0, result.output
@@ -287,7 +287,7 @@ def test_a_full_disk_stops_the_search_at_once_in_one_line(tmp_path, image_data, 
     trial's folder and the space named, no second trial."""
     import errno
 
-    import resnet_keras.train
+    import resnet_keras.training.train
 
     calls = []
 
@@ -295,7 +295,7 @@ def test_a_full_disk_stops_the_search_at_once_in_one_line(tmp_path, image_data, 
         calls.append(args)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(resnet_keras.train, "train", disk_full)
+    monkeypatch.setattr(resnet_keras.training.train, "train", disk_full)
     results = tmp_path / "search"
     result = tune_cli(*data_args(image_data), *TINY, "--max-trials", "3", "--results-dir", str(results))
     assert result.exit_code == 2, result.output
@@ -377,8 +377,8 @@ def test_random_search_ranks_trials_resumes_refuses_another_search_and_its_best_
 
 
 def _search(image_data, results, tune, **space):
-    from resnet_keras.data import DataConfig
-    from resnet_keras.train import TrainConfig
+    from resnet_keras.data.pipeline import DataConfig
+    from resnet_keras.training.train import TrainConfig
 
     space = SearchSpace(**{"depths": (8,), "widths": (0.125, 0.25), "shortcuts": ("A",), **space})
     data = DataConfig(dataset="folder", data_dir=str(image_data / "cifar10-mini"))

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from resnet_keras import network, weights
-from resnet_keras.cli import cli
-from resnet_keras.errors import UsageError
-from resnet_keras.models import build_model
+from resnet_keras.cli.main import cli
+from resnet_keras.core import network
+from resnet_keras.core.errors import UsageError
+from resnet_keras.pretrained import keras_apps as weights
+from resnet_keras.zoo.models import build_model
 
 SIZE = 64
 TOLERANCE = 1e-4  # relative to the largest magnitude of the reference

@@ -1,0 +1,1 @@
+"""Layer 9: hyperparameter search with KerasTuner. Imports the layers below it."""
