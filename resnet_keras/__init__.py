@@ -42,7 +42,7 @@ _EXPORTS = {
         "resnet110",
         "resnet1202",
     ],
-    "pretrained.create": ["create_model"],
+    "pretrained.resolve": ["create_model"],
     "config.recipes": ["RECIPES", "Recipe"],
     "runs.rundir": ["RunDir"],
     "zoo.portable": ["load_model"],

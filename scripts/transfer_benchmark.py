@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
 
     from resnet_keras.config.schema import ModelConfig
     from resnet_keras.data.pipeline import DataConfig
-    from resnet_keras.pretrained import finetune
+    from resnet_keras.pretrained import finetune, resolve
     from resnet_keras.training.train import TrainConfig, evaluate, train
 
     if args.data_root is None and not args.archive.is_file():
@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
                     seed=seed,
                 )
                 if kind == "finetune":
-                    init = finetune.normalize_source(str(pre_dir))
+                    init = resolve.normalize(str(pre_dir))
                     config = finetune.model_config_for(init, num_classes=len(TARGET_CLASSES))
                     train_config = TrainConfig(
                         **common,

@@ -18,7 +18,7 @@ from resnet_keras.cli.main import cli
 from resnet_keras.config.schema import ModelConfig
 from resnet_keras.core.errors import ConfigError, UsageError
 from resnet_keras.data.pipeline import DataConfig
-from resnet_keras.pretrained import finetune
+from resnet_keras.pretrained import finetune, ours, resolve
 from resnet_keras.training.train import TrainConfig, train
 from resnet_keras.zoo.models import build_model
 
@@ -48,7 +48,7 @@ def weights_of(model, prefix=""):
 
 
 def finetune_run(pretrained, model_dir, data=THREE, **options):
-    init = finetune.normalize_source(str(pretrained))
+    init = resolve.normalize(str(pretrained))
     config = finetune.model_config_for(init, num_classes=3)
     base = dict(epochs=2, batch_size=32, learning_rate=0.05, steps_per_epoch=2, init_from=init)
     train(config, data, TrainConfig(**{**base, **options}), model_dir, log=quiet)
@@ -78,13 +78,13 @@ def source_model(pretrained):
     ],
 )
 def test_infer_config_reads_our_models(config):
-    assert finetune.infer_config(build_model(config)) == config
+    assert ours.infer_config(build_model(config)) == config
 
 
 def test_infer_config_refuses_foreign_models():
     foreign = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv1_conv")])
     with pytest.raises(UsageError, match="not a resnet-keras model"):
-        finetune.infer_config(foreign)
+        ours.infer_config(foreign)
 
 
 def test_finetuning_options_are_validated():
@@ -155,7 +155,7 @@ class Interrupt(Exception):
 @pytest.mark.slow
 def test_two_phase_run_resumes_in_the_right_phase(pretrained, tmp_path):
     run = tmp_path / "two-phase"
-    init = finetune.normalize_source(str(pretrained))
+    init = resolve.normalize(str(pretrained))
     config = finetune.model_config_for(init, num_classes=3)
     train_config = TrainConfig(
         epochs=3, head_epochs=2, batch_size=32, learning_rate=0.05, steps_per_epoch=2, init_from=init

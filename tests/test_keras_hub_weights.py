@@ -18,7 +18,7 @@ from resnet_keras.cli.main import cli
 from resnet_keras.core import network
 from resnet_keras.core.errors import UsageError
 from resnet_keras.pretrained import keras_hub as keras_hub_weights
-from resnet_keras.pretrained import state_dicts as torch_weights
+from resnet_keras.pretrained import resolve
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -97,12 +97,12 @@ def preset18(tmp_path_factory):
 
 def test_preset_imports_exactly(preset):
     depth, path, (logits, stages) = preset
-    source = torch_weights.resolve(str(path))
+    source = resolve.resolve(str(path))
     assert source.config.name == f"resnet{depth}" + ("_v1.5" if depth == 50 else "")
     assert source.config.input_mean == (123.675, 116.28, 103.53) and source.config.input_std == (58.395, 57.12, 57.375)
-    model, config = torch_weights.build(source, image_size=SIZE)
+    model, config = resolve.build(source, image_size=SIZE)
     assert relative_error(model.predict(images(), verbose=0), logits) < TOLERANCE
-    backbone, _ = torch_weights.build(source, image_size=SIZE, include_top=False)
+    backbone, _ = resolve.build(source, image_size=SIZE, include_top=False)
     ours = backbone.predict(images(), verbose=0)
     for name in ("conv2", "conv3", "conv4", "conv5"):
         assert ours[name].shape == stages[name].shape
@@ -146,10 +146,10 @@ def test_unsupported_presets_are_one_line_errors(tmp_path, monkeypatch):
 def test_without_keras_hub_the_error_says_how_to_install(preset18, monkeypatch):
     _, path, _ = preset18
     monkeypatch.setitem(sys.modules, "keras_hub", None)
-    source = keras_hub_weights.resolve(str(path))  # the architecture comes from JSON alone
+    source = resolve.resolve(str(path))  # the architecture comes from JSON alone
     assert source.config.depth in BLOCKS
     with pytest.raises(UsageError, match="needs keras-hub \\(pip install --no-deps keras-hub"):
-        keras_hub_weights.load_weights(source)
+        resolve.load(source)
 
 
 def test_layer_names_map_to_ours():

@@ -24,7 +24,7 @@ from resnet_keras import create_model
 from resnet_keras.cli.main import cli
 from resnet_keras.core import network
 from resnet_keras.core.errors import UsageError
-from resnet_keras.pretrained import finetune
+from resnet_keras.pretrained import download, finetune, resolve
 from resnet_keras.pretrained import registry as weight_sets
 from resnet_keras.pretrained import state_dicts as torch_weights
 
@@ -93,19 +93,19 @@ def test_import_matches_pytorch_reference(name, tmp_path):
     images = seeded_images(int(data["seed"]))
     total = sum(np.abs(v.astype(np.float64)).sum() for v in state.values()) + images.sum()
     assert total == pytest.approx(float(data["checksum"]), rel=1e-9), "numpy's generator no longer makes the fixture"
-    source = torch_weights.resolve(str(write(state, tmp_path / f"{name}.safetensors")))
+    source = resolve.resolve(str(write(state, tmp_path / f"{name}.safetensors")))
     # Our key list is the real model's (torchvision 0.29 / timm 1.0), not one we invented.
     assert torch_weights.expected_keys(source.config) == [k for k in shapes if not k.endswith("num_batches_tracked")]
     assert source.config.name == name.split("_")[1] + ("_v1.5" if source.config.depth >= 50 else "")
-    model, config = torch_weights.build(source, image_size=SIZE)
+    model, config = resolve.build(source, image_size=SIZE)
     check_against_reference(model, config, data)
 
 
 def test_a_transposed_kernel_breaks_parity(resnet18_file):
     """Guards the test itself: kernels with height and width swapped must be visibly wrong."""
     path, data = resnet18_file
-    source = torch_weights.resolve(str(path))
-    model, config = torch_weights.build(source, image_size=SIZE)
+    source = resolve.resolve(str(path))
+    model, config = resolve.build(source, image_size=SIZE)
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D) and layer.kernel.shape[0] == 3:
             layer.kernel.assign(np.transpose(layer.kernel.numpy(), (1, 0, 2, 3)))
@@ -194,12 +194,12 @@ def test_download_lands_in_the_torch_cache_only_with_the_right_hash(tmp_path, mo
             url = f"http://127.0.0.1:{server.server_port}/{name}"
             weight_set = dataclasses.replace(base, file=name, url=url)
             if ok:
-                path = weight_sets.weights_file(weight_set, log=lambda _: None)
+                path = download.weights_file(weight_set, log=lambda _: None)
                 assert path == str(tmp_path / "torch" / "hub" / "checkpoints" / good)
                 assert open(path, "rb").read() == payload
             else:
                 with pytest.raises(UsageError, match="SHA-256 does not start with 00000000; not kept"):
-                    weight_sets.weights_file(weight_set, log=lambda _: None)
+                    download.weights_file(weight_set, log=lambda _: None)
     finally:
         server.shutdown()
         server.server_close()
@@ -231,14 +231,14 @@ def test_info_lists_weight_sets_with_published_accuracy():
 
 def test_finetuning_source_and_features_take_torch_weights(resnet18_file, tmp_path):
     path, _ = resnet18_file
-    init = finetune.normalize_source(str(path))
+    init = resolve.normalize(str(path))
     config = finetune.model_config_for(init, num_classes=3, image_size=SIZE)
     assert (config.depth, config.variant, config.stem, config.num_classes) == (18, "v1", "imagenet", 3)
     values = finetune.read_init_weights(init, config, log=lambda _: None)
-    expected = torch_weights.load_weights(torch_weights.resolve(str(path)), include_top=False)
+    expected = resolve.load(resolve.resolve(str(path)), include_top=False)
     assert sorted(values) == sorted(expected)
     np.testing.assert_array_equal(values["conv4_block1_0_conv"][0], expected["conv4_block1_0_conv"][0])
-    assert finetune.normalize_source("torchvision:IMAGENET1K_V2") == "torchvision:IMAGENET1K_V2"
+    assert resolve.normalize("torchvision:IMAGENET1K_V2") == "torchvision:IMAGENET1K_V2"
     result = CliRunner().invoke(
         cli,
         [
@@ -265,7 +265,7 @@ def test_train_init_from_a_named_weight_set(tmp_path, monkeypatch):
 
     _, _, state = fixture("timm_resnet18")
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache_with(tmp_path, "resnet18.a1_in1k", state)))
-    init = finetune.normalize_source("timm:a1_in1k")
+    init = resolve.normalize("timm:a1_in1k")
     config = finetune.model_config_for(init, num_classes=3, image_size=32, depth=18)
     data = DataConfig(dataset="synthetic", synthetic_classes=3, synthetic_examples=96)
     run = tmp_path / "run"
@@ -366,7 +366,7 @@ def test_pth_files_load_through_torch_weights_only(tmp_path):
     data, _, state = fixture("torchvision_resnet18")
     path = tmp_path / "resnet18-f37072fd.pth"
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
-    model, config = torch_weights.build(torch_weights.resolve(str(path)), image_size=SIZE)
+    model, config = resolve.build(resolve.resolve(str(path)), image_size=SIZE)
     check_against_reference(model, config, data)
     with pytest.raises(UsageError, match="not a weights-only PyTorch file"):
         torch_weights.read_state_dict(FIXTURES / "not_weights_only.pth")

@@ -19,6 +19,7 @@ from resnet_keras.cli.main import cli
 from resnet_keras.core import network
 from resnet_keras.core.errors import UsageError
 from resnet_keras.pretrained import keras_apps as weights
+from resnet_keras.pretrained import resolve
 from resnet_keras.zoo.models import build_model
 
 SIZE = 64
@@ -55,7 +56,7 @@ def check_parity(app):
     config = weights.model_config_for(app, image_size=SIZE)
     ours = build_model(config)
     converted = weights.convert_weights(keras_model, app, ours)
-    weights.assign(ours, converted)
+    resolve.assign(ours, converted)
     images = np.random.default_rng(1).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
     preprocessed = weights.keras_preprocess(app, images)
 
@@ -67,7 +68,7 @@ def check_parity(app):
     assert relative_error(probabilities, keras.ops.convert_to_numpy(keras.ops.softmax(reference))) < TOLERANCE
 
     backbone = build_model(dataclasses.replace(config, include_top=False))
-    weights.assign(backbone, converted, skip=("predictions",))
+    resolve.assign(backbone, converted, skip=("predictions",))
     features = backbone.predict(images, verbose=0)
     expected = keras_stage_outputs(keras_model, config).predict(preprocessed, verbose=0)
     assert sorted(features) == ["conv2", "conv3", "conv4", "conv5"]
@@ -96,7 +97,7 @@ def test_folding_is_needed_for_parity():
     ours = build_model(config)
     converted = weights.convert_weights(keras_model, "resnet50", ours)
     converted["conv1_conv"] = [converted["conv1_conv"][0][:, :, ::-1, :]]  # undo the flip
-    weights.assign(ours, converted)
+    resolve.assign(ours, converted)
     images = np.random.default_rng(1).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
     reference = keras_model.predict(weights.keras_preprocess("resnet50", images), verbose=0)
     assert relative_error(ours.predict(images, verbose=0), reference) > 1e-2

@@ -1282,9 +1282,9 @@ def tune(ctx, **params):
 def _finetune_options(p: dict) -> dict:
     options = {key: p[key] for key in ("freeze", "bn_policy", "backbone_lr_multiplier", "head_epochs")}
     if p.get("init_from"):
-        from resnet_keras.pretrained.finetune import normalize_source
+        from resnet_keras.pretrained.resolve import normalize
 
-        options["init_from"] = normalize_source(str(p["init_from"]))
+        options["init_from"] = normalize(str(p["init_from"]))
     return options
 
 
@@ -1326,30 +1326,19 @@ def _finetune_model_config(p: dict, init_from: str, num_classes: int):
 @click.option("--image-size", type=int, default=224, show_default=True, help="Input height and width.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 def convert(source, output, weights_file, image_size, overwrite):
-    """Write pretrained ResNet weights (keras.applications, torchvision, timm) as our model (raw RGB 0-255 in).
+    """Write pretrained ResNet weights (keras.applications, torchvision, timm, keras-hub) as our model.
 
     SOURCE is a keras.applications name (resnet50, resnet101, resnet152, resnet50v2, resnet101v2,
     resnet152v2) or a weights .h5 file of one (its architecture is read from the file), a
-    torchvision/timm weight set (torchvision:resnet50.IMAGENET1K_V2, timm:resnet50.a1_in1k; see
-    `info --weights`) or a PyTorch .pth / .safetensors state dict of a torchvision/timm ResNet.
+    torchvision/timm/keras-hub weight set (torchvision:resnet50.IMAGENET1K_V2, timm:resnet50.a1_in1k,
+    keras-hub:resnet_50_imagenet; see `info --weights`), a PyTorch .pth / .safetensors state dict of a
+    torchvision/timm ResNet, a keras-hub preset folder, or one of our run directories or .keras files.
     """
-    from resnet_keras.pretrained import keras_apps as weights
-    from resnet_keras.pretrained import state_dicts as torch_weights
+    from resnet_keras.pretrained import resolve
 
-    if torch_weights.is_torch_source(source) and not weights_file:
-        torch_weights.convert(source, output, image_size=image_size, overwrite=overwrite, log=click.echo)
-        return
-    if weights_file:
-        weights.convert(
-            weights_file,
-            output,
-            app=weights.check_app(source),
-            image_size=image_size,
-            overwrite=overwrite,
-            log=click.echo,
-        )
-    else:
-        weights.convert(source, output, image_size=image_size, overwrite=overwrite, log=click.echo)
+    resolve.convert(
+        source, output, weights_file=weights_file, image_size=image_size, overwrite=overwrite, log=click.echo
+    )
 
 
 @cli.command("export-features")
@@ -1362,8 +1351,9 @@ def convert(source, output, weights_file, image_size, overwrite):
 def export_features(source, output, image_size, depth, variant, overwrite):
     """Export a feature extractor: SavedModel with `embedding` and per-stage `stage_features` signatures.
 
-    SOURCE is one of our run directories or .keras files, a keras.applications name or weights
-    file, or 'imagenet' with --depth/--variant.
+    SOURCE is any weight source `convert` takes (our runs and .keras files, keras.applications names
+    and weights files, torchvision/timm/keras-hub weight sets and files), or 'imagenet' with
+    --depth/--variant.
     """
     from resnet_keras.serving.features import export_features as run_export
 

@@ -1,9 +1,8 @@
 """Fine-tuning: start from pretrained weights, choose what trains, and how BatchNorm behaves.
 
-Sources (`TrainConfig.init_from`): one of our run directories (its `model.keras`, else
-`best.weights.h5`), one of our `.keras` files (architecture read from its layers), a
-keras.applications weights file, a keras.applications name (`resnet50v2`: its ImageNet
-weights) or `imagenet` (the keras.applications model of the run's depth and variant). The
+Sources (`TrainConfig.init_from`): anything `resolve.resolve` takes (weight sets of torchvision,
+timm and keras-hub, keras.applications names and files, `imagenet` for the keras.applications model
+of the run's depth and variant, state-dict files, our run directories and `.keras` files). The
 classifier head is always new (the run's number of classes); every other weight comes from
 the source, or the run does not start.
 
@@ -23,18 +22,16 @@ Policies (Keras transfer-learning guide, https://keras.io/guides/transfer_learni
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from resnet_keras.config import specs
 from resnet_keras.config.schema import ModelConfig
 from resnet_keras.core.errors import UsageError
+from resnet_keras.pretrained import download, resolve
+from resnet_keras.pretrained.resolve import HEAD_LAYERS
 
-HEAD_LAYERS = ("avg_pool", "dropout", "predictions")
 # Fields that must agree between the source and the fine-tuned model (the rest may change).
 ARCHITECTURE_FIELDS = (
     "depth",
@@ -57,167 +54,6 @@ def is_finetuning(train_config) -> bool:
 # ----------------------------------------------------------------------------- sources
 
 
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """A resolved init_from: kind is "keras" (keras.applications), "hub" (torchvision/timm/keras-hub) or "ours"."""
-
-    kind: str
-    config: ModelConfig
-    path: str | None = None  # ours: the .keras or .weights.h5 file
-    keras_source: object = None
-    hub_source: object = None  # torchvision/timm/keras-hub weights: torch_weights.resolve's result
-
-
-def normalize_source(init_from: str) -> str:
-    """Paths become absolute (so a resume from another folder matches); names stay."""
-    if init_from == "imagenet" or (
-        init_from.lower().replace("_", "") in _keras_names() and not os.path.exists(init_from)
-    ):
-        return init_from
-    from resnet_keras.pretrained.registry import is_weight_name
-
-    if is_weight_name(init_from):  # torchvision:... / timm:... names, not paths
-        return init_from
-    return os.path.abspath(os.path.expanduser(init_from))
-
-
-def _keras_names():
-    from resnet_keras.pretrained.keras_apps import KERAS_APPS
-
-    return KERAS_APPS
-
-
-def resolve(init_from: str, *, depth: int | None = None, variant: str | None = None) -> Source:
-    """The source's kind, its architecture (our ModelConfig) and where its weights are.
-
-    `imagenet` takes the architecture from depth/variant (v1 -> ResNet50, v2 -> ResNet50V2, ...).
-    Raises UsageError for a path that does not exist or holds no model.
-    """
-    from resnet_keras.pretrained import keras_apps as weights
-    from resnet_keras.pretrained import state_dicts as torch_weights
-
-    if torch_weights.is_torch_source(init_from):  # torchvision/timm/keras-hub names, .pth, .safetensors, presets
-        resolved = torch_weights.resolve(init_from, depth=depth)
-        return Source("hub", resolved.config, resolved.path, hub_source=resolved)
-    key = init_from.lower().replace("_", "")
-    if init_from == "imagenet" or (key in weights.KERAS_APPS and not os.path.exists(init_from)):
-        app = weights.app_for(depth or 50, variant or "v1") if init_from == "imagenet" else None
-        keras_source = weights.resolve_keras_source(init_from, app=app)
-        # Fails at once when offline with nothing cached; downloads (once, into Keras' cache) otherwise.
-        weights.imagenet_weights_file(keras_source.app, include_top=False)
-        return Source("keras", weights.model_config_for(keras_source.app), keras_source=keras_source)
-    path = Path(init_from)
-    if not path.exists():
-        raise UsageError(
-            f"Received: init_from={init_from!r}, which does not exist; expected 'imagenet', a "
-            "keras.applications name (" + ", ".join(weights.KERAS_APPS) + "), a weights .h5 file, "
-            "a .keras file or a run directory"
-        )
-    if path.is_dir():
-        from resnet_keras.runs.rundir import RunDir
-
-        run = RunDir(path)
-        if not run.is_run():
-            raise UsageError(
-                f"Received: init_from={init_from!r}, a folder that is not a run directory (no {RunDir.CONFIG})"
-            )
-        config = run.model_config()
-        for name in (RunDir.FINAL_MODEL, RunDir.BEST_WEIGHTS):
-            if run.file(name).is_file():
-                return Source("ours", config, str(run.file(name)))
-        raise UsageError(
-            f"Received: init_from={init_from!r}, a run directory with no trained weights "
-            f"({RunDir.FINAL_MODEL} or {RunDir.BEST_WEIGHTS}); train it first"
-        )
-    if path.suffix == ".keras":
-        return Source("ours", infer_config(_load_keras_file(path)), str(path))
-    if path.suffix in (".h5", ".hdf5"):
-        keras_source = weights.resolve_keras_source(str(path))
-        return Source("keras", weights.model_config_for(keras_source.app), keras_source=keras_source)
-    raise UsageError(
-        f"Received: init_from={init_from!r}; expected a .keras file, a weights .h5 file or a run directory"
-    )
-
-
-def _load_keras_file(path: Path):
-    import keras
-
-    import resnet_keras.zoo.blocks  # noqa: F401  registers the custom layers (ZeroPadShortcut) for loading
-
-    try:
-        return keras.saving.load_model(str(path), safe_mode=True, compile=False)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is a user input problem
-        raise UsageError(
-            f"cannot load {path} as a Keras model: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
-        ) from None
-
-
-def infer_config(model) -> ModelConfig:
-    """Our ModelConfig of a model built by `models.build_model`, read from its layers.
-
-    Checked by rebuilding: every weighted layer must exist with the same shapes, else
-    UsageError (the model is not one of ours).
-    """
-    names = {layer.name: layer for layer in model.layers}
-    if "conv1_conv" not in names or "normalize" not in names:
-        raise UsageError(f"{model.name} is not a resnet-keras model (no conv1_conv / normalize layer)")
-    blocks: dict[int, int] = {}
-    for name in names:
-        match = re.match(r"conv(\d)_block(\d+)_", name)
-        if match:
-            blocks[int(match.group(1))] = max(blocks.get(int(match.group(1)), 0), int(match.group(2)))
-    counts = tuple(blocks[k] for k in sorted(blocks))
-    bottleneck = any(name.endswith("_3_conv") for name in names)
-    family = "cifar" if len(counts) == 3 else "imagenet"
-    if family == "cifar":
-        depth = 6 * counts[0] + 2
-    else:
-        matches = [
-            d for d, (kind, c) in specs.IMAGENET_DEPTHS.items() if c == counts and (kind == "bottleneck") == bottleneck
-        ]
-        if not matches:
-            raise UsageError(f"{model.name}: {'/'.join(map(str, counts))} blocks per stage match no ResNet depth")
-        depth = matches[0]
-    preact = "post_bn" in names
-    variant = "v2" if preact else "v1"
-    if bottleneck and not preact and names["conv3_block1_1_conv"].strides == (1, 1):
-        variant = "v1.5"
-    last = len(counts) + 1
-    base = (specs.CIFAR_FILTERS if family == "cifar" else specs.IMAGENET_FILTERS)[-1]
-    width = names[f"conv{last}_block1_1_conv"].filters / base
-    normalize = names["normalize"].get_config()
-    include_top = "predictions" in names
-    image_size = model.input.shape[1]
-    conv1 = names["conv1_conv"]
-    config = ModelConfig(
-        depth=depth,
-        family=family,
-        variant=variant,
-        shortcut="A" if any(name.endswith("_0_pad") for name in names) else "B",
-        stem="imagenet" if conv1.kernel_size == (7, 7) else "small",
-        width=width,
-        channels=model.input.shape[-1],
-        image_size=image_size,
-        include_top=include_top,
-        num_classes=names["predictions"].units if include_top else 1000,
-        dropout=names["dropout"].rate if "dropout" in names else 0.0,
-        input_mean=tuple(normalize["mean"]),
-        input_std=tuple(float(np.sqrt(v)) for v in normalize["variance"]),
-        layout="keras" if conv1.use_bias else "paper",
-    )
-    from resnet_keras.zoo.models import build_model
-
-    shapes = lambda m: {ly.name: [tuple(w.shape) for w in ly.weights] for ly in m.layers if ly.weights}  # noqa: E731
-    found, rebuilt = shapes(model), shapes(build_model(config))
-    if found != rebuilt:
-        name = sorted(n for n in set(found) | set(rebuilt) if found.get(n) != rebuilt.get(n))[0]
-        raise UsageError(
-            f"{model.name} is not a resnet-keras model: layer {name} has {found.get(name)}, "
-            f"{config.name} would have {rebuilt.get(name)}"
-        )
-    return config
-
-
 def read_init_weights(
     init_from: str, model_config: ModelConfig, *, log: Callable[[str], None] = print
 ) -> dict[str, list[np.ndarray]]:
@@ -226,10 +62,9 @@ def read_init_weights(
     Raises UsageError when the architectures differ (naming the field or the layer) or the
     source cannot be read, before anything is assigned: never a half-loaded model.
     """
-    from resnet_keras.pretrained import keras_apps as weights_lib
     from resnet_keras.zoo.models import build_model
 
-    source = resolve(init_from, depth=model_config.depth, variant=model_config.variant)
+    source = resolve.resolve(init_from, depth=model_config.depth, variant=model_config.variant, log=log)
     mismatched = [
         f"{field}={getattr(model_config, field)!r} (source: {getattr(source.config, field)!r})"
         for field in ARCHITECTURE_FIELDS
@@ -240,46 +75,11 @@ def read_init_weights(
             f"Received: a model config that differs from init_from={init_from!r}: "
             f"{'; '.join(mismatched)}; use the source's architecture (finetune.model_config_for)"
         )
-    if source.kind == "keras":
-        values, _ = weights_lib.load_keras_weights(source.keras_source, include_top=False, log=log)
-    elif source.kind == "hub":
-        from resnet_keras.pretrained.state_dicts import load_weights
-
-        values = load_weights(source.hub_source, include_top=False)
-    else:
-        values = read_our_weights(source)
+    values = resolve.load(source, include_top=False, log=log)
     values = {name: v for name, v in values.items() if name not in HEAD_LAYERS}
     target = build_model(dataclasses.replace(model_config, include_top=True))
-    expected = {
-        layer.name: [tuple(w.shape) for w in layer.weights]
-        for layer in target.layers
-        if layer.weights and layer.name not in HEAD_LAYERS
-    }
-    for name, shapes in expected.items():
-        found = [tuple(np.shape(v)) for v in values.get(name, [])]
-        if found != shapes:
-            raise UsageError(
-                f"init_from={init_from!r} does not fit {model_config.name}: layer {name} has "
-                f"{found or 'no weights'} in the source, expected {shapes}"
-            )
-    extra = sorted(set(values) - set(expected))
-    if extra:
-        raise UsageError(f"init_from={init_from!r} has layers {extra[:3]} that {model_config.name} does not have")
+    resolve.check_fit(target, values, f"init_from={init_from!r}", skip=HEAD_LAYERS)
     return values
-
-
-def read_our_weights(source: Source) -> dict[str, list[np.ndarray]]:
-    if source.path.endswith(".keras"):
-        model = _load_keras_file(Path(source.path))
-    else:
-        from resnet_keras.zoo.models import build_model
-
-        model = build_model(source.config)
-        try:
-            model.load_weights(source.path)
-        except Exception as error:  # noqa: BLE001
-            raise UsageError(f"cannot load {source.path}: {str(error).splitlines()[0]}") from None
-    return {layer.name: [w.numpy() for w in layer.weights] for layer in model.layers if layer.weights}
 
 
 def model_config_for(
@@ -295,7 +95,10 @@ def model_config_for(
 
     `image_size` defaults to the source's (224 for keras.applications weights).
     """
-    source = resolve(init_from, depth=depth, variant=variant)
+    source = resolve.resolve(init_from, depth=depth, variant=variant)
+    if source.kind == resolve.KERAS_APP and source.path is None:
+        # keras.applications' ImageNet file without its head: fetched now, so offline fails at once.
+        download.keras_app_file(source.app, include_top=False)
     changes = dict(num_classes=num_classes, include_top=True, **overrides)
     if image_size is not None:
         changes["image_size"] = image_size

@@ -23,29 +23,19 @@ architecture is read from the file) or a Keras 3 `.weights.h5` (identified by la
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from resnet_keras.config import specs
 from resnet_keras.config.schema import ModelConfig
-from resnet_keras.core import network, tf_compat
 from resnet_keras.core.errors import UsageError
-from resnet_keras.core.files import check_output_file
-from resnet_keras.zoo.portable import save_model_atomic
+from resnet_keras.pretrained.registry import KERAS_APPLICATIONS
 
-# keras.applications name -> (depth, variant, keras constructor). v1 is the paper's layout.
-KERAS_APPS = {
-    "resnet50": (50, "v1", "ResNet50"),
-    "resnet101": (101, "v1", "ResNet101"),
-    "resnet152": (152, "v1", "ResNet152"),
-    "resnet50v2": (50, "v2", "ResNet50V2"),
-    "resnet101v2": (101, "v2", "ResNet101V2"),
-    "resnet152v2": (152, "v2", "ResNet152V2"),
-}
+# keras.applications name -> KerasApp(depth, variant, constructor, top1, top5): the registry's table.
+KERAS_APPS = KERAS_APPLICATIONS
 # keras.applications.resnet.preprocess_input ("caffe"): BGR minus these means, in RGB order here.
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 # keras.applications.resnet_v2.preprocess_input ("tf"): x / 127.5 - 1.
@@ -65,8 +55,8 @@ _LAYER_COUNTS = {
 
 def app_for(depth: int, variant: str) -> str:
     """The keras.applications name for our (depth, variant), or UsageError naming what exists."""
-    for name, (app_depth, app_variant, _) in KERAS_APPS.items():
-        if (app_depth, app_variant) == (depth, variant):
+    for name, app in KERAS_APPS.items():
+        if (app.depth, app.variant) == (depth, variant):
             return name
     raise UsageError(
         f"Received: depth={depth}, variant={variant!r}; keras.applications has ImageNet weights "
@@ -89,7 +79,7 @@ def model_config_for(
     app: str, *, image_size: int = 224, include_top: bool = True, num_classes: int = 1000, **overrides
 ) -> ModelConfig:
     """Our ModelConfig that holds `app`'s weights exactly (ImageNet stem at any image size)."""
-    depth, variant, _ = KERAS_APPS[check_app(app)]
+    depth, variant = KERAS_APPS[check_app(app)][:2]
     caffe = variant == "v1"
     return ModelConfig(
         depth=depth,
@@ -170,43 +160,13 @@ def _app_from_names(path: Path, names: set[str]) -> str:
             blocks[stage] = max(blocks.get(stage, 0), block)
     counts = tuple(blocks.get(stage, 0) for stage in (2, 3, 4, 5))
     variant = "v2" if "post_bn" in names else "v1"
-    for app, (depth, app_variant, _) in KERAS_APPS.items():
-        from resnet_keras.config import specs
-
-        if app_variant == variant and specs.IMAGENET_DEPTHS[depth][1] == counts:
+    for app, known in KERAS_APPS.items():
+        if known.variant == variant and specs.IMAGENET_DEPTHS[known.depth][1] == counts:
             return app
     raise UsageError(
         f"{path} holds a ResNet with {'/'.join(map(str, counts))} blocks per stage; expected a "
         "keras.applications ResNet (50: 3/4/6/3, 101: 3/4/23/3, 152: 3/8/36/3)"
     )
-
-
-def imagenet_weights_file(app: str, *, include_top: bool = True, log: Callable[[str], None] = print) -> str:
-    """The official ImageNet weights of `app`, from Keras' cache or downloaded into it.
-
-    A file already in `<keras home>/models` is used as it is (no network). Otherwise a 3 s
-    probe decides: offline -> UsageError at once (instead of a download that fails or hangs).
-    Neither step imports TensorFlow, so the answer comes in well under a second.
-    """
-    app = check_app(app)
-    fname = f"{app}_weights_tf_dim_ordering_tf_kernels{'' if include_top else '_notop'}.h5"
-    cached = Path(tf_compat.keras_home()) / "models" / fname
-    if cached.is_file():
-        return str(cached)
-    if not network.network_available(WEIGHTS_URL + fname):
-        raise UsageError(
-            f"ImageNet weights for {app} are not in the Keras cache ({cached}) and there is no "
-            f"network to download them; copy {fname} there (from {WEIGHTS_URL}) or pass the file's path"
-        )
-    hashes = tf_compat.keras_applications_hashes().get(app)
-    file_hash = hashes[0 if include_top else 1] if hashes else None
-    log(f"Downloading {fname} into {cached.parent}")
-    import keras
-
-    try:
-        return keras.utils.get_file(fname, WEIGHTS_URL + fname, cache_subdir="models", file_hash=file_hash)
-    except Exception as error:  # noqa: BLE001 - network and hash failures become one line
-        raise UsageError(f"cannot download {WEIGHTS_URL + fname}: {str(error).splitlines()[0]}") from None
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -278,112 +238,19 @@ def _first(names: list[str], what: str) -> str:
     return f"{names[0]}{more} {what}; "
 
 
-def assign(model, weights: dict[str, list[np.ndarray]], *, skip: tuple[str, ...] = ()) -> int:
-    """Sets each named layer's weights; returns the number of layers set."""
-    count = 0
-    for name, values in weights.items():
-        if name in skip:
-            continue
-        model.get_layer(name).set_weights([np.asarray(v, dtype=np.float32) for v in values])
-        count += 1
-    return count
-
-
-@dataclasses.dataclass(frozen=True)
-class KerasSource:
-    """A keras.applications model's weights: `weights` is "imagenet" or a file path."""
-
-    app: str
-    weights: str
-    include_top: bool
-
-
-def resolve_keras_source(source: str, *, app: str | None = None) -> KerasSource:
-    """`imagenet` (needs `app`), a keras.applications name (ImageNet weights) or a weights file.
-
-    With `app` and a file holding another architecture: UsageError naming both.
-    """
-    if source == "imagenet":
-        if app is None:
-            raise UsageError("Received: imagenet weights without an architecture; name one of " + ", ".join(KERAS_APPS))
-        return KerasSource(check_app(app), "imagenet", True)
-    key = source.lower().replace("_", "")
-    if key in KERAS_APPS and not os.path.exists(source):
-        if app is not None and check_app(app) != key:
-            raise UsageError(f"Received: {source}; expected weights for {describe_app(check_app(app))}")
-        return KerasSource(key, "imagenet", True)
-    if not os.path.exists(source) and not source.endswith((".h5", ".hdf5")):
-        raise UsageError(
-            f"Received: {source!r}; expected a keras.applications ResNet: {', '.join(KERAS_APPS)}, "
-            "or a weights .h5 file of one"
-        )
-    found, top = inspect_weights_file(source)
-    if app is not None and check_app(app) != found:
-        raise UsageError(f"{source} holds {describe_app(found)} weights; expected {describe_app(check_app(app))}")
-    return KerasSource(found, os.path.abspath(source), top)
-
-
-def load_keras_weights(
-    source: KerasSource, *, include_top: bool | None = None, log: Callable[[str], None] = print
-) -> tuple[dict[str, list[np.ndarray]], ModelConfig]:
-    """Our layer weights for `source` and the ModelConfig that holds them (image_size 224).
-
-    `include_top=False` drops the 1000-class head (fine-tuning); a notop file has none.
-    """
-    top = source.include_top if include_top is None else (include_top and source.include_top)
-    path = source.weights
-    if path == "imagenet":
-        path = imagenet_weights_file(source.app, include_top=top, log=log)
-        file_top = top
-    else:
-        file_top = source.include_top
+def load_weights(app: str, path: str, *, file_top: bool, include_top: bool) -> dict[str, list[np.ndarray]]:
+    """Our layer weights from `path`, a weights file of keras.applications' `app` (`file_top`: it holds
+    the 1000-class head), without the head unless `include_top`."""
     image_size = 64  # the weights do not depend on the input size; small is quick to build
-    keras_model = build_keras_app(source.app, include_top=file_top, image_size=image_size)
+    keras_model = build_keras_app(app, include_top=file_top, image_size=image_size)
     try:
         keras_model.load_weights(path)
     except (ValueError, KeyError, OSError) as error:
-        raise UsageError(f"cannot load {path} into {describe_app(source.app)}: {str(error).splitlines()[0]}") from None
-    config = model_config_for(source.app, image_size=image_size, include_top=file_top)
+        raise UsageError(f"cannot load {path} into {describe_app(app)}: {str(error).splitlines()[0]}") from None
     from resnet_keras.zoo.models import build_model
 
-    ours = build_model(config)
-    weights = convert_weights(keras_model, source.app, ours)
-    if file_top and not top:
+    ours = build_model(model_config_for(app, image_size=image_size, include_top=file_top))
+    weights = convert_weights(keras_model, app, ours)
+    if file_top and not include_top:
         weights.pop("predictions", None)
-    return weights, dataclasses.replace(config, include_top=top, image_size=224)
-
-
-def import_keras_model(source: KerasSource, *, image_size: int = 224, log: Callable[[str], None] = print):
-    """Our classifier (or, from a notop file, backbone) holding `source`'s weights exactly."""
-    weights, config = load_keras_weights(source, log=log)  # before any TensorFlow import: offline fails fast
-    from resnet_keras.zoo.models import build_model
-
-    config = dataclasses.replace(config, image_size=image_size)
-    model = build_model(config)
-    assign(model, weights)
-    return model, config
-
-
-def convert(
-    source: str,
-    output: str | os.PathLike,
-    *,
-    app: str | None = None,
-    image_size: int = 224,
-    overwrite: bool = False,
-    log: Callable[[str], None] = print,
-) -> ModelConfig:
-    """Writes `source` (see `resolve_keras_source`) as our `.keras` model: raw RGB 0-255 in, logits out.
-
-    The file is written to a hidden sibling and renamed, so a failure leaves nothing behind.
-    """
-    output = check_output_file(output, suffix=".keras", overwrite=overwrite)
-    resolved = resolve_keras_source(source, app=app)
-    model, config = import_keras_model(resolved, image_size=image_size, log=log)
-    save_model_atomic(model, output)
-    what = "logits [batch, 1000]" if config.include_top else "per-stage features (notop weights)"
-    log(
-        f"Wrote {output}: {describe_app(resolved.app)} as {config.name} ({config.layout} layout), "
-        f"raw RGB 0-255 [batch, {image_size}, {image_size}, 3] in, {what} out"
-    )
-    return config
+    return weights

@@ -11,20 +11,18 @@ becomes our `normalize` layer: mean = -offset / scale, std = 1 / scale, in pixel
 
 A preset is a folder (`config.json`, `model.weights.h5`, and for a classifier `task.json`,
 `task.weights.h5`, `image_converter.json`); named presets are found in kagglehub's cache
-(`weight_sets.kagglehub_cache()`). Its architecture is read from the JSON files without
+(`download.kagglehub_cache()`). Its architecture is read from the JSON files without
 keras-hub; loading the weights needs keras-hub, which is not a dependency: its wheel requires
 tensorflow-text and so the full `tensorflow` distribution beside `tensorflow-cpu`. Install it
 with `pip install --no-deps keras-hub` plus `tokenizers sentencepiece regex kagglehub`.
-ResNetV2 and ResNet-vd presets are refused with the reason (`weight_sets.REGISTRY`).
+ResNetV2 and ResNet-vd presets are refused with the reason (`registry.REGISTRY`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,7 @@ import numpy as np
 from resnet_keras.config import specs
 from resnet_keras.config.schema import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from resnet_keras.core.errors import UsageError
-from resnet_keras.pretrained import registry as weight_sets
+from resnet_keras.pretrained.state_dicts import model_config
 
 # What our zoo's ImageNet ResNets have; a preset must match it to import exactly.
 _EXPECTED = {
@@ -55,16 +53,6 @@ def is_preset_dir(text: str) -> bool:
         return str(json.loads(config.read_text()).get("registered_name", "")).startswith("keras_hub>")
     except (OSError, ValueError, AttributeError):
         return False
-
-
-@dataclasses.dataclass(frozen=True)
-class KerasHubSource:
-    """A keras-hub preset folder and our config that holds its weights."""
-
-    label: str
-    path: str
-    config: ModelConfig
-    weight_set: weight_sets.WeightSet | None = None
 
 
 def _read_json(path: Path, where: str) -> dict:
@@ -109,41 +97,16 @@ def read_preset_config(path: str | os.PathLike, where: str, *, depth: int | None
         if isinstance(scale, list) and isinstance(offset, list):
             std = tuple(round(1.0 / s, 4) for s in scale)
             mean = tuple(round(-o / s, 4) for o, s in zip(offset, scale))
-    from resnet_keras.pretrained.state_dicts import model_config
-
     return model_config(found, num_classes=num_classes, include_top=include_top, mean=mean, std=std)
 
 
-def resolve(source: str, *, depth: int | None = None, log: Callable[[str], None] = print) -> KerasHubSource:
-    """`keras-hub:PRESET` (from kagglehub's cache, or downloaded) or a preset folder."""
-    weight_set = None
-    if weight_sets.is_weight_name(source):
-        weight_set = weight_sets.lookup(source, depth=depth)
-        path, label = weight_sets.weights_file(weight_set, log=log), weight_set.name
-    else:
-        path, label = os.path.abspath(os.path.expanduser(source)), source
-    return KerasHubSource(label, str(path), read_preset_config(path, label, depth=depth), weight_set)
-
-
-def _keras_hub(label: str):
+def import_keras_hub(label: str):
+    """keras_hub, or UsageError saying how to install it (it is not a dependency)."""
     try:
         import keras_hub
     except ImportError:
         raise UsageError(f"reading the keras-hub preset {label} needs keras-hub ({_INSTALL})") from None
     return keras_hub
-
-
-def download_preset(preset: str) -> str:
-    """Fetches a named preset into kagglehub's cache (through keras-hub) and returns its folder."""
-    keras_hub = _keras_hub(preset)
-    try:
-        keras_hub.models.ImageClassifier.from_preset(preset)
-    except Exception as error:  # noqa: BLE001 - network and hub failures become one line
-        raise UsageError(f"cannot download keras-hub:{preset}: {str(error).splitlines()[0]}") from None
-    found, looked = weight_sets.cached_file(weight_sets.lookup(f"keras-hub:{preset}"))
-    if found is None:
-        raise UsageError(f"keras-hub:{preset} was downloaded but is not in {looked}")
-    return str(found)
 
 
 def our_name(name: str) -> str:
@@ -152,30 +115,20 @@ def our_name(name: str) -> str:
     return f"conv{int(match.group(1)) + 2}_block{int(match.group(2)) + 1}_{match.group(3)}" if match else name
 
 
-def load_weights(source: KerasHubSource, *, include_top: bool | None = None) -> dict[str, list[np.ndarray]]:
-    """Our layer weights for `source.config` (without the head if `include_top` is False)."""
-    keras_hub = _keras_hub(source.label)
-    top = source.config.include_top if include_top is None else include_top and source.config.include_top
+def load_weights(path: str, config: ModelConfig, label: str, *, include_top: bool) -> dict[str, list[np.ndarray]]:
+    """Our layer weights from the preset folder `path` (the classifier's head too when `include_top` and
+    the preset has one); `resolve.check_fit` checks them against our model."""
+    keras_hub = import_keras_hub(label)
     try:
-        if top:
-            classifier = keras_hub.models.ImageClassifier.from_preset(source.path)
+        if include_top and config.include_top:
+            classifier = keras_hub.models.ImageClassifier.from_preset(path)
             backbone, head = classifier.backbone, classifier.get_layer("predictions")
         else:
-            backbone, head = keras_hub.models.Backbone.from_preset(source.path), None
+            backbone, head = keras_hub.models.Backbone.from_preset(path), None
     except Exception as error:  # noqa: BLE001 - damaged or foreign preset files
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"cannot load the keras-hub preset {source.label}: {reason}") from None
+        raise UsageError(f"cannot load the keras-hub preset {label}: {reason}") from None
     result = {our_name(layer.name): [w.numpy() for w in layer.weights] for layer in backbone.layers if layer.weights}
     if head is not None:
         result["predictions"] = [w.numpy() for w in head.weights]
-    config = dataclasses.replace(source.config, include_top=top)
-    from resnet_keras.pretrained.state_dicts import layer_map
-
-    expected = set(layer_map(config).values())
-    missing, extra = sorted(expected - set(result)), sorted(set(result) - expected)
-    if missing or extra:
-        raise UsageError(
-            f"{source.label} does not fit {config.name}: "
-            + "; ".join(p for p in (missing and f"{missing[0]} missing", extra and f"{extra[0]} unexpected") if p)
-        )
     return result

@@ -1,18 +1,11 @@
-"""Named pretrained weight sets: a registry of plain data, and where each one's file is found.
+"""Every named pretrained weight set, as plain data: no I/O (`download` finds the files).
 
 One name works everywhere (`convert`, `train --init-from`, `export-features`,
 `create_model(..., weights=...)`): `HUB:ARCH.TAG`, e.g. `torchvision:resnet50.IMAGENET1K_V2`
 or `timm:resnet50.a1_in1k`. With the architecture known from elsewhere (`create_model("resnet50",
 ...)`, `--depth 50`) the tag alone does: `torchvision:IMAGENET1K_V2`, `torchvision:DEFAULT`.
 
-Files are found offline in the caches the publishing libraries use, so a file fetched once by
-torchvision or timm is reused as it is:
-- torchvision: `torch.hub`'s checkpoint folder, `$TORCH_HOME/hub/checkpoints` (default
-  `$XDG_CACHE_HOME/torch` or `~/.cache/torch`), file names as torchvision publishes them.
-- timm: the Hugging Face hub cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
-  `~/.cache/huggingface/hub`), `models--timm--ARCH.TAG/snapshots/REV/model.safetensors`.
-When the file is not there, a 3 s probe decides: with a network it is downloaded into that
-cache, without one the error says at once where we looked and where the file comes from.
+keras.applications' weights are named without a hub: `resnet50`, `resnet101v2`, or `imagenet`.
 
 This module imports neither TensorFlow nor PyTorch: `resnet-keras info --weights` is instant.
 """
@@ -20,11 +13,8 @@ This module imports neither TensorFlow nor PyTorch: `resnet-keras info --weights
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 import re
-from collections.abc import Callable
-from pathlib import Path
+from typing import NamedTuple
 
 from resnet_keras.config.schema import IMAGENET_MEAN, IMAGENET_STD
 from resnet_keras.core.errors import UsageError
@@ -216,131 +206,32 @@ def lookup(name: str, *, depth: int | None = None) -> WeightSet:
     raise UsageError(f"Received: weights={name!r}, which is not a known weight set; known: {known}")
 
 
-# ----------------------------------------------------------------------------- caches
+class KerasApp(NamedTuple):
+    """A keras.applications ResNet: our (depth, variant), its constructor, its published accuracy."""
+
+    depth: int
+    variant: str
+    constructor: str
+    top1: float
+    top5: float
 
 
-def torch_hub_dir() -> Path:
-    """torch.hub's checkpoint folder, computed as torch.hub.get_dir() does (without PyTorch)."""
-    home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch"
-    )
-    return Path(home) / "hub" / "checkpoints"
-
-
-def hf_hub_cache() -> Path:
-    """The Hugging Face hub cache, as huggingface_hub resolves it."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
-    )
-    return Path(home) / "hub"
-
-
-def kagglehub_cache() -> Path:
-    """kagglehub's cache, where keras-hub presets land (`$KAGGLEHUB_CACHE`, default ~/.cache/kagglehub)."""
-    return Path(os.environ.get("KAGGLEHUB_CACHE") or os.path.expanduser("~/.cache/kagglehub"))
-
-
-def cached_file(weight_set: WeightSet) -> tuple[Path | None, Path]:
-    """(the cached file or None, where it was looked for); a keras-hub preset is a folder."""
-    if weight_set.hub == "keras-hub":
-        path = kagglehub_cache() / "models" / weight_set.file
-        return (path if (path / "config.json").is_file() else None), path
-    if weight_set.hub == "torchvision":
-        path = torch_hub_dir() / weight_set.file
-        return (path if path.is_file() else None), path
-    repo = hf_hub_cache() / f"models--timm--{weight_set.arch}.{weight_set.tag}"
-    snapshots = repo / "snapshots"
-    ref = repo / "refs" / "main"
-    revisions = [ref.read_text().strip()] if ref.is_file() else []
-    if snapshots.is_dir():
-        revisions += sorted(p.name for p in snapshots.iterdir())
-    for revision in revisions:
-        path = snapshots / revision / weight_set.file
-        if path.is_file():
-            return path, path
-    return None, snapshots / "*" / weight_set.file
-
-
-def weights_file(weight_set: WeightSet, *, log: Callable[[str], None] = print) -> str:
-    """The file of `weight_set`: from the cache, else downloaded into it, else UsageError at once."""
-    if weight_set.unsupported:
-        raise UsageError(f"{weight_set.name}: {weight_set.unsupported}; supported: plain torchvision/timm ResNets")
-    found, looked = cached_file(weight_set)
-    if found is not None:
-        return str(found)
-    from resnet_keras.core.network import network_available
-
-    url = {
-        "torchvision": weight_set.url,
-        "timm": f"{weight_set.url}/resolve/main/{weight_set.file}",
-        "keras-hub": "https://www.kaggle.com/models/" + weight_set.file.rsplit("/", 1)[0],
-    }[weight_set.hub]
-    if not network_available(url):
-        raise UsageError(
-            f"{weight_set.name} is not in the cache ({looked}) and there is no network to download it; "
-            f"copy {'the preset folder' if weight_set.hub == 'keras-hub' else weight_set.file} there "
-            f"(from {url}) or pass its path"
-        )
-    log(f"Downloading {url}")
-    if weight_set.hub == "timm":
-        return _hf_download(weight_set)
-    if weight_set.hub == "keras-hub":
-        from resnet_keras.pretrained.keras_hub import download_preset
-
-        return download_preset(weight_set.tag)
-    return _download_checked(url, looked)
-
-
-def _hf_download(weight_set: WeightSet) -> str:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise UsageError(
-            f"downloading {weight_set.name} needs huggingface_hub (pip install huggingface_hub), "
-            f"or download {weight_set.file} from {weight_set.url} and pass its path"
-        ) from None
-    try:
-        return hf_hub_download(f"timm/{weight_set.arch}.{weight_set.tag}", weight_set.file, cache_dir=hf_hub_cache())
-    except Exception as error:  # noqa: BLE001 - network and hub failures become one line
-        raise UsageError(f"cannot download {weight_set.name}: {str(error).splitlines()[0]}") from None
-
-
-def _download_checked(url: str, target: Path) -> str:
-    """Downloads to a hidden sibling, checks the SHA-256 prefix in torchvision's file name, renames."""
-    import urllib.request
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial")
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-        expected = re.search(r"-([a-f0-9]{8,})\.", target.name)
-        if expected and not digest.hexdigest().startswith(expected.group(1)):
-            raise UsageError(f"{url}: the download's SHA-256 does not start with {expected.group(1)}; not kept")
-        os.replace(tmp, target)
-    except OSError as error:
-        raise UsageError(f"cannot download {url}: {error}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return str(target)
-
-
-# keras.applications' own weights (resnet_keras.pretrained.keras_apps imports them; named without a hub prefix),
-# with the accuracy in the table of keras.io/api/applications.
+# keras.applications' own ImageNet weights, named without a hub prefix (`resnet50`, `resnet50v2`;
+# `imagenet` picks the one of a run's depth and variant); accuracy from the table of
+# keras.io/api/applications. v1 is the paper's layout (converted from Caffe), v2 Keras' own.
 KERAS_APPLICATIONS = {
-    "resnet50": (74.9, 92.1),
-    "resnet101": (76.4, 92.8),
-    "resnet152": (76.6, 93.1),
-    "resnet50v2": (76.0, 93.0),
-    "resnet101v2": (77.2, 93.8),
-    "resnet152v2": (78.0, 94.2),
+    "resnet50": KerasApp(50, "v1", "ResNet50", 74.9, 92.1),
+    "resnet101": KerasApp(101, "v1", "ResNet101", 76.4, 92.8),
+    "resnet152": KerasApp(152, "v1", "ResNet152", 76.6, 93.1),
+    "resnet50v2": KerasApp(50, "v2", "ResNet50V2", 76.0, 93.0),
+    "resnet101v2": KerasApp(101, "v2", "ResNet101V2", 77.2, 93.8),
+    "resnet152v2": KerasApp(152, "v2", "ResNet152V2", 78.0, 94.2),
 }
+
+
+def is_keras_app_name(text: str) -> bool:
+    """`imagenet` or a keras.applications name (`resnet50`, `ResNet50V2`, `resnet_101`)."""
+    return isinstance(text, str) and (text == "imagenet" or text.lower().replace("_", "") in KERAS_APPLICATIONS)
 
 
 def rows() -> list[dict]:
@@ -365,7 +256,7 @@ def rows() -> list[dict]:
                 "source": w.source,
             }
         )
-    for app, (top1, top5) in KERAS_APPLICATIONS.items():
+    for app, (_, _, _, top1, top5) in KERAS_APPLICATIONS.items():
         v2 = app.endswith("v2")
         result.append(
             {

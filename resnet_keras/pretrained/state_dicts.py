@@ -29,7 +29,6 @@ import pickletools
 import re
 import zipfile
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +36,6 @@ import numpy as np
 from resnet_keras.config import specs
 from resnet_keras.config.schema import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from resnet_keras.core.errors import UsageError
-from resnet_keras.core.files import check_output_file
-from resnet_keras.pretrained import registry as weight_sets
-from resnet_keras.zoo.portable import save_model_atomic
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -55,21 +51,6 @@ _VARIANT_KEYS = (
     (re.compile(r"\.downsample\.2\."), "average-pool shortcuts (ResNet-D)"),
     (re.compile(r"\.(se|se_module|attn)\."), "squeeze-and-excitation or attention blocks (SE-ResNet)"),
 )
-
-
-def is_torch_source(text: str) -> bool:
-    """A weight-set name (`torchvision:...`, `timm:...`, `keras-hub:...`), a PyTorch/safetensors
-    file name or a keras-hub preset folder: everything `resolve` takes."""
-    from resnet_keras.pretrained.keras_hub import is_preset_dir
-
-    return isinstance(text, str) and (
-        weight_sets.is_weight_name(text)
-        or Path(text).suffix in PICKLE_SUFFIXES + (SAFETENSORS_SUFFIX,)
-        or is_preset_dir(text)
-    )
-
-
-# ----------------------------------------------------------------------------- reading files
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -280,26 +261,7 @@ def _first(keys: list[str]) -> str:
     return keys[0] + (f" and {len(keys) - 1} more" if len(keys) > 1 else "")
 
 
-def check_shapes(model, values: dict[str, list[np.ndarray]], where: str) -> None:
-    """UsageError naming the first layer whose weights do not have our model's shapes."""
-    for name, arrays in values.items():
-        expected = [tuple(w.shape) for w in model.get_layer(name).weights]
-        found = [tuple(a.shape) for a in arrays]
-        if expected != found:
-            raise UsageError(f"{where} does not fit {model.name}: layer {name} has shapes {found}, expected {expected}")
-
-
 # ----------------------------------------------------------------------------- sources
-
-
-@dataclasses.dataclass(frozen=True)
-class TorchSource:
-    """Resolved PyTorch weights: what the user named, the file, and our config that holds them."""
-
-    label: str
-    path: str
-    config: ModelConfig
-    weight_set: weight_sets.WeightSet | None = None
 
 
 _CACHE: dict[tuple, dict[str, np.ndarray]] = {}
@@ -317,121 +279,22 @@ def _state(path: str) -> dict[str, np.ndarray]:
     return _CACHE[key]
 
 
-def resolve(source: str, *, depth: int | None = None, log: Callable[[str], None] = print) -> TorchSource:
-    """A weight-set name or file -> TorchSource; the file is found (or downloaded) and read.
-
-    `depth`, when given, must be the file's (a tag-only name takes it as its architecture).
-    keras-hub presets (names and folders) go to `keras_hub_weights.resolve`.
-    """
-    from resnet_keras.pretrained import keras_hub as keras_hub_weights
-
-    if source.startswith("keras-hub:") or keras_hub_weights.is_preset_dir(source):
-        return keras_hub_weights.resolve(source, depth=depth, log=log)
-    weight_set = None
-    if weight_sets.is_weight_name(source):
-        weight_set = weight_sets.lookup(source, depth=depth)
-        path = weight_sets.weights_file(weight_set, log=log)
-        label = weight_set.name
-    else:
-        path, label = os.path.abspath(os.path.expanduser(source)), source
+def describe(path: str, label: str, *, depth: int | None = None, weight_set=None) -> ModelConfig:
+    """Our ModelConfig that holds the state dict at `path` (read once and remembered), with the
+    weight set's normalisation when it is a named one; `depth`, when given, must be the file's."""
     state = _strip(_state(path))
     found, has_top, classes = architecture(state, label)
     if depth is not None and depth != found:
         raise UsageError(f"{label} holds ResNet-{found} weights; expected ResNet-{depth}")
     stats = dict(mean=weight_set.mean, std=weight_set.std) if weight_set else {}
-    config = model_config(found, num_classes=classes, include_top=has_top, **stats)
-    return TorchSource(label, path, config, weight_set)
+    return model_config(found, num_classes=classes, include_top=has_top, **stats)
 
 
-def load_weights(source: TorchSource, *, include_top: bool | None = None) -> dict[str, list[np.ndarray]]:
-    """Our layer weights for `source.config` (without the head if `include_top` is False)."""
-    if not isinstance(source, TorchSource):  # a keras_hub_weights.KerasHubSource
-        from resnet_keras.pretrained.keras_hub import load_weights as load_preset
-
-        return {
-            k: [np.asarray(v, np.float32) for v in vs] for k, vs in load_preset(source, include_top=include_top).items()
-        }
-    top = source.config.include_top if include_top is None else include_top and source.config.include_top
-    config = dataclasses.replace(source.config, include_top=top)
-    return convert_state_dict(_state(source.path), config, source.label)
-
-
-def build(source: TorchSource, *, image_size: int = 224, include_top: bool | None = None):
-    """Our model holding `source`'s weights exactly: raw RGB 0-255 in, logits (or stage features) out."""
-    from resnet_keras.pretrained.keras_apps import assign
-    from resnet_keras.zoo.models import build_model
-
-    values = load_weights(source, include_top=include_top)
-    top = "predictions" in values
-    config = dataclasses.replace(source.config, include_top=top, image_size=image_size)
-    model = build_model(config)
-    check_shapes(model, values, source.label)
-    assign(model, values)
-    return model, config
-
-
-def convert(
-    source: str,
-    output: str | os.PathLike,
-    *,
-    depth: int | None = None,
-    image_size: int = 224,
-    overwrite: bool = False,
-    log: Callable[[str], None] = print,
-) -> ModelConfig:
-    """Writes `source`'s weights as our `.keras` model (hidden sibling, then rename: all or nothing)."""
-    output = check_output_file(output, suffix=".keras", overwrite=overwrite)
-    resolved = resolve(source, depth=depth, log=log)
-    model, config = build(resolved, image_size=image_size)
-    save_model_atomic(model, output)
-    what = f"logits [batch, {config.num_classes}]" if config.include_top else "per-stage features (no fc in the file)"
-    log(
-        f"Wrote {output}: {resolved.label} as {config.name}, raw RGB 0-255 [batch, {image_size}, {image_size}, 3] in "
-        f"(ImageNet mean/std inside), {what} out"
-    )
-    return config
-
-
-def create_pretrained(name: str, weights: str, **overrides):
-    """`create_model(name, weights=...)`: the preset's depth, the weights' architecture and values.
-
-    A variant in the preset name must be the weights' (`resnet50_v2` cannot hold torchvision
-    weights); `resnet50` means "the depth-50 network the weights were trained as". Overrides of
-    the head (`num_classes`, `include_top`, `dropout`) and of `image_size` are allowed; a
-    different `num_classes` gets a new, randomly initialised head.
-    """
-    from resnet_keras.pretrained.keras_apps import assign
-    from resnet_keras.zoo.models import build_model
-
-    if name not in specs.PRESETS:
-        raise UsageError(f"Received: preset={name!r}; expected one of {', '.join(specs.PRESETS)}")
-    preset = specs.PRESETS[name]
-    if not is_torch_source(weights):
-        raise UsageError(
-            f"Received: weights={weights!r}; expected a weight set such as torchvision:IMAGENET1K_V2 or "
-            "timm:a1_in1k (resnet-keras info --weights) or a .safetensors/.pth file"
-        )
-    if preset["family"] != "imagenet":
-        raise UsageError(f"Received: {name} with weights={weights!r}; pretrained weights exist for ImageNet ResNets")
-    source = resolve(weights, depth=preset["depth"])
-    explicit = {"variant": preset["variant"]} if name != f"resnet{preset['depth']}" else {}
-    head_fields = {"num_classes", "include_top", "dropout", "image_size", "weight_decay", "zero_init_residual"}
-    fixed = {**explicit, **{k: v for k, v in overrides.items() if k not in head_fields}}
-    unknown = sorted(set(fixed) - {f.name for f in dataclasses.fields(ModelConfig)})
-    if unknown:
-        raise UsageError(f"Received: unknown model config keys {unknown} with weights={weights!r}")
-    ours = source.config
-    differing = [f"{k}={v!r} (weights: {getattr(ours, k)!r})" for k, v in fixed.items() if getattr(ours, k) != v]
-    if differing:
-        raise UsageError(f"Received: {name} with {'; '.join(differing)}; the architecture is the weights' ({weights})")
-    config = dataclasses.replace(source.config, **{k: v for k, v in overrides.items() if k in head_fields})
-    new_head = config.num_classes != source.config.num_classes or not config.include_top
-    values = load_weights(source, include_top=not new_head)
-    model = build_model(config)
-    values = {k: v for k, v in values.items() if k != "predictions" or not new_head}
-    check_shapes(model, values, source.label)
-    assign(model, values)
-    return model
+def load_weights(path: str, config: ModelConfig, label: str, *, include_top: bool) -> dict[str, list[np.ndarray]]:
+    """Our layer weights for `config` from the state dict at `path` (without the head unless
+    `include_top` and the file has one)."""
+    top = include_top and config.include_top
+    return convert_state_dict(_state(path), dataclasses.replace(config, include_top=top), label)
 
 
 # ----------------------------------------------------------------------------- test support

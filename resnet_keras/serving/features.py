@@ -2,8 +2,8 @@
 
 For users who want features rather than classes (retrieval, detection/segmentation necks,
 linear probes). The backbone is ours (`models.build_backbone`) with weights from any
-fine-tuning source (`finetune.resolve`): a run directory, a `.keras` file, a keras.applications
-name or weights file.
+source `resolve.resolve` takes: a run directory, a `.keras` file, a keras.applications
+name or weights file, a torchvision/timm/keras-hub weight set or state-dict file.
 
 The SavedModel has two signatures, both taking `image`: float32 [batch, H, W, 3] raw RGB 0-255:
 - `serving_default` -> `embedding` [batch, C_last]: global average pool of the last stage.
@@ -27,7 +27,7 @@ def build_feature_extractor(model_config, weights=None):
     import keras
     from keras import layers
 
-    from resnet_keras.pretrained.keras_apps import assign
+    from resnet_keras.pretrained.resolve import assign
     from resnet_keras.zoo.models import build_backbone
 
     backbone = build_backbone(dataclasses.replace(model_config, include_top=False))
@@ -50,19 +50,11 @@ def load_source(
     image_size: int | None = None,
     log: Callable[[str], None] = print,
 ):
-    """(ModelConfig, weights dict) of a fine-tuning source (see `finetune.resolve`)."""
-    from resnet_keras.pretrained import finetune
-    from resnet_keras.pretrained import keras_apps as weights_lib
+    """(ModelConfig, weights dict without the head) of any source `resolve.resolve` takes."""
+    from resnet_keras.pretrained import resolve
 
-    resolved = finetune.resolve(finetune.normalize_source(source), depth=depth, variant=variant)
-    if resolved.kind == "keras":
-        values, _ = weights_lib.load_keras_weights(resolved.keras_source, include_top=False, log=log)
-    elif resolved.kind == "hub":
-        from resnet_keras.pretrained.state_dicts import load_weights
-
-        values = load_weights(resolved.hub_source, include_top=False)
-    else:
-        values = finetune.read_our_weights(resolved)
+    resolved = resolve.resolve(resolve.normalize(source), depth=depth, variant=variant, log=log)
+    values = resolve.load(resolved, include_top=False, log=log)
     config = resolved.config
     if image_size is not None:
         config = dataclasses.replace(config, image_size=image_size)

@@ -119,7 +119,7 @@ def train(
         else:
             log(f"Resuming {run.path} after epoch {int(parts.epoch.numpy())}.")
     elif init_weights is not None:  # a fresh fine-tuning run starts from the source
-        from resnet_keras.pretrained.keras_apps import assign
+        from resnet_keras.pretrained.resolve import assign
 
         log(f"Initialised {assign(parts.model, init_weights)} layers from {train_config.init_from} (new head).")
     if resuming and out is run:  # a run whose files disagree with its checkpoint is not trained over
