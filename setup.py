@@ -42,7 +42,8 @@ setup(
         "cpu": [f"tensorflow-cpu{TENSORFLOW}"],
         "gpu": [f"tensorflow[and-cuda]{TENSORFLOW}"],
         "tf": [f"tensorflow{TENSORFLOW}"],
-        "test": ["pytest>=7", "pytest-xdist", "ruff>=0.6"],
+        # import-linter checks the layer contracts in .importlinter (docs/architecture.md).
+        "test": ["pytest>=7", "pytest-xdist", "ruff>=0.6", "import-linter>=2.1,<3"],
         # PyTorch .pth files (torch.load with weights_only=True); several GB, so never a default.
         "torch": ["torch>=2.4"],
         # `export --format onnx` and `predict` on .onnx files (checked: onnx 1.23.2, onnxruntime 1.32.0 and
