@@ -14,6 +14,7 @@ setup(
     name="resnet-keras",
     version="0.1.0",
     description="Paper-faithful ResNets (He et al. 2015, 2016) on TensorFlow and Keras 3: build, train, tune, export.",
+    # The front page; the guides are in docs/ (mkdocs.yml).
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.14",
@@ -49,6 +50,10 @@ setup(
         # `export --format onnx` and `predict` on .onnx files (checked: onnx 1.23.2, onnxruntime 1.32.0 and
         # tf2onnx 1.17.0 install beside tensorflow-cpu 2.21, numpy 2.4 and protobuf 7 without changing them).
         "onnx": ["onnx>=1.14", "onnxruntime>=1.17", "tf2onnx>=1.16"],
+        # The documentation site (mkdocs.yml, docs/): `mkdocs build --strict`, built-in readthedocs theme; the
+        # API page is rendered from docstrings by static analysis (griffe), without importing the package.
+        # mkdocstrings 0.30.1 failed here (Highlight() missing `md`); 1.0.8 + mkdocstrings-python 2.0.9 build cleanly.
+        "docs": ["mkdocs>=1.6,<2", "mkdocstrings[python]>=1.0,<2", "mkdocstrings-python>=2.0,<3"],
     },
     entry_points={"console_scripts": ["resnet-keras=resnet_keras.cli.main:main"]},
     classifiers=[

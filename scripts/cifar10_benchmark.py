@@ -54,7 +54,7 @@ REFERENCE = {"name": "hand-written Keras ResNet-20", "val_accuracy": 0.76, "epoc
 BUDGET_SECONDS = 1409  # the anchor's measured training time, the budget of the CIFAR-10 record
 CALIBRATION_STEPS = 50  # per calibration epoch; two epochs, the second one timed
 BUDGET_MARGIN = 0.93  # of the budget planned for: real epochs ran 5-6 % over the median step's estimate
-# Of what is left planned for by the refit after the warm-up: in ten runs of the README's table, the
+# Of what is left planned for by the refit after the warm-up: in ten runs of docs/benchmarks.md's budget table, the
 # second epoch took from 4.5 % less to 12 % more than the mean of the later ones (epochs vary by +-5 %);
 # the pace guard (BudgetWatch) catches the rest.
 REFIT_MARGIN = 0.96
@@ -251,7 +251,7 @@ def main(argv=None) -> int:
         default=["shifts", "flip"],
         help="also report the final model's val accuracy with these TTA modes; the first is the headline",
     )
-    # The record's settings (see the README's budget table): batch 64 (twice the updates per epoch
+    # The record's settings (see the budget record in docs/benchmarks.md): batch 64 (twice the updates per epoch
     # for 6 % more time per image), EMA 0.998, bfloat16 where the CPU has it, cosine `short` recipe.
     parser.add_argument("--batch-size", type=int, default=64)
     # None: the recipe's value. The short recipe's CIFAR defaults (lr 0.2 x batch/128, weight decay

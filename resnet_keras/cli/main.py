@@ -1141,7 +1141,7 @@ _TUNE_KEYS = (
     "--allow-remote-oracle",
     is_flag=True,
     help="Distributed search: let the chief serve KerasTuner's oracle on a non-loopback KERASTUNER_ORACLE_IP. "
-    "The oracle has no authentication: only on a private network (README: Hyperparameter search).",
+    "The oracle has no authentication: only on a private network (docs/tuning.md, Security).",
 )
 @click.pass_context
 def tune(ctx, **params):

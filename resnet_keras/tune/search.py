@@ -591,7 +591,7 @@ def check_oracle_address(allow_remote: bool) -> None:
         raise UsageError(
             f"KERASTUNER_ORACLE_IP={address} would serve KerasTuner's oracle, which has no authentication, "
             "beyond this machine; use 127.0.0.1 with an SSH tunnel, or pass --allow-remote-oracle on a private "
-            "network (README: Hyperparameter search)"
+            "network (docs/tuning.md, Security)"
         )
 
 

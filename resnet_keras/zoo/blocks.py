@@ -102,7 +102,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
     Keras 3 computes training-mode BN on TensorFlow from separate moments, subtract, multiply
     and tile ops (~10 ops forward, more backward); `FusedBatchNormV3` does it in one op each
     way: 1.05-1.15x training images/s for ResNet-20 on a 2-core CPU (alternating A/B steps in
-    one process; README "Benchmarks"). Same variables, same moving-statistics update (the kernel's
+    one process; docs/benchmarks.md). Same variables, same moving-statistics update (the kernel's
     unbiased variance is rescaled to Keras's biased one), same outputs to float rounding.
     Inference, frozen layers and anything else unusual use Keras's own path.
     """
