@@ -40,7 +40,7 @@ def test_onnx_float32_matches_keras_on_plain_onnxruntime(onnx_float32, trained, 
     assert [i.name for i in session.get_inputs()] == ["image"]
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["resnet_keras.class_names"]) == list(trained.class_names)
-    assert meta["resnet_keras.data.preprocessing"] == trained.preprocessing and meta["resnet_keras.image_size"] == "32"
+    assert meta["resnet_keras.preprocessing"] == trained.preprocessing and meta["resnet_keras.image_size"] == "32"
     pixels = np.stack([decode(p) for p in val_files]).astype(np.float32)
     (probabilities,) = session.run(["probabilities"], {"image": pixels})
     np.testing.assert_allclose(probabilities, keras_probabilities(trained, pixels), atol=onnx_export.FLOAT32_TOLERANCE)
