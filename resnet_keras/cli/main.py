@@ -33,7 +33,8 @@ from resnet_keras.core.errors import ResNetKerasError
 from resnet_keras.runs.rundir import WEIGHTS
 from resnet_keras.serving.export import EXPORT_FORMATS, QUANTIZATIONS
 from resnet_keras.training.evaluate import TTA_MODES
-from resnet_keras.tune import search as tune_lib
+from resnet_keras.tune import space as tune_lib
+from resnet_keras.tune.tuner import search as run_search
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
 
@@ -1213,7 +1214,7 @@ def tune(ctx, **params):
         p["tuner"],
     )
     results_dir = p["results_dir"] or os.path.join("runs", f"tune-{name}")
-    result = tune_lib.search(
+    result = run_search(
         space,
         tune_config,
         data_config,
