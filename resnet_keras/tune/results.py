@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from resnet_keras.config.schema import COMPONENT_FIELDS
+from resnet_keras.config.options import GROUPS, option_values
 from resnet_keras.core import plots
 from resnet_keras.core.errors import ResNetKerasError, UsageError
 from resnet_keras.core.storage import as_path, rmtree, write_atomic
@@ -170,34 +170,29 @@ def _trial_rows(tuner, space: SearchSpace, tune: TuneConfig, costs: dict) -> lis
     return rows
 
 
+# The options best.yaml sets, in its order: the network found, the data and the trials' recipe.
+BEST_OPTIONS = (
+    *("depth", "family", "variant", "width", "shortcut", "image_size"),
+    *GROUPS["source"],
+    *GROUPS["data"],
+    *("recipe", "epochs", "batch_size", "lr", "weight_decay", *GROUPS["schedule"], "strategy"),
+    *GROUPS["runtime"],
+    "seed",
+    *GROUPS["components"],
+)
+
+
 def _best_yaml(best: dict, space: SearchSpace, data_config, train_config, tune: TuneConfig) -> str:
+    """`train --config best.yaml` trains the best trial's network with its learning rate and decay."""
     import yaml
 
-    config = dict(
-        depth=best["depth"],
-        family=space.family,
-        variant=space.variant,
-        width=best["width"],
-        shortcut=best["shortcut"],
-        image_size=space.image_size,
-        dataset=data_config.dataset,
+    model_config = space.model_config(Architecture(best["depth"], best["width"], best["shortcut"]), num_classes=1)
+    config = option_values(BEST_OPTIONS, model=model_config, data=data_config, train=train_config)
+    config.update(
         data_dir=os.path.abspath(data_config.data_dir) if data_config.data_dir else None,
-        val_split=data_config.val_split,
-        validation_fraction=data_config.validation_fraction,
-        deterministic=data_config.deterministic,
-        skip_corrupt=data_config.skip_corrupt,
-        recipe=train_config.recipe,
         epochs=best["epochs"] or train_config.epochs,
-        batch_size=train_config.batch_size,
         lr=float(best["learning_rate"]),
         weight_decay=float(best["weight_decay"]),
-        label_smoothing=train_config.label_smoothing,
-        warmup_epochs=train_config.warmup_epochs,
-        strategy=train_config.strategy,
-        mixed_precision=train_config.mixed_precision,
-        xla=train_config.xla,
-        seed=train_config.seed,
-        **{field: getattr(train_config, field) for field in COMPONENT_FIELDS},
     )
     config = {key: value for key, value in config.items() if value is not None}
     steps = (
