@@ -58,34 +58,13 @@ from resnet_keras.serving.export import EXPORT_FORMATS, QUANTIZATIONS
 @run_weights_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing version or file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export(
-    model_dir,
-    fmt,
-    base_dir,
-    version,
-    output,
-    quantize,
-    calibration_data,
-    calibration_samples,
-    eval_samples,
-    max_accuracy_drop,
-    weights,
-    overwrite,
-    as_json,
-):
+def export(model_dir, fmt, weights, overwrite, as_json, **options):
     """Export a trained run: a versioned SavedModel for TF Serving, a (quantized) TFLite or an ONNX file."""
     ctx = click.get_current_context()
     chosen = EXPORT_FORMATS[fmt]
-    options = dict(
-        base_dir=base_dir,
-        version=version,
-        output=output,
-        quantize=quantize,
-        calibration_data=calibration_data,
-        calibration_samples=calibration_samples,
-        eval_samples=eval_samples,
-        max_accuracy_drop=max_accuracy_drop,
-    )
+    options = {
+        param.name: options[param.name] for param in ctx.command.params if param.name in options
+    }  # in --help order
     given = [key for key in options if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE]
     foreign = [key for key in given if key not in chosen.options]
     if foreign:
