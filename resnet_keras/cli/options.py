@@ -46,7 +46,6 @@ def option(name: str, *decls: str, **overrides):
     kwargs = dict(help=spec.help)
     if spec.kind == "flag":
         kwargs["is_flag"] = True
-        decls = decls or (spec.flag,)
     else:
         if spec.kind == "switch":
             decls = decls or (f"{spec.flag}/--no-{spec.flag[2:]}",)
