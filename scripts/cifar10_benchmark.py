@@ -54,7 +54,7 @@ REFERENCE = {"name": "hand-written Keras ResNet-20", "val_accuracy": 0.76, "epoc
 BUDGET_SECONDS = 1409  # the anchor's measured training time, the budget of the CIFAR-10 record
 CALIBRATION_STEPS = 50  # per calibration epoch; two epochs, the second one timed
 BUDGET_MARGIN = 0.93  # of the budget planned for: real epochs ran 5-6 % over the median step's estimate
-# Of what is left planned for by the refit after the warm-up: in ten runs of docs/benchmarks.md's budget table, the
+# Of what is left planned for by the refit after the warm-up: in ten runs of the budget table (docs/benchmarks.md), the
 # second epoch took from 4.5 % less to 12 % more than the mean of the later ones (epochs vary by +-5 %);
 # the pace guard (BudgetWatch) catches the rest.
 REFIT_MARGIN = 0.96
@@ -214,18 +214,17 @@ def anchor_seconds_today(steps: int = 30, batch: int = 128) -> dict:
 
 
 def main(argv=None) -> int:
-    from resnet_keras.config import recipes
-    from resnet_keras.config.schema import AUTO_AUGMENTS, COMPONENT_FIELDS, FLIPS, LOSSES, OPTIMIZERS, PRECISIONS, STEMS
+    from resnet_keras.config.options import add_argument
     from resnet_keras.training.evaluate import TTA_MODES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="resnet20")
-    parser.add_argument("--recipe", default="short", choices=recipes.names())
-    parser.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="epochs to train (default: as many as fit the budget, from a timed calibration run)",
+    # The options of `train` come from its option table (flag, type, choices, help); the defaults
+    # given here are the record's settings (see the budget record in docs/benchmarks.md), None keeps the recipe's
+    # or the preset's value.
+    add_argument(parser, "preset", default="resnet20", help="a named preset (e.g. resnet20, resnet32)")
+    add_argument(parser, "recipe", default="short")
+    add_argument(
+        parser, "epochs", help="epochs to train (default: as many as fit the budget, from a timed calibration run)"
     )
     parser.add_argument(
         "--budget-seconds",
@@ -233,9 +232,9 @@ def main(argv=None) -> int:
         default=BUDGET_SECONDS,
         help="training seconds the record may use, calibration included (default: the anchor's 1,409)",
     )
-    parser.add_argument(
-        "--mixed-precision",
-        choices=("auto", *PRECISIONS),
+    add_argument(
+        parser,
+        "mixed_precision",
         default="auto",
         help="auto: bfloat16 where the CPU computes it natively (AVX512_BF16, AMX-BF16, Arm BF16), else none",
     )
@@ -251,48 +250,32 @@ def main(argv=None) -> int:
         default=["shifts", "flip"],
         help="also report the final model's val accuracy with these TTA modes; the first is the headline",
     )
-    # The record's settings (see the budget record in docs/benchmarks.md): batch 64 (twice the updates per epoch
-    # for 6 % more time per image), EMA 0.998, bfloat16 where the CPU has it, cosine `short` recipe.
-    parser.add_argument("--batch-size", type=int, default=64)
-    # None: the recipe's value. The short recipe's CIFAR defaults (lr 0.2 x batch/128, weight decay
-    # 5e-4, half-epoch warm-up) came from this script: 80.7 % after 6 epochs against 77.9 % with the
-    # paper's 0.1 / 1e-4 and no warm-up.
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    parser.add_argument("--warmup-epochs", type=float, default=None)
-    parser.add_argument("--weight-decay", type=float, default=None)
-    parser.add_argument("--label-smoothing", type=float, default=None)
-    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False)
-    # Architecture options (ModelConfig) and training components (TrainConfig); None keeps the default.
-    parser.add_argument("--width", type=float, default=None)
-    parser.add_argument("--shortcut", choices=["A", "B"], default=None)
-    parser.add_argument("--stem", choices=STEMS, default=None)
-    parser.add_argument("--avg-down", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--se-ratio", type=float, default=None)
-    parser.add_argument("--drop-path", type=float, default=None)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
-    parser.add_argument("--loss", choices=LOSSES, default=None)
-    parser.add_argument("--clip-norm", type=float, default=None)
-    parser.add_argument("--ema-decay", type=float, default=0.998, help="0 turns the weight average off")
-    parser.add_argument("--mixup", type=float, default=None)
-    parser.add_argument("--cutmix", type=float, default=None)
-    parser.add_argument("--random-erasing", type=float, default=None)
-    parser.add_argument("--auto-augment", choices=AUTO_AUGMENTS, default=None)
+    # Batch 64: twice the updates per epoch for 6 % more time per image. The short recipe's CIFAR
+    # defaults (lr 0.2 x batch/128, weight decay 5e-4, half-epoch warm-up) came from this script:
+    # 80.7 % after 6 epochs against 77.9 % with the paper's 0.1 / 1e-4 and no warm-up.
+    add_argument(parser, "batch_size", default=64)
+    for name in ("lr", "warmup_epochs", "weight_decay", "label_smoothing", "xla"):
+        add_argument(parser, name)
+    # Architecture options (ModelConfig) and training components (TrainConfig).
+    for name in ("width", "shortcut", "stem", "avg_down", "se_ratio", "drop_path", "optimizer", "loss", "clip_norm"):
+        add_argument(parser, name)
+    add_argument(parser, "ema_decay", default=0.998, help="0 turns the weight average off")
+    for name in ("mixup", "cutmix", "random_erasing", "auto_augment"):
+        add_argument(parser, name)
     # Crops of 28: the central 28 x 28 of each padded crop, at the images' scale, validated at 32. A step
     # is 1.26x faster, so 26 epochs fit instead of 20 (86.9 % against 86.6 % single view, seed 0; three
     # seeds average 86.5 %, so within noise); crops of 24 were 1.5x faster but lost (85.6 %): too much of
     # each picture is cut away.
-    parser.add_argument(
-        "--train-image-size", type=int, default=28, help="training crops smaller than 32, tested at 32 (FixRes)"
-    )
+    add_argument(parser, "train_image_size", default=28, help="training crops smaller than 32, tested at 32 (FixRes)")
     # Alternating flips (airbench's): each image mirrored in every other epoch, not by a fresh coin.
-    parser.add_argument("--flip", choices=FLIPS, default="alternating", help="training flips")
+    add_argument(parser, "flip", default="alternating", help="training flips")
     parser.add_argument(
         "--refit",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="fit the epochs to real epochs: again at the warm-up's end, and fewer when the pace would overrun",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    add_argument(parser, "seed")
     parser.add_argument(
         "--cache-dir",
         default=os.path.join(tempfile.gettempdir(), "resnet-keras-cifar10"),
@@ -314,33 +297,20 @@ def main(argv=None) -> int:
     root = Path(args.data_root) if args.data_root else unpack(ARCHIVE, Path(args.cache_dir))
     unpack_seconds = time.perf_counter() - wall_start
 
-    from resnet_keras.config.schema import ModelConfig
+    from resnet_keras.config.options import fields
+    from resnet_keras.config.options import model_config as model_config_of
+    from resnet_keras.config.schema import COMPONENT_FIELDS
     from resnet_keras.data.pipeline import DataConfig, describe
     from resnet_keras.training.train import TrainConfig, train
 
     data_config = DataConfig(dataset="folder", data_dir=str(root), validation_fraction=0.1, seed=args.seed)
     info = describe(data_config)
-    arch = ("width", "shortcut", "stem", "avg_down", "se_ratio", "drop_path")
-    components = COMPONENT_FIELDS
-    chosen_arch = {key: getattr(args, key) for key in arch if getattr(args, key) is not None}
-    chosen_components = {key: getattr(args, key) for key in components if getattr(args, key) is not None}
-    model_config = ModelConfig.preset(args.preset, num_classes=10, **chosen_arch)
+    options = vars(args)
+    model_config = model_config_of(options, num_classes=10)
 
     def train_config_for(epochs: int, steps_per_epoch: int | None = None, warmup=args.warmup_epochs) -> TrainConfig:
-        return TrainConfig(
-            recipe=args.recipe,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=args.batch_size,
-            learning_rate=args.lr,
-            warmup_epochs=warmup,
-            mixed_precision=args.mixed_precision,
-            xla=args.xla,
-            weight_decay=args.weight_decay,
-            label_smoothing=args.label_smoothing,
-            seed=args.seed,
-            **chosen_components,
-        )
+        given = fields("train", options)
+        return TrainConfig(**{**given, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "warmup_epochs": warmup})
 
     anchor = anchor_seconds_today() if args.anchor else None
     if anchor:
@@ -460,7 +430,7 @@ def main(argv=None) -> int:
         final_val_accuracy_by_tta=tta_accuracies,
         final_within_budget=train_seconds <= args.budget_seconds,
         architecture=model_config.to_dict(),
-        components={key: getattr(train_config, key) for key in components},
+        components={key: getattr(train_config, key) for key in COMPONENT_FIELDS},
         reference=REFERENCE,
         load_average=os.getloadavg(),
         model_dir=str(model_dir),

@@ -80,13 +80,13 @@ def test_train_config_records_what_auto_chose(monkeypatch):
 
 
 def test_cli_says_what_auto_chose(monkeypatch, capsys):
-    from resnet_keras.cli import main as cli
+    from resnet_keras.cli import options as cli
 
     monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: {"avx512_bf16"})
-    assert cli._resolve_precision("auto") == "bfloat16"
+    assert cli.resolve_precision("auto") == "bfloat16"
     assert "auto: bfloat16 (this CPU has AVX512_BF16)" in capsys.readouterr().err
     monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: {"avx2"})
-    assert cli._resolve_precision("bfloat16") == "bfloat16"
+    assert cli.resolve_precision("bfloat16") == "bfloat16"
     assert "Warning: this CPU reports no native bfloat16" in capsys.readouterr().err
 
 

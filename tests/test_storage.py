@@ -177,13 +177,16 @@ def test_a_run_on_ram_trains_resumes_evaluates_and_exports(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_a_hyperband_search_on_ram_promotes_a_trial_from_its_copied_run(image_data):
-    from resnet_keras.tune import search as tune_lib
+    from resnet_keras.tune import space as tune_space
+    from resnet_keras.tune import tuner as tune_tuner
 
     url = f"{ram_root()}/search"
-    tune = tune_lib.TuneConfig(tuner="hyperband", epochs_per_trial=2, hyperband_factor=2, max_trials=3)
-    space = tune_lib.SearchSpace(depths=(8,), widths=(0.125,), shortcuts=("A",))
+    tune = tune_space.TuneConfig(tuner="hyperband", epochs_per_trial=2, hyperband_factor=2, max_trials=3)
+    space = tune_space.SearchSpace(depths=(8,), widths=(0.125,), shortcuts=("A",))
     data = DataConfig(dataset="folder", data_dir=str(image_data / "cifar10-mini"))
-    result = tune_lib.search(space, tune, data, TrainConfig(epochs=2, batch_size=16, steps_per_epoch=2), url, log=quiet)
+    result = tune_tuner.search(
+        space, tune, data, TrainConfig(epochs=2, batch_size=16, steps_per_epoch=2), url, log=quiet
+    )
     rows = {row["trial"]: row for row in result.rows}
     (promoted,) = [row for row in rows.values() if row["continued_from"]]
     run = f"{url}/kerastuner/trial_{promoted['trial']}/run"

@@ -20,8 +20,10 @@ from click.testing import CliRunner
 
 from resnet_keras.cli.main import cli
 from resnet_keras.core.errors import ConfigError, UsageError
-from resnet_keras.tune import search as tune_lib
-from resnet_keras.tune.search import Architecture, LogRange, SearchSpace, TuneConfig
+from resnet_keras.tune import results as tune_results
+from resnet_keras.tune import space as tune_space
+from resnet_keras.tune import tuner as tune_tuner
+from resnet_keras.tune.space import Architecture, LogRange, SearchSpace, TuneConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -70,11 +72,11 @@ def tune_cli(*args):
 
 
 def test_parsers_accept_lists_ranges_and_counts():
-    assert tune_lib.parse_ints("20, 32,44", "depths") == (20, 32, 44)
-    assert tune_lib.parse_ints([20, 20, 56], "depths") == (20, 56)
-    assert tune_lib.parse_floats("0.5,1,2", "widths") == (0.5, 1.0, 2.0)
-    assert tune_lib.parse_floats("0.01:0.4", "lrs", allow_range=True) == LogRange(0.01, 0.4)
-    assert [tune_lib.parse_count(v, "max_params") for v in ("250k", "1.5M", "2G", 300000, "1,000")] == [
+    assert tune_space.parse_ints("20, 32,44", "depths") == (20, 32, 44)
+    assert tune_space.parse_ints([20, 20, 56], "depths") == (20, 56)
+    assert tune_space.parse_floats("0.5,1,2", "widths") == (0.5, 1.0, 2.0)
+    assert tune_space.parse_floats("0.01:0.4", "lrs", allow_range=True) == LogRange(0.01, 0.4)
+    assert [tune_space.parse_count(v, "max_params") for v in ("250k", "1.5M", "2G", 300000, "1,000")] == [
         250_000,
         1_500_000,
         2_000_000_000,
@@ -83,11 +85,11 @@ def test_parsers_accept_lists_ranges_and_counts():
     ]
     for bad in ("lots", "-5", "0"):
         with pytest.raises(UsageError, match="max_params"):
-            tune_lib.parse_count(bad, "max_params")
+            tune_space.parse_count(bad, "max_params")
     with pytest.raises(UsageError, match="depths='20,x'"):
-        tune_lib.parse_ints("20,x", "depths")
+        tune_space.parse_ints("20,x", "depths")
     with pytest.raises(ConfigError, match="low:high"):
-        tune_lib.parse_floats("0.4:0.01", "lrs", allow_range=True)
+        tune_space.parse_floats("0.4:0.01", "lrs", allow_range=True)
 
 
 def test_space_defaults_per_family_and_validation():
@@ -120,7 +122,7 @@ def test_hypermodel_maps_hyperparameters_to_model_config():
     space = SearchSpace(
         depths=(20, 32), widths=(0.5, 1), learning_rates=(0.05, 0.1), weight_decays=LogRange(1e-5, 1e-3)
     )
-    hypermodel = tune_lib._hypermodel_class()(space, num_classes=7)
+    hypermodel = tune_tuner._hypermodel_class()(space, num_classes=7)
     hp = keras_tuner.HyperParameters()
     hp.values.update(depth=32, width=0.5, shortcut="B", learning_rate=0.1, weight_decay=3e-4)
     plan = hypermodel.build(hp)
@@ -145,7 +147,7 @@ def test_hypermodel_maps_hyperparameters_to_model_config():
 
     # Under a cost limit the architecture is one choice over the feasible candidates only.
     feasible = [Architecture(20, 0.5, "A"), Architecture(32, 0.5, "A")]
-    constrained = tune_lib._hypermodel_class()(space, num_classes=7, architectures=feasible)
+    constrained = tune_tuner._hypermodel_class()(space, num_classes=7, architectures=feasible)
     hp = keras_tuner.HyperParameters()
     constrained.build(hp)
     (arch_hp,) = [p for p in hp.space if p.name == "architecture"]
@@ -159,16 +161,18 @@ def test_cost_limit_keeps_feasible_candidates_smallest_first():
         a.label: {"params": a.depth * a.width * 1000, "multiply_adds": a.depth * a.width * 1e6}
         for a in space.architectures()
     }
-    ok = tune_lib.feasible_architectures(space, costs, max_params=20_000, max_flops=None)
+    ok = tune_space.feasible_architectures(space, costs, max_params=20_000, max_flops=None)
     assert [a.label for a in ok] == ["resnet20-w0.5-A", "resnet32-w0.5-A", "resnet20-w1-A"]
     with pytest.raises(UsageError, match="no candidate meets the cost limit --max-flops 1,000 .*resnet20-w0.5-A"):
-        tune_lib.feasible_architectures(space, costs, max_params=None, max_flops=1000)
+        tune_space.feasible_architectures(space, costs, max_params=None, max_flops=1000)
 
 
 def test_a_bigger_max_trials_extends_a_search_but_other_changes_do_not():
     old = {"space": {"depths": [20]}, "tune": {"tuner": "random", "max_trials": 5}}
-    assert tune_lib._differences(old, {"space": {"depths": [20]}, "tune": {"tuner": "random", "max_trials": 9}}) == []
-    assert tune_lib._differences(
+    assert (
+        tune_results._differences(old, {"space": {"depths": [20]}, "tune": {"tuner": "random", "max_trials": 9}}) == []
+    )
+    assert tune_results._differences(
         old, {"space": {"depths": [20, 32]}, "tune": {"tuner": "hyperband", "max_trials": 5}}
     ) == ["space.depths: [20] -> [20, 32]", "tune.tuner: 'random' -> 'hyperband'"]
 
@@ -184,9 +188,9 @@ def test_a_search_written_before_newer_train_fields_still_resumes():
         "train": {k: v for k, v in train.items() if k not in ("optimizer", "ema_decay", "mixup")},
         "tune": new["tune"],
     }
-    assert tune_lib._differences(old, new) == []
+    assert tune_results._differences(old, new) == []
     changed = {"train": {**train, "mixup": 0.5}, "tune": new["tune"]}
-    assert tune_lib._differences(old, changed) == ["train.mixup: 0.0 -> 0.5"]
+    assert tune_results._differences(old, changed) == ["train.mixup: 0.0 -> 0.5"]
 
 
 # ----------------------------------------------------------------------------- bad input on the command line
@@ -245,7 +249,7 @@ def test_the_chief_serves_the_unauthenticated_oracle_on_loopback_only_unless_all
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", address)
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "1")
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
-    import resnet_keras.tune.search as tune_module
+    import resnet_keras.tune.tuner as tune_module
 
     if allowed:
         tune_module.check_oracle_address(allow_remote=False)
@@ -383,7 +387,7 @@ def _search(image_data, results, tune, **space):
     space = SearchSpace(**{"depths": (8,), "widths": (0.125, 0.25), "shortcuts": ("A",), **space})
     data = DataConfig(dataset="folder", data_dir=str(image_data / "cifar10-mini"))
     train = TrainConfig(epochs=tune.epochs_per_trial, batch_size=16, steps_per_epoch=2)
-    return tune_lib.search(space, tune, data, train, results, log=quiet)
+    return tune_tuner.search(space, tune, data, train, results, log=quiet)
 
 
 @pytest.mark.slow
