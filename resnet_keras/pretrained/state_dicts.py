@@ -34,6 +34,7 @@ import dataclasses
 import io
 import json
 import math
+import mmap
 import os
 import pickle
 import re
@@ -425,9 +426,13 @@ def _read_zip(path: Path, check_only: bool = False):
                     f"{path}: its compressed tensors would inflate to {inflated} bytes, "
                     f"{inflated // max(os.path.getsize(path), 1)} times the file (a zip bomb?)"
                 )
+            mapped = None  # the whole file, mapped once (read-only) for every uncompressed storage
             for storage in unpickler.storages.values():
+                if storage.needed and storage.info.compress_type == zipfile.ZIP_STORED and mapped is None:
+                    with open(path, "rb") as handle:
+                        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
                 if storage.needed:
-                    storage.array = _storage_array(archive, path, storage, byteorder)
+                    storage.array = _storage_array(archive, mapped, path, storage, byteorder)
             for tensor in unpickler.tensors:
                 tensor.array = _tensor_array(tensor)
             return state
@@ -435,6 +440,8 @@ def _read_zip(path: Path, check_only: bool = False):
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError, zlib.error) as error:
         raise UsageError(f"{path} is not a readable PyTorch file ({_reason(error)}); is it truncated?") from None
+    except (RuntimeError, NotImplementedError) as error:  # an encrypted member, an unknown compression method
+        raise UsageError(f"{path} is not a readable PyTorch file ({_reason(error)})") from None
 
 
 def _reason(error: Exception) -> str:
@@ -442,20 +449,18 @@ def _reason(error: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
-def _storage_array(archive: zipfile.ZipFile, path: Path, storage: _Storage, byteorder: str) -> np.ndarray:
+def _storage_array(archive: zipfile.ZipFile, mapped, path: Path, storage: _Storage, byteorder: str) -> np.ndarray:
     """The first `needed` elements of a storage: memory-mapped if stored uncompressed, else read once."""
     code = "u2" if storage.code == "bf16" else storage.code
     dtype = np.dtype(bool) if code == "b1" else np.dtype(byteorder + code).newbyteorder(byteorder)
     count = storage.needed
     nbytes = count * dtype.itemsize
     info = storage.info
-    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:  # not encrypted
         start = _data_offset(archive, path, info)
-        if start + info.file_size > os.path.getsize(path):
+        if start + info.file_size > len(mapped):
             raise UsageError(f"{path}: {info.filename} runs past the end of the file; is it truncated?")
-        if nbytes == 0:
-            return np.zeros(0, dtype)
-        return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=(count,))
+        return np.frombuffer(mapped, dtype, count=count, offset=start)
     with archive.open(info) as handle:  # compressed (not torch.save's doing): read exactly what tensors need
         data = handle.read(nbytes)
     if len(data) != nbytes:
