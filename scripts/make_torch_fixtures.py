@@ -18,11 +18,15 @@ whole model (not weights-only), and checks our weight-set registry against torch
 For the torch-free `.pth` reader it writes `state_dict_mixed.pth` (torch.save's own archive of a
 few layers: float32/float16/bfloat16/int64/uint16/bool tensors, a Parameter, a transposed view,
 a slice sharing its storage at an offset, a 0-d `num_batches_tracked`, an empty tensor) with the
-arrays PyTorch holds in `state_dict_mixed.npz`, and `legacy_format.pth` (PyTorch's pre-1.6
-format, which still needs PyTorch). Full-size torchvision/timm `.pth` files are 45-230 MB, too big
-to commit: `--pth-dir DIR` writes seeded ResNet-18 (torchvision, timm), ResNet-50 and ResNet-152
-state dicts there with torch.save (tests/test_torch_weights.py makes its own when PyTorch is
-installed; scripts/pth_read_benchmark.py reads these).
+arrays PyTorch holds in `state_dict_mixed.npz`, `legacy_format.pth` (PyTorch's pre-1.6
+format, which still needs PyTorch), and `<hub>_<arch>.pth-skeleton.zip` for a torchvision ResNet-18 and
+a timm ResNet-50: torch.save's archive of the seeded state dict with every member but the storages
+(data.pkl, byteorder, version, ...: a few KB) and which key each storage holds; the tests put the
+seeded storages back and so read a real torch.save ResNet file without PyTorch or 45 MB in git.
+Full-size torchvision/timm `.pth` files are 45-230 MB, too big to commit: `--pth-dir DIR` writes
+seeded ResNet-18 (torchvision, timm), ResNet-50 and ResNet-152 state dicts there with torch.save
+(scripts/pth_read_benchmark.py reads these; tests/test_torch_weights.py makes its own where PyTorch
+is installed).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ SIZE = 64
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "torch"
 MODELS = [("torchvision", f"resnet{d}") for d in (18, 34, 50, 101, 152)] + [("timm", "resnet18"), ("timm", "resnet50")]
 VARIANTS = ["resnet50d", "seresnet50"]
+SKELETONS = [("torchvision", "resnet18"), ("timm", "resnet50")]
 
 
 def seeded_images(seed: int) -> np.ndarray:
@@ -147,8 +152,40 @@ def write_pth_fixtures(output: Path) -> None:
     np.savez(output / "state_dict_mixed.npz", **arrays)
     legacy = {"conv1.weight": state["conv1.weight"].detach().clone(), "bn1.running_var": state["bn1.running_var"]}
     torch.save(legacy, output / "legacy_format.pth", _use_new_zipfile_serialization=False)
-    for name in ("state_dict_mixed.pth", "state_dict_mixed.npz", "legacy_format.pth"):
+    names = ["state_dict_mixed.pth", "state_dict_mixed.npz", "legacy_format.pth"]
+    for hub, arch in SKELETONS:
+        names.append(write_skeleton(hub, arch, output))
+    for name in names:
         print(f"wrote {output / name} ({(output / name).stat().st_size / 1024:.1f} KiB)")
+
+
+def write_skeleton(hub: str, arch: str, output: Path) -> str:
+    """torch.save's archive of a seeded real state dict without its storages (the tests write those
+    from seeded_state_dict), and which state-dict key each storage `data/<k>` holds."""
+    import tempfile
+    import zipfile
+
+    model = build(hub, arch)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    seeded = seeded_state_dict(shapes, SEED)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in seeded.items()}, strict=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / f"{hub}_{arch}.pth"
+        torch.save(model.state_dict(), path)
+        name = f"{hub}_{arch}.pth-skeleton.zip"
+        with zipfile.ZipFile(path) as archive, zipfile.ZipFile(output / name, "w", zipfile.ZIP_DEFLATED) as skeleton:
+            storages = {}
+            for info in archive.infolist():
+                folder, _, key = info.filename.rpartition("/")
+                if folder.endswith("/data"):
+                    data = archive.read(info)
+                    owner = next(k for k, v in seeded.items() if v.tobytes() == data and k not in storages.values())
+                    storages[key] = owner
+                else:
+                    skeleton.writestr(info.filename, archive.read(info))
+            assert sorted(storages.values()) == sorted(seeded), "a storage shared by two tensors"
+            skeleton.writestr("storages.json", json.dumps(storages))
+    return name
 
 
 def write_full_pth(directory: Path) -> None:

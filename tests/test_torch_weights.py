@@ -384,6 +384,39 @@ def test_torch_save_archives_read_without_pytorch(monkeypatch):
     assert torch_weights.check_weights_only(FIXTURES / "state_dict_mixed.pth") is None
 
 
+def from_skeleton(name, state, path):
+    """torch.save's archive of the seeded `name` state dict, its storages put back (stored, unaligned)."""
+    with zipfile.ZipFile(FIXTURES / f"{name}.pth-skeleton.zip") as skeleton, zipfile.ZipFile(path, "w") as archive:
+        storages = json.loads(skeleton.read("storages.json"))
+        for info in skeleton.infolist():
+            if info.filename != "storages.json":
+                archive.writestr(info.filename, skeleton.read(info))
+        for key, owner in storages.items():
+            archive.writestr(f"{name}/data/{key}", state[owner].astype(state[owner].dtype.newbyteorder("<")).tobytes())
+    return path
+
+
+@pytest.mark.parametrize("name", ["torchvision_resnet18", "timm_resnet50"])
+def test_real_torch_save_resnet_files_import_exactly_without_pytorch(name, tmp_path, monkeypatch):
+    """torchvision's ResNet-18 and timm's ResNet-50 as torch.save wrote them (their data.pkl), read
+    with PyTorch blocked, give the reference logits."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    data, shapes, state = fixture(name)
+    path = from_skeleton(name, state, tmp_path / f"{name}.pth")
+    got = torch_weights.read_state_dict(path)
+    assert list(got) == list(shapes)  # torch.save's key order: the model's
+    for key, value in state.items():
+        assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    result = CliRunner().invoke(
+        cli, ["convert", str(path), "--output", str(tmp_path / "m.keras"), "--image-size", str(SIZE)]
+    )
+    assert result.exit_code == 0, result.output
+    model = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
+    logits = model.predict(seeded_images(int(data["seed"])), verbose=0)
+    assert relative_error(logits, data["logits"]) < TOLERANCE
+
+
 def test_compressed_members_are_read_once(tmp_path):
     """torch.save never compresses (storages are memory-mapped); a re-zipped archive still reads."""
     path = tmp_path / "deflated.pth"
