@@ -23,8 +23,10 @@ Files, none of which needs PyTorch but the last:
   from the archive (torch.save stores them uncompressed) with offsets, shapes and strides checked
   against their storage; float16/bfloat16 become float32.
 - legacy `.pth` files (PyTorch before 1.6: a bare pickle stream) go to
-  `torch.load(weights_only=True)`, which needs the optional extra `resnet-keras[torch]`. Variants our zoo does not have
-(ResNet-C/D deep stems, average-pool shortcuts, squeeze-and-excitation) are named and refused.
+  `torch.load(weights_only=True)`, which needs the optional extra `resnet-keras[torch]`.
+
+Variants our zoo does not have (ResNet-C/D deep stems, average-pool shortcuts,
+squeeze-and-excitation) are named and refused.
 """
 
 from __future__ import annotations
