@@ -470,8 +470,9 @@ def _tuple(items):
     return b"(" + b"".join(items) + b"t"
 
 
-def tensor_pickle(tensors):
-    """data.pkl of {key: (storage type, storage key, numel, offset, size, stride)}, as torch.save writes it."""
+def tensor_pickle(tensors, after=b""):
+    """data.pkl of {key: (storage type, storage key, numel, offset, size, stride)}, as torch.save writes it
+    (`after`: opcodes applied to each tensor once it is built)."""
     body = b""
     for key, (kind, storage, numel, offset, size, stride) in tensors.items():
         persistent_id = _tuple([_str("storage"), f"ctorch\n{kind}\n".encode(), _str(storage), _str("cpu"), _int(numel)])
@@ -486,7 +487,7 @@ def tensor_pickle(tensors):
                 b"ccollections\nOrderedDict\n)R",  # backward hooks
             ]
         )
-        body += b"R"
+        body += b"R" + after
     return b"\x80\x02}(" + body + b"u."
 
 
@@ -605,6 +606,18 @@ def test_hand_made_archives_read_and_hostile_ones_are_refused(tmp_path, monkeypa
             "a persistent id ('module', 'os') that is not a tensor storage",
         ),
     ]
+    # BUILD (setting attributes) on the reader's own tensor, after its bounds were checked:
+    moved = b"N}" + _str("offset") + _int(10**9) + b"s\x86b"
+    cases.append(
+        (
+            torch_archive(
+                tmp_path / "build.pth",
+                tensor_pickle({"a": ("FloatStorage", "0", 4, 0, (4,), (1,))}, moved),
+                {"0": four},
+            ),
+            "is not a readable PyTorch weights file (a BUILD of a tensor)",
+        )
+    )
     whole = good.read_bytes()
     (tmp_path / "truncated.pth").write_bytes(whole[: len(whole) - 30])
     cases.append((tmp_path / "truncated.pth", "is not a PyTorch weights file (no zip archive inside; truncated?)"))

@@ -253,7 +253,16 @@ _MAX_STORAGE_BYTES = 1 << 36  # 64 GiB: no ResNet storage comes near
 _MAX_INFLATED_BYTES, _MAX_INFLATION = 1 << 30, 20  # compressed members (torch.save writes none): at most this
 
 
-class _Dtype:
+class _Sealed:
+    """The unpickler's own objects: a pickle's BUILD opcode may not set their attributes."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError(f"a BUILD of a {type(self).__name__.strip('_').lower()}")
+
+
+class _Dtype(_Sealed):
     """A storage class or torch dtype named by the pickle: only its numpy dtype code."""
 
     __slots__ = ("code", "untyped")
@@ -262,7 +271,7 @@ class _Dtype:
         self.code, self.untyped = code, untyped
 
 
-class _Storage:
+class _Storage(_Sealed):
     """One `<prefix>/data/<key>` member, read (or memory-mapped) at most once, when a tensor needs it."""
 
     __slots__ = ("info", "code", "numel", "needed", "array")
@@ -271,7 +280,7 @@ class _Storage:
         self.info, self.code, self.numel, self.needed, self.array = info, code, numel, 0, None
 
 
-class _Tensor:
+class _Tensor(_Sealed):
     """A tensor as the pickle describes it; made into an array once every storage's extent is known."""
 
     __slots__ = ("storage", "offset", "shape", "strides", "code", "array")
@@ -487,6 +496,9 @@ def _tensor_array(tensor: _Tensor) -> np.ndarray:
         return np.zeros(tensor.shape, dtype)
     storage = tensor.storage.array
     itemsize = storage.itemsize
+    extent = 1 + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.strides))
+    if tensor.offset + extent > len(storage) and math.prod(tensor.shape):  # checked when unpickled; kept here
+        raise UsageError(f"a tensor reaches past its storage ({tensor.offset} + {extent} > {len(storage)})")
     if math.prod(tensor.shape) == 0:
         array = np.zeros(tensor.shape, storage.dtype)
     else:
