@@ -146,7 +146,9 @@ def _read_safetensors_bf16(path: Path, header: dict, start: int) -> dict[str, np
 
 
 def check_weights_only(path: Path) -> None:
-    """Refuses a PyTorch file whose pickle imports anything but tensors and dicts, without running it."""
+    """Refuses a PyTorch file whose pickle imports anything but tensors and dicts, without running it
+    (the zip format is unpickled by our restricted unpickler, no storage read; the legacy format is
+    left to torch.load(weights_only=True))."""
     if not zipfile.is_zipfile(path):
         if not _is_legacy(path):
             raise UsageError(f"{path} is not a PyTorch weights file (no zip archive inside; truncated?)")
