@@ -45,7 +45,8 @@ setup(
         "tf": [f"tensorflow{TENSORFLOW}"],
         # import-linter checks the layer contracts in .importlinter (docs/architecture.md).
         "test": ["pytest>=7", "pytest-xdist", "ruff>=0.6", "import-linter>=2.1,<3"],
-        # PyTorch .pth files (torch.load with weights_only=True); several GB, so never a default.
+        # Legacy (pre-1.6, non-zip) PyTorch .pth files only (torch.load with weights_only=True); torch.save zip
+        # archives, every torchvision/timm file, are read without it. Several GB, so never a default.
         "torch": ["torch>=2.4"],
         # `export --format onnx` and `predict` on .onnx files (checked: onnx 1.23.2, onnxruntime 1.32.0 and
         # tf2onnx 1.17.0 install beside tensorflow-cpu 2.21, numpy 2.4 and protobuf 7 without changing them).

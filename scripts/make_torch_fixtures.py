@@ -14,6 +14,19 @@ globally pooled output of each stage (layer1..layer4 = our conv2..conv5). A few 
 
 It also writes the key shapes of timm variants our zoo lacks (ResNet-D, SE-ResNet), a pickled
 whole model (not weights-only), and checks our weight-set registry against torchvision's enums.
+
+For the torch-free `.pth` reader it writes `state_dict_mixed.pth` (torch.save's own archive of a
+few layers: float32/float16/bfloat16/int64/uint16/bool tensors, a Parameter, a transposed view,
+a slice sharing its storage at an offset, a 0-d `num_batches_tracked`, an empty tensor) with the
+arrays PyTorch holds in `state_dict_mixed.npz`, `legacy_format.pth` (PyTorch's pre-1.6
+format, which still needs PyTorch), and `<hub>_<arch>.pth-skeleton.zip` for a torchvision ResNet-18 and
+a timm ResNet-50: torch.save's archive of the seeded state dict with every member but the storages
+(data.pkl, byteorder, version, ...: a few KB) and which key each storage holds; the tests put the
+seeded storages back and so read a real torch.save ResNet file without PyTorch or 45 MB in git.
+Full-size torchvision/timm `.pth` files are 45-230 MB, too big to commit: `--pth-dir DIR` writes
+seeded ResNet-18 (torchvision, timm), ResNet-50 and ResNet-152 state dicts there with torch.save
+(scripts/pth_read_benchmark.py reads these; tests/test_torch_weights.py makes its own where PyTorch
+is installed).
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ SIZE = 64
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "torch"
 MODELS = [("torchvision", f"resnet{d}") for d in (18, 34, 50, 101, 152)] + [("timm", "resnet18"), ("timm", "resnet50")]
 VARIANTS = ["resnet50d", "seresnet50"]
+SKELETONS = [("torchvision", "resnet18"), ("timm", "resnet50")]
 
 
 def seeded_images(seed: int) -> np.ndarray:
@@ -108,10 +122,102 @@ class NotWeights(torch.nn.Module):
         self.conv = torch.nn.Conv2d(3, 2, 1)
 
 
+def mixed_state_dict() -> dict[str, torch.Tensor]:
+    """Tensors of every dtype and layout a state dict's pickle can hold, seeded (see the docstring)."""
+    generator = torch.Generator().manual_seed(SEED)
+    weight = torch.randn(4, 3, 3, 3, generator=generator)
+    table = torch.randn(6, 5, generator=generator)
+    return {
+        "conv1.weight": torch.nn.Parameter(weight),  # _rebuild_parameter around _rebuild_tensor_v2
+        "bn1.weight": torch.rand(4, generator=generator) + 0.5,
+        "bn1.running_mean": torch.randn(4, generator=generator).half(),  # HalfStorage
+        "bn1.running_var": (torch.rand(4, generator=generator) + 0.5).bfloat16(),  # BFloat16Storage
+        "bn1.num_batches_tracked": torch.tensor(7, dtype=torch.int64),  # a 0-d LongStorage
+        "fc.weight": table.t(),  # a transposed view: strides (1, 5)
+        "fc.bias": table[2],  # row 2 of the same storage: offset 10, shares the FloatStorage
+        "fc.rows": table[1:4, ::2],  # offset 5, strides (5, 2)
+        "double": torch.randn(3, generator=generator, dtype=torch.float64),
+        "int32": torch.tensor([-2, 0, 2**31 - 1], dtype=torch.int32),
+        "uint16": torch.tensor([0, 1, 65535], dtype=torch.int32).to(torch.uint16),  # _rebuild_tensor_v3
+        "mask": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 3),
+    }
+
+
+def write_pth_fixtures(output: Path) -> None:
+    state = mixed_state_dict()
+    torch.save(state, output / "state_dict_mixed.pth")
+    half = (torch.float16, torch.bfloat16)  # the reader widens these to float32, keeps every other dtype
+    arrays = {k: (v.detach().float() if v.dtype in half else v.detach()).numpy() for k, v in state.items()}
+    np.savez(output / "state_dict_mixed.npz", **arrays)
+    legacy = {"conv1.weight": state["conv1.weight"].detach().clone(), "bn1.running_var": state["bn1.running_var"]}
+    torch.save(legacy, output / "legacy_format.pth", _use_new_zipfile_serialization=False)
+    names = ["state_dict_mixed.pth", "state_dict_mixed.npz", "legacy_format.pth"]
+    for hub, arch in SKELETONS:
+        names.append(write_skeleton(hub, arch, output))
+    for name in names:
+        print(f"wrote {output / name} ({(output / name).stat().st_size / 1024:.1f} KiB)")
+
+
+def write_skeleton(hub: str, arch: str, output: Path) -> str:
+    """torch.save's archive of a seeded real state dict without its storages (the tests write those
+    from seeded_state_dict), and which state-dict key each storage `data/<k>` holds."""
+    import tempfile
+    import zipfile
+
+    model = build(hub, arch)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    seeded = seeded_state_dict(shapes, SEED)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in seeded.items()}, strict=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / f"{hub}_{arch}.pth"
+        torch.save(model.state_dict(), path)
+        name = f"{hub}_{arch}.pth-skeleton.zip"
+        with zipfile.ZipFile(path) as archive, zipfile.ZipFile(output / name, "w", zipfile.ZIP_DEFLATED) as skeleton:
+            storages = {}
+            for info in archive.infolist():
+                folder, _, key = info.filename.rpartition("/")
+                if folder.endswith("/data"):
+                    data = archive.read(info)
+                    owner = next(k for k, v in seeded.items() if v.tobytes() == data and k not in storages.values())
+                    storages[key] = owner
+                else:
+                    skeleton.writestr(info.filename, archive.read(info))
+            assert sorted(storages.values()) == sorted(seeded), "a storage shared by two tensors"
+            skeleton.writestr("storages.json", json.dumps(storages))
+    return name
+
+
+def write_full_pth(directory: Path) -> None:
+    """Seeded full-size state dicts as torch.save writes them (not committed: 45-230 MB each)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for hub, arch in [
+        ("torchvision", "resnet18"),
+        ("timm", "resnet18"),
+        ("torchvision", "resnet50"),
+        ("torchvision", "resnet152"),
+    ]:
+        model = build(hub, arch)
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        state = {k: torch.from_numpy(v) for k, v in seeded_state_dict(shapes, SEED).items()}
+        model.load_state_dict(state, strict=True)
+        path = directory / f"{hub}_{arch}.pth"
+        torch.save(model.state_dict(), path)
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=OUT)
+    parser.add_argument("--pth-dir", type=Path, help="also write full-size seeded .pth files here (not committed)")
+    parser.add_argument("--pth-only", action="store_true", help="write only the .pth fixtures (and --pth-dir)")
     args = parser.parse_args()
+    if args.pth_only:
+        args.output.mkdir(parents=True, exist_ok=True)
+        write_pth_fixtures(args.output)
+        if args.pth_dir:
+            write_full_pth(args.pth_dir)
+        return
     args.output.mkdir(parents=True, exist_ok=True)
     check_registry()
     torch.manual_seed(0)
@@ -123,6 +229,9 @@ def main() -> None:
     (args.output / "timm_variants.json").write_text(json.dumps(variants, separators=(",", ":")))
     torch.save(NotWeights(), args.output / "not_weights_only.pth")
     print(f"wrote {args.output / 'timm_variants.json'} and {args.output / 'not_weights_only.pth'}")
+    write_pth_fixtures(args.output)
+    if args.pth_dir:
+        write_full_pth(args.pth_dir)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,11 @@
 """PyTorch weight import (torchvision, timm): exact parity, named weight sets, bad files.
 
+`.pth` files without PyTorch: tests/fixtures/torch/state_dict_mixed.pth is torch.save's own archive
+of every dtype and layout a state dict holds, state_dict_mixed.npz the arrays PyTorch held; our
+reader must give exactly those. Hostile archives are written here by hand (zipfile and pickle
+opcodes), and full-size torchvision/timm `.pth` files are made with torch.save where PyTorch is
+installed (never in CI).
+
 Parity without PyTorch: `scripts/make_torch_fixtures.py` filled torchvision's and timm's own
 models with `seeded_state_dict` (numpy, seeded per key) and saved their logits and pooled stage
 outputs on two seeded 64x64 images (tests/fixtures/torch/*.npz, with the models' real state-dict
@@ -9,6 +15,7 @@ hub format), imported and run: relative error below 1e-4, as for the keras.appli
 
 import json
 import pickle
+import struct
 import sys
 import time
 import zipfile
@@ -311,16 +318,6 @@ def variant_state(arch):
     return torch_weights.seeded_state_dict(shapes, 0)
 
 
-def weights_only_pickle(path):
-    """A zip laid out as torch.save writes it, whose pickle imports only OrderedDict."""
-    import collections
-
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", pickle.dumps(collections.OrderedDict(), protocol=2))
-        archive.writestr("archive/version", "3\n")
-    return path
-
-
 def test_bad_weights_files_are_one_line_exit_2_and_write_nothing(resnet18_file, tmp_path, monkeypatch):
     _, _, r18 = fixture("torchvision_resnet18")
     missing = {k: v for k, v in r18.items() if k != "layer3.1.bn2.running_var"}
@@ -352,21 +349,322 @@ def test_bad_weights_files_are_one_line_exit_2_and_write_nothing(resnet18_file, 
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], (message, result.output)
         assert not output.exists() and not list(tmp_path.glob(".out*"))
-    # Without PyTorch, a weights-only .pth gets the install hint (PyTorch is an optional extra).
+    # Without PyTorch, a torch.save archive loads (our own unpickler); only the legacy format needs it.
     monkeypatch.setitem(sys.modules, "torch", None)
+    check_mixed_fixture(torch_weights.read_state_dict(FIXTURES / "state_dict_mixed.pth"))
     result = CliRunner().invoke(
-        cli, ["convert", str(weights_only_pickle(tmp_path / "w.pth")), "--output", str(tmp_path / "o.keras")]
+        cli, ["convert", str(FIXTURES / "legacy_format.pth"), "--output", str(tmp_path / "o.keras")]
     )
     assert result.exit_code == 2 and "needs PyTorch (pip install 'resnet-keras[torch]')" in result.output, result.output
+    assert "legacy format (before 1.6, not a zip archive)" in result.output and len(result.output.splitlines()) == 1
 
 
-def test_pth_files_load_through_torch_weights_only(tmp_path):
-    """Where PyTorch is installed (never in CI): a torch.save'd state dict imports exactly."""
-    torch = pytest.importorskip("torch")
-    data, _, state = fixture("torchvision_resnet18")
-    path = tmp_path / "resnet18-f37072fd.pth"
+def check_mixed_fixture(state):
+    expected = np.load(FIXTURES / "state_dict_mixed.npz")
+    assert sorted(state) == sorted(expected.files)
+    for key in expected.files:
+        got, want = state[key], expected[key]
+        assert (got.dtype, got.shape) == (want.dtype, want.shape), key
+        np.testing.assert_array_equal(got, want, err_msg=key)
+
+
+def test_torch_save_archives_read_without_pytorch(monkeypatch):
+    """float32/16, bfloat16, float64, int64/32, uint16 (torch's newer UntypedStorage form), bool, a
+    Parameter, a transposed view, slices sharing a storage at offsets, a 0-d counter, an empty tensor."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    state = torch_weights.read_state_dict(FIXTURES / "state_dict_mixed.pth")
+    check_mixed_fixture(state)
+    assert state["bn1.running_mean"].dtype == state["bn1.running_var"].dtype == np.float32  # float16, bfloat16
+    assert state["bn1.num_batches_tracked"].shape == () and state["bn1.num_batches_tracked"] == 7
+    assert state["fc.weight"].strides == (4, 20)  # a view of the memory-mapped storage, not a copy
+    assert not state["fc.weight"].flags.writeable
+    assert {"double": np.float64, "uint16": np.uint16, "mask": np.bool_}.items() <= {
+        k: v.dtype.type for k, v in state.items()
+    }.items()
+    assert torch_weights.check_weights_only(FIXTURES / "state_dict_mixed.pth") is None
+
+
+def from_skeleton(name, state, path):
+    """torch.save's archive of the seeded `name` state dict, its storages put back (stored, unaligned)."""
+    with zipfile.ZipFile(FIXTURES / f"{name}.pth-skeleton.zip") as skeleton, zipfile.ZipFile(path, "w") as archive:
+        storages = json.loads(skeleton.read("storages.json"))
+        for info in skeleton.infolist():
+            if info.filename != "storages.json":
+                archive.writestr(info.filename, skeleton.read(info))
+        for key, owner in storages.items():
+            archive.writestr(f"{name}/data/{key}", state[owner].astype(state[owner].dtype.newbyteorder("<")).tobytes())
+    return path
+
+
+@pytest.mark.parametrize("name", ["torchvision_resnet18", "timm_resnet50"])
+def test_real_torch_save_resnet_files_import_exactly_without_pytorch(name, tmp_path, monkeypatch):
+    """torchvision's ResNet-18 and timm's ResNet-50 as torch.save wrote them (their data.pkl), read
+    with PyTorch blocked, give the reference logits."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    data, shapes, state = fixture(name)
+    path = from_skeleton(name, state, tmp_path / f"{name}.pth")
+    got = torch_weights.read_state_dict(path)
+    assert list(got) == list(shapes)  # torch.save's key order: the model's
+    for key, value in state.items():
+        assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    result = CliRunner().invoke(
+        cli, ["convert", str(path), "--output", str(tmp_path / "m.keras"), "--image-size", str(SIZE)]
+    )
+    assert result.exit_code == 0, result.output
+    model = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
+    logits = model.predict(seeded_images(int(data["seed"])), verbose=0)
+    assert relative_error(logits, data["logits"]) < TOLERANCE
+
+
+def test_compressed_members_are_read_once(tmp_path):
+    """torch.save never compresses (storages are memory-mapped); a re-zipped archive still reads."""
+    path = tmp_path / "deflated.pth"
+    with zipfile.ZipFile(FIXTURES / "state_dict_mixed.pth") as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    check_mixed_fixture(torch_weights.read_state_dict(path))
+
+
+def test_safetensors_bf16_reads_as_float32(tmp_path):
+    """numpy has no bfloat16 (the safetensors package's numpy API refuses BF16): read by hand."""
+    values = np.array([[1.0, -2.5, 3.140625], [0.0, 1e-3, -65280.0]], np.float32)
+    bf16 = (values.view(np.uint32) >> 16).astype("<u2")
+    other = np.arange(3, dtype=np.int64)
+    header = {
+        "__metadata__": {"format": "pt"},
+        "w": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]},
+        "n": {"dtype": "I64", "shape": [3], "data_offsets": [16, 40]},
+    }
+    raw = json.dumps(header).encode()
+    path = tmp_path / "bf16.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bf16.tobytes() + b"\0" * 4 + other.astype("<i8").tobytes())
+    state = torch_weights.read_state_dict(path)
+    assert state["w"].dtype == np.float32
+    np.testing.assert_array_equal(state["w"], (bf16.astype(np.uint32) << 16).view(np.float32))
+    np.testing.assert_allclose(state["w"], values, rtol=1 / 128)
+    np.testing.assert_array_equal(state["n"], other)
+    header["n"]["data_offsets"] = [16, 48]  # past the end of the file
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bf16.tobytes() + b"\0" * 4 + other.tobytes())
+    with pytest.raises(UsageError, match="is not a readable safetensors file"):
+        torch_weights.read_state_dict(path)
+
+
+# Hand-written pickles (protocol 2 opcodes) and archives laid out as torch.save writes them.
+
+
+def _str(text):
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _int(value):
+    if 0 <= value < 2**31:
+        return b"J" + struct.pack("<i", value)
+    data = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(data)]) + data
+
+
+def _tuple(items):
+    return b"(" + b"".join(items) + b"t"
+
+
+def tensor_pickle(tensors, after=b""):
+    """data.pkl of {key: (storage type, storage key, numel, offset, size, stride)}, as torch.save writes it
+    (`after`: opcodes applied to each tensor once it is built)."""
+    body = b""
+    for key, (kind, storage, numel, offset, size, stride) in tensors.items():
+        persistent_id = _tuple([_str("storage"), f"ctorch\n{kind}\n".encode(), _str(storage), _str("cpu"), _int(numel)])
+        body += _str(key) + b"ctorch._utils\n_rebuild_tensor_v2\n"
+        body += _tuple(
+            [
+                persistent_id + b"Q",
+                _int(offset),
+                _tuple(map(_int, size)),
+                _tuple(map(_int, stride)),
+                b"\x89",  # requires_grad False
+                b"ccollections\nOrderedDict\n)R",  # backward hooks
+            ]
+        )
+        body += b"R" + after
+    return b"\x80\x02}(" + body + b"u."
+
+
+def torch_archive(path, pickled, storages, compress=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickled)
+        archive.writestr("archive/byteorder", "little")
+        for key, data in storages.items():
+            archive.writestr(f"archive/data/{key}", data, compress_type=compress)
+        archive.writestr("archive/version", "3\n")
+    return path
+
+
+def declare_size(path, member, size):
+    """Rewrites the uncompressed size a zip declares for `member` (central directory and local header)."""
+    data = bytearray(path.read_bytes())
+    name = member.encode()
+    central = data.rindex(name) - 46
+    local = data.index(name) - 30
+    assert data[central : central + 4] == b"PK\x01\x02" and data[local : local + 4] == b"PK\x03\x04"
+    data[central + 24 : central + 28] = struct.pack("<I", size)
+    data[local + 22 : local + 26] = struct.pack("<I", size)
+    path.write_bytes(bytes(data))
+    return path
+
+
+class RunsACommand:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+def test_hand_made_archives_read_and_hostile_ones_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    four = np.arange(4, dtype="<f4").tobytes()
+    good = torch_archive(
+        tmp_path / "good.pth",
+        tensor_pickle({"a": ("FloatStorage", "0", 4, 1, (3,), (1,)), "b": ("FloatStorage", "0", 4, 0, (2, 2), (1, 2))}),
+        {"0": four},
+    )
+    state = torch_weights.read_state_dict(good)  # the builders make what the reader reads
+    np.testing.assert_array_equal(state["a"], [1, 2, 3])
+    np.testing.assert_array_equal(state["b"], [[0, 2], [1, 3]])
+
+    ran = tmp_path / "ran"
+    system = b"\x80\x02cposix\nsystem\n" + _str(f"touch {ran}") + b"\x85R."  # GLOBAL + REDUCE
+    bomb = np.zeros(1 << 24, np.float32).tobytes()  # 64 MiB of zeros: 65 KiB deflated
+    cases = [
+        (torch_archive(tmp_path / "system.pth", system, {}), "its pickle imports posix.system"),
+        (
+            torch_archive(tmp_path / "reduce.pth", pickle.dumps(RunsACommand(f"touch {ran}"), protocol=2), {}),
+            "its pickle imports posix.system",
+        ),
+        (
+            torch_archive(
+                tmp_path / "numpy.pth",
+                b"\x80\x02cnumpy.core.multiarray\n_reconstruct\n" + _tuple([_int(0)]) + b"R.",
+                {},
+            ),
+            "its pickle imports numpy.core.multiarray._reconstruct",
+        ),
+        (
+            torch_archive(
+                tmp_path / "offset.pth", tensor_pickle({"a": ("FloatStorage", "0", 4, 3, (4,), (1,))}), {"0": four}
+            ),
+            "a tensor at offset 3 with shape [4] and stride [1] that reaches element 7 of a storage of 4",
+        ),
+        (
+            torch_archive(
+                tmp_path / "stride.pth", tensor_pickle({"a": ("FloatStorage", "0", 4, 0, (2, 2), (3, 1))}), {"0": four}
+            ),
+            "reaches element 5 of a storage of 4",
+        ),
+        (
+            torch_archive(
+                tmp_path / "overflow.pth",
+                tensor_pickle({"a": ("FloatStorage", "0", 4, 0, (2**62, 2**62), (0, 0))}),
+                {"0": four},
+            ),
+            f"a tensor of shape [{2**62}, {2**62}] ({2**124} elements) on a storage of 4, which is absurd",
+        ),
+        (
+            torch_archive(
+                tmp_path / "bomb.pth",
+                tensor_pickle({"a": ("FloatStorage", "0", 4, 0, (4,), (1,))}),
+                {"0": bomb},
+                compress=zipfile.ZIP_DEFLATED,
+            ),
+            "archive/data/0 of 67108864 bytes where its storage declares 16 (a zip bomb or a damaged archive?)",
+        ),
+        (
+            declare_size(
+                torch_archive(
+                    tmp_path / "declared.pth",
+                    tensor_pickle({"a": ("FloatStorage", "0", 2**29, 0, (2**29,), (1,))}),
+                    {"0": four},
+                    compress=zipfile.ZIP_DEFLATED,
+                ),
+                "archive/data/0",
+                2**31,
+            ),
+            "its compressed tensors would inflate to 2147483648 bytes",
+        ),
+        (
+            torch_archive(
+                tmp_path / "missing.pth", tensor_pickle({"a": ("FloatStorage", "7", 4, 0, (4,), (1,))}), {"0": four}
+            ),
+            "a tensor in archive/data/7, which the archive does not hold",
+        ),
+        (
+            torch_archive(tmp_path / "persid.pth", b"\x80\x02" + _tuple([_str("module"), _str("os")]) + b"Q.", {}),
+            "a persistent id ('module', 'os') that is not a tensor storage",
+        ),
+    ]
+    # BUILD (setting attributes) on the reader's own tensor, after its bounds were checked:
+    moved = b"N}" + _str("offset") + _int(10**9) + b"s\x86b"
+    cases.append(
+        (
+            torch_archive(
+                tmp_path / "build.pth",
+                tensor_pickle({"a": ("FloatStorage", "0", 4, 0, (4,), (1,))}, moved),
+                {"0": four},
+            ),
+            "is not a readable PyTorch weights file (a BUILD of a tensor)",
+        )
+    )
+    whole = good.read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(whole[: len(whole) - 30])
+    cases.append((tmp_path / "truncated.pth", "is not a PyTorch weights file (no zip archive inside; truncated?)"))
+    for source, message in cases:
+        output = tmp_path / "out.keras"
+        result = CliRunner().invoke(cli, ["convert", str(source), "--output", str(output)])
+        assert result.exit_code == 2, (source, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], (message, result.output)
+        assert not output.exists() and not ran.exists(), source
+
+
+def torch_saved(torch, name, path):
+    _, shapes, state = fixture(name)
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "torchvision_resnet18",
+        pytest.param("timm_resnet50", marks=pytest.mark.slow),
+        pytest.param("torchvision_resnet152", marks=pytest.mark.extended),
+    ],
+)
+def test_full_size_pth_files_load_without_pytorch(name, tmp_path, monkeypatch):
+    """Where PyTorch is installed (never in CI): torch.save's full-size file, read without it, is exact."""
+    torch = pytest.importorskip("torch")
+    data, _, state = fixture(name)
+    path = torch_saved(torch, name, tmp_path / f"{name}.pth")
+    expected = {k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}
+    monkeypatch.setitem(sys.modules, "torch", None)
+    got = torch_weights.read_state_dict(path)
+    assert sorted(got) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
     model, config = resolve.build(resolve.resolve(str(path)), image_size=SIZE)
     check_against_reference(model, config, data)
     with pytest.raises(UsageError, match="not a weights-only PyTorch file"):
         torch_weights.read_state_dict(FIXTURES / "not_weights_only.pth")
+
+
+def test_legacy_pth_files_go_to_torch_load(tmp_path):
+    """Where PyTorch is installed (never in CI): the pre-1.6 format still loads, through torch.load."""
+    pytest.importorskip("torch")
+    state = torch_weights.read_state_dict(FIXTURES / "legacy_format.pth")
+    expected = np.load(FIXTURES / "state_dict_mixed.npz")
+    for key in ("conv1.weight", "bn1.running_var"):
+        np.testing.assert_array_equal(state[key], expected[key])

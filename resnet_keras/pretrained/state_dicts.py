@@ -13,20 +13,34 @@ networks are that architecture, so the import only transposes tensors:
 - preprocessing: torchvision/timm normalise (x / 255 - mean) / std; the same mean and std in
   pixel units (x 255) are our `normalize` layer's, so the model takes raw RGB 0-255.
 
-Files: `.safetensors` (the hub format, read with the `safetensors` package's numpy API, no
-PyTorch) and `.pth`/`.pt`/`.bin` (PyTorch's zip format, read with `torch.load(weights_only=True)`:
-PyTorch is the optional extra `resnet-keras[torch]`). Before PyTorch is asked, the pickle's
-imports are listed without running it and anything but tensors and dicts is refused, so a file
-that would execute code on loading never reaches an unpickler. Variants our zoo does not have
-(ResNet-C/D deep stems, average-pool shortcuts, squeeze-and-excitation) are named and refused.
+Files, none of which needs PyTorch but the last:
+- `.safetensors` (the hub format), read with the `safetensors` package's numpy API (BF16 tensors,
+  which numpy lacks, by hand: uint16 << 16 viewed as float32).
+- `.pth`/`.pt`/`.bin`/`.ckpt` written by `torch.save` since PyTorch 1.6 (zip archives: every
+  torchvision and timm file), read by our own restricted unpickler: it resolves only the
+  tensor-rebuild functions, storage types and dtypes a state dict uses (to functions of ours) and
+  refuses any other global by name before anything from the file runs; storages are memory-mapped
+  from the archive (torch.save stores them uncompressed) with offsets, shapes and strides checked
+  against their storage; float16/bfloat16 become float32.
+- legacy `.pth` files (PyTorch before 1.6: a bare pickle stream) go to
+  `torch.load(weights_only=True)`, which needs the optional extra `resnet-keras[torch]`.
+
+Variants our zoo does not have (ResNet-C/D deep stems, average-pool shortcuts,
+squeeze-and-excitation) are named and refused.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import io
+import json
+import math
+import mmap
 import os
-import pickletools
+import pickle
 import re
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -40,11 +54,6 @@ from resnet_keras.core.errors import UsageError
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")  # in Keras' order: gamma, beta, mean, variance
-# What a state dict's pickle may import (torch.save of a dict of tensors, PyTorch 1.6 and later).
-_ALLOWED_GLOBALS = re.compile(
-    r"collections OrderedDict|torch\._utils _rebuild_tensor_v2|torch\._utils _rebuild_parameter|"
-    r"torch [A-Za-z0-9]*Storage|torch (float|half|bfloat16|float16|float32|float64|double|int64|long|uint8|bool)"
-)
 # Keys of architectures that are ResNets but not ours, and what they are.
 _VARIANT_KEYS = (
     (re.compile(r"^conv1\.\d+\."), "a deep 3x3 stem (ResNet-C/D)"),
@@ -69,8 +78,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """A .safetensors file's tensors; BF16 ones (numpy has no bfloat16) widened to float32 by hand."""
     from safetensors.numpy import load_file
 
+    header = _safetensors_header(path)
+    if header is not None and any(v.get("dtype") == "BF16" for v in header[0].values() if isinstance(v, dict)):
+        return _read_safetensors_bf16(path, *header)
     try:
         return dict(load_file(str(path)))
     except Exception as error:  # noqa: BLE001 - SafetensorError, a truncated header, a foreign dtype
@@ -78,58 +91,430 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise UsageError(f"{path} is not a readable safetensors file ({reason}); is it truncated?") from None
 
 
+def _safetensors_header(path: Path) -> tuple[dict, int] | None:
+    """(the header's tensors, where the data starts), or None when the header is unreadable
+    (then the safetensors package reports what is wrong)."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) != 8:
+            return None
+        (length,) = struct.unpack("<Q", head)
+        if length > min(100 << 20, os.path.getsize(path) - 8):
+            return None
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            return None
+    if not isinstance(header, dict):
+        return None
+    header.pop("__metadata__", None)
+    return header, 8 + length
+
+
+_SAFETENSORS_DTYPES = {"F64": "f8", "F32": "f4", "F16": "f2", "BF16": "u2", "I64": "i8", "I32": "i4", "I16": "i2"}
+_SAFETENSORS_DTYPES.update({"I8": "i1", "U8": "u1", "U16": "u2", "U32": "u4", "U64": "u8", "BOOL": "?"})
+
+
+def _read_safetensors_bf16(path: Path, header: dict, start: int) -> dict[str, np.ndarray]:
+    size = os.path.getsize(path) - start
+    result = {}
+    for key, entry in header.items():
+        try:
+            code = _SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = tuple(int(n) for n in entry["shape"])
+            begin, end = (int(n) for n in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise UsageError(f"{path} is not a readable safetensors file ({key}: {str(entry)[:80]})") from None
+        dtype = np.dtype("<" + code if code != "?" else code)
+        if (
+            min(shape, default=0) < 0
+            or not 0 <= begin <= end <= size
+            or end - begin != math.prod(shape) * dtype.itemsize
+        ):
+            raise UsageError(
+                f"{path} is not a readable safetensors file ({key}: {shape} {entry['dtype']} in bytes "
+                f"{begin}..{end} of {size}); is it truncated?"
+            )
+        if begin == end:
+            array = np.zeros(shape, dtype)
+        else:
+            array = np.memmap(path, dtype=dtype, mode="r", offset=start + begin, shape=shape)
+        if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        result[key] = np.asarray(array)
+    return result
+
+
 def check_weights_only(path: Path) -> None:
-    """Refuses a PyTorch file whose pickle imports anything but tensors and dicts, without running it."""
+    """Refuses a PyTorch file whose pickle imports anything but tensors and dicts, without running it
+    (the zip format is unpickled by our restricted unpickler, no storage read; the legacy format is
+    left to torch.load(weights_only=True))."""
     if not zipfile.is_zipfile(path):
-        with open(path, "rb") as handle:
-            legacy = handle.read(2) == b"\x80\x02"  # PyTorch before 1.6 wrote a bare pickle stream
-        if not legacy:
+        if not _is_legacy(path):
             raise UsageError(f"{path} is not a PyTorch weights file (no zip archive inside; truncated?)")
         return  # the legacy format is left to torch.load(weights_only=True)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            if not names:
-                raise UsageError(f"{path} is a zip file without data.pkl; expected a PyTorch weights file")
-            data = archive.read(names[0])
-            for op, arg, _ in pickletools.genops(data):
-                if op.name in ("GLOBAL", "INST") and not _ALLOWED_GLOBALS.fullmatch(str(arg)):
-                    raise UsageError(
-                        f"{path} is not a weights-only PyTorch file: its pickle imports {str(arg).replace(' ', '.')} "
-                        "(a whole pickled model or other object, which would run code on loading); "
-                        "save model.state_dict() instead"
-                    )
-    except UsageError:
-        raise
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as error:
-        raise UsageError(f"{path} is not a readable PyTorch file ({error}); is it truncated?") from None
+    _read_zip(path, check_only=True)
+
+
+def _is_legacy(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x80\x02"  # PyTorch before 1.6 wrote a bare pickle stream
 
 
 def _read_pickle(path: Path) -> dict[str, np.ndarray]:
-    check_weights_only(path)
+    if zipfile.is_zipfile(path):
+        return _state_of(_read_zip(path), path)
+    if not _is_legacy(path):
+        raise UsageError(f"{path} is not a PyTorch weights file (no zip archive inside; truncated?)")
+    return _read_legacy(path)
+
+
+def _read_legacy(path: Path) -> dict[str, np.ndarray]:
+    """A pre-1.6 (bare pickle, not zip) file: only torch.load(weights_only=True) reads those."""
     try:
         import torch
     except ImportError:
         raise UsageError(
-            f"reading {path.name} needs PyTorch (pip install 'resnet-keras[torch]'); .safetensors files need no PyTorch"
+            f"reading {path.name} needs PyTorch (pip install 'resnet-keras[torch]'): it is in PyTorch's legacy "
+            "format (before 1.6, not a zip archive); zip .pth files and .safetensors files need no PyTorch"
         ) from None
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - UnpicklingError for non-weights pickles, RuntimeError for damage
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"{path} cannot be loaded as weights only: {reason}") from None
-    for key in ("state_dict", "model", "model_state_dict"):  # training checkpoints wrap the state dict
+    if isinstance(state, dict):
+        state = {
+            k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()).numpy()
+            if isinstance(v, torch.Tensor)
+            else v
+            for k, v in state.items()
+        }
+    return _state_of(state, path)
+
+
+def _state_of(state, path: Path) -> dict[str, np.ndarray]:
+    """The state dict inside what a PyTorch file holds (training checkpoints wrap it), all arrays."""
+    for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise UsageError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     result = {}
     for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
+        if isinstance(value, _Tensor):
+            value = value.array
+        if not isinstance(value, np.ndarray):
             raise UsageError(f"{path}: {key} is a {type(value).__name__}, not a tensor; expected a state dict")
-        value = value.detach().cpu()
-        result[key] = (value.float() if value.is_floating_point() else value).numpy()
+        result[str(key)] = value
     return result
+
+
+# ----------------------------------------------------------------------------- torch.save archives, without PyTorch
+#
+# A torch.save file (PyTorch 1.6 and later) is a zip archive `<prefix>/data.pkl` + `<prefix>/data/<key>`
+# (one raw storage per key, little-endian, stored uncompressed and 64-byte aligned) + `byteorder`,
+# `version`. data.pkl rebuilds each tensor by calling torch._utils._rebuild_tensor_v2(storage, offset,
+# size, stride, ...) on a storage named by a persistent id ('storage', torch.FloatStorage, key, 'cpu',
+# numel); dtypes without a legacy storage class use _rebuild_tensor_v3(..., dtype) on a
+# torch.storage.UntypedStorage (numel in bytes). Our unpickler resolves exactly those globals to our own
+# functions and refuses any other before it is imported, so nothing from the file runs.
+
+# Storage class -> numpy dtype (bfloat16 is read as uint16 and widened to float32 below).
+_STORAGE_TYPES = {
+    "FloatStorage": "f4",
+    "HalfStorage": "f2",
+    "BFloat16Storage": "bf16",
+    "DoubleStorage": "f8",
+    "LongStorage": "i8",
+    "IntStorage": "i4",
+    "ShortStorage": "i2",
+    "CharStorage": "i1",
+    "ByteStorage": "u1",
+    "BoolStorage": "b1",
+}
+# torch.<dtype> (the argument of _rebuild_tensor_v3) -> numpy dtype.
+_TORCH_DTYPES = {
+    **dict.fromkeys(("float32", "float"), "f4"),
+    **dict.fromkeys(("float16", "half"), "f2"),
+    "bfloat16": "bf16",
+    **dict.fromkeys(("float64", "double"), "f8"),
+    **dict.fromkeys(("int64", "long"), "i8"),
+    **dict.fromkeys(("int32", "int"), "i4"),
+    **dict.fromkeys(("int16", "short"), "i2"),
+    "int8": "i1",
+    "uint8": "u1",
+    "uint16": "u2",
+    "uint32": "u4",
+    "uint64": "u8",
+    "bool": "b1",
+}
+_MAX_PICKLE_BYTES = 64 << 20  # data.pkl of a ResNet-152 is ~60 KB; this is only an upper bound
+_MAX_BROADCAST = 1 << 24  # elements a tensor may have beyond its storage's (stride-0, expanded tensors)
+_MAX_STORAGE_BYTES = 1 << 36  # 64 GiB: no ResNet storage comes near
+_MAX_INFLATED_BYTES, _MAX_INFLATION = 1 << 30, 20  # compressed members (torch.save writes none): at most this
+
+
+class _Sealed:
+    """The unpickler's own objects: a pickle's BUILD opcode may not set their attributes."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError(f"a BUILD of a {type(self).__name__.strip('_').lower()}")
+
+
+class _Dtype(_Sealed):
+    """A storage class or torch dtype named by the pickle: only its numpy dtype code."""
+
+    __slots__ = ("code", "untyped")
+
+    def __init__(self, code: str, untyped: bool = False):
+        self.code, self.untyped = code, untyped
+
+
+class _Storage(_Sealed):
+    """One `<prefix>/data/<key>` member, read (or memory-mapped) at most once, when a tensor needs it."""
+
+    __slots__ = ("info", "code", "numel", "needed", "array")
+
+    def __init__(self, info: zipfile.ZipInfo, code: str, numel: int):
+        self.info, self.code, self.numel, self.needed, self.array = info, code, numel, 0, None
+
+
+class _Tensor(_Sealed):
+    """A tensor as the pickle describes it; made into an array once every storage's extent is known."""
+
+    __slots__ = ("storage", "offset", "shape", "strides", "code", "array")
+
+    def __init__(self, storage, offset, shape, strides, code):
+        self.storage, self.offset, self.shape, self.strides, self.code = storage, offset, shape, strides, code
+        self.array = None
+
+
+def _itemsize(code: str) -> int:
+    return 2 if code == "bf16" else np.dtype(code).itemsize
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """Unpickles data.pkl of a torch.save archive with the tensor-rebuild globals only."""
+
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, path: Path):
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix, self.path = archive, prefix, path
+        self.storages: dict[str, _Storage] = {}
+        self.tensors: list[_Tensor] = []
+
+    def find_class(self, module: str, name: str):
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return self._rebuild_v2
+        if module == "torch._utils" and name == "_rebuild_tensor_v3":
+            return self._rebuild_v3
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return self._rebuild_parameter
+        if module == "torch" and name in _STORAGE_TYPES:
+            return _Dtype(_STORAGE_TYPES[name])
+        if module == "torch.storage" and name in ("UntypedStorage", "TypedStorage"):
+            return _Dtype("u1", untyped=True)
+        if module == "torch" and name in _TORCH_DTYPES:
+            return _Dtype(_TORCH_DTYPES[name])
+        raise UsageError(
+            f"{self.path} is not a weights-only PyTorch file: its pickle imports {module}.{name} "
+            "(a whole pickled model or other object, which would run code on loading); "
+            "save model.state_dict() instead"
+        )
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _Dtype)):
+            raise self._bad(f"a persistent id {str(pid)[:80]} that is not a tensor storage")
+        _, kind, key, _location, numel = pid
+        if not isinstance(key, str) or not _is_count(numel):
+            raise self._bad(f"a storage id {str(pid)[:80]}")
+        if key in self.storages:
+            return self.storages[key]
+        member = f"{self.prefix}data/{key}"
+        try:
+            info = self.archive.getinfo(member)
+        except KeyError:
+            raise self._bad(f"a tensor in {member}, which the archive does not hold (truncated?)") from None
+        nbytes = numel * _itemsize(kind.code)
+        if nbytes > _MAX_STORAGE_BYTES:
+            raise self._bad(f"a storage {member} of {nbytes} bytes, which is absurd")
+        if info.file_size != nbytes:
+            raise self._bad(
+                f"{member} of {info.file_size} bytes where its storage declares {nbytes} "
+                "(a zip bomb or a damaged archive?)"
+            )
+        storage = _Storage(info, kind.code, numel)
+        self.storages[key] = storage
+        return storage
+
+    def _rebuild_v2(self, storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+        return self._tensor(storage, offset, size, stride, None)
+
+    def _rebuild_v3(self, storage, offset, size, stride, requires_grad, hooks, dtype, metadata=None):
+        if not isinstance(dtype, _Dtype) or dtype.untyped:
+            raise self._bad(f"a tensor of dtype {str(dtype)[:40]}")
+        return self._tensor(storage, offset, size, stride, dtype.code)
+
+    def _rebuild_parameter(self, data, requires_grad=False, hooks=None):
+        if not isinstance(data, _Tensor):
+            raise self._bad(f"a parameter of a {type(data).__name__}, not a tensor")
+        return data
+
+    def _tensor(self, storage, offset, size, stride, code) -> _Tensor:
+        if not isinstance(storage, _Storage):
+            raise self._bad(f"a tensor on a {type(storage).__name__}, not a storage")
+        if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)):
+            raise self._bad(f"a tensor of size {str(size)[:60]} and stride {str(stride)[:60]}")
+        if not (_is_count(offset) and all(map(_is_count, size)) and all(map(_is_count, stride))):
+            raise self._bad(f"a tensor of size {size}, stride {stride}, offset {offset}")
+        code = code or storage.code
+        if storage.code == "u1" and code != "u1":  # an untyped (byte) storage seen through the tensor's dtype
+            itemsize = _itemsize(code)
+            if storage.numel % itemsize:
+                raise self._bad(f"a {storage.numel}-byte storage read as {itemsize}-byte elements")
+            storage.numel, storage.code = storage.numel // itemsize, code
+        if code != storage.code:
+            raise self._bad("tensors of two dtypes on one storage")
+        elements = math.prod(size)  # Python ints: no overflow, but a product past the storage is absurd
+        if elements > max(storage.numel, _MAX_BROADCAST):
+            raise self._bad(
+                f"a tensor of shape {list(size)} ({elements} elements) on a storage of {storage.numel}, which is absurd"
+            )
+        extent = 0 if elements == 0 else 1 + sum((n - 1) * s for n, s in zip(size, stride))
+        if offset + extent > storage.numel or (elements == 0 and offset > storage.numel):
+            raise self._bad(
+                f"a tensor at offset {offset} with shape {list(size)} and stride {list(stride)} that reaches "
+                f"element {offset + extent} of a storage of {storage.numel}"
+            )
+        storage.needed = max(storage.needed, offset + extent)
+        tensor = _Tensor(storage, offset, size, stride, code)
+        self.tensors.append(tensor)
+        return tensor
+
+    def _bad(self, what: str) -> UsageError:
+        return UsageError(f"{self.path} is not a readable PyTorch weights file: its pickle describes {what}")
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _read_zip(path: Path, check_only: bool = False):
+    """What a torch.save archive holds, with every tensor a numpy array, read without PyTorch."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if not names:
+                raise UsageError(f"{path} is a zip file without data.pkl; expected a PyTorch weights file")
+            pickled = archive.getinfo(names[0])
+            if pickled.file_size > _MAX_PICKLE_BYTES:
+                raise UsageError(f"{path}: its data.pkl declares {pickled.file_size} bytes; not a weights file")
+            prefix = names[0][: -len("data.pkl")]
+            byteorder = "<"
+            if f"{prefix}byteorder" in archive.namelist():
+                order = archive.read(f"{prefix}byteorder")
+                if order not in (b"little", b"big"):
+                    raise UsageError(f"{path}: its byteorder record is {order[:20]!r}; expected little or big")
+                byteorder = "<" if order == b"little" else ">"
+            unpickler = _WeightsUnpickler(archive.read(pickled), archive, prefix, path)
+            try:
+                state = unpickler.load()
+            except UsageError:
+                raise
+            except Exception as error:  # noqa: BLE001 - UnpicklingError, a bad opcode argument, a TypeError in a call
+                raise UsageError(f"{path} is not a readable PyTorch weights file ({_reason(error)})") from None
+            if check_only:
+                return None
+            inflated = sum(
+                s.needed * _itemsize(s.code)
+                for s in unpickler.storages.values()
+                if s.info.compress_type != zipfile.ZIP_STORED
+            )
+            if inflated > max(_MAX_INFLATED_BYTES, _MAX_INFLATION * os.path.getsize(path)):
+                raise UsageError(
+                    f"{path}: its compressed tensors would inflate to {inflated} bytes, "
+                    f"{inflated // max(os.path.getsize(path), 1)} times the file (a zip bomb?)"
+                )
+            mapped = None  # the whole file, mapped once (read-only) for every uncompressed storage
+            for storage in unpickler.storages.values():
+                if storage.needed and storage.info.compress_type == zipfile.ZIP_STORED and mapped is None:
+                    with open(path, "rb") as handle:
+                        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                if storage.needed:
+                    storage.array = _storage_array(archive, mapped, path, storage, byteorder)
+            for tensor in unpickler.tensors:
+                tensor.array = _tensor_array(tensor)
+            return state
+    except UsageError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError, zlib.error) as error:
+        raise UsageError(f"{path} is not a readable PyTorch file ({_reason(error)}); is it truncated?") from None
+    except (RuntimeError, NotImplementedError) as error:  # an encrypted member, an unknown compression method
+        raise UsageError(f"{path} is not a readable PyTorch file ({_reason(error)})") from None
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _storage_array(archive: zipfile.ZipFile, mapped, path: Path, storage: _Storage, byteorder: str) -> np.ndarray:
+    """The first `needed` elements of a storage: memory-mapped if stored uncompressed, else read once."""
+    code = "u2" if storage.code == "bf16" else storage.code
+    dtype = np.dtype(bool) if code == "b1" else np.dtype(byteorder + code).newbyteorder(byteorder)
+    count = storage.needed
+    nbytes = count * dtype.itemsize
+    info = storage.info
+    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:  # not encrypted
+        start = _data_offset(archive, path, info)
+        if start + info.file_size > len(mapped):
+            raise UsageError(f"{path}: {info.filename} runs past the end of the file; is it truncated?")
+        return np.frombuffer(mapped, dtype, count=count, offset=start)
+    with archive.open(info) as handle:  # compressed (not torch.save's doing): read exactly what tensors need
+        data = handle.read(nbytes)
+    if len(data) != nbytes:
+        raise UsageError(f"{path}: {info.filename} holds {len(data)} bytes, fewer than its tensors need; truncated?")
+    return np.frombuffer(data, dtype)
+
+
+def _data_offset(archive: zipfile.ZipFile, path: Path, info: zipfile.ZipInfo) -> int:
+    """Where a member's bytes start in the file: after its local header (whose extra field may pad)."""
+    archive.fp.seek(info.header_offset)
+    header = archive.fp.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise UsageError(f"{path}: {info.filename} has no local header; is it truncated?")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_length + extra_length
+
+
+def _tensor_array(tensor: _Tensor) -> np.ndarray:
+    """The tensor as a read-only view of its storage (float16/bfloat16: widened to a float32 copy)."""
+    if tensor.storage.array is None:  # no element of the storage is used: an empty tensor
+        dtype = np.float32 if tensor.code in ("f2", "bf16") else np.dtype(bool if tensor.code == "b1" else tensor.code)
+        return np.zeros(tensor.shape, dtype)
+    storage = tensor.storage.array
+    itemsize = storage.itemsize
+    extent = 1 + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.strides))
+    if tensor.offset + extent > len(storage) and math.prod(tensor.shape):  # checked when unpickled; kept here
+        raise UsageError(f"a tensor reaches past its storage ({tensor.offset} + {extent} > {len(storage)})")
+    if math.prod(tensor.shape) == 0:
+        array = np.zeros(tensor.shape, storage.dtype)
+    else:
+        array = np.lib.stride_tricks.as_strided(
+            storage[tensor.offset :],
+            shape=tensor.shape,
+            strides=tuple(s * itemsize for s in tensor.strides),
+            writeable=False,
+        )
+    if tensor.code == "bf16":  # bfloat16 is the top half of a float32
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    if tensor.code == "f2":
+        return array.astype(np.float32)
+    return array
 
 
 # ----------------------------------------------------------------------------- architecture
