@@ -32,9 +32,9 @@ from typing import Any
 from resnet_keras.config.schema import DataConfig, ModelConfig, TrainConfig
 from resnet_keras.core.errors import UsageError, expect
 from resnet_keras.core.files import remove_own_temps
-from resnet_keras.zoo.portable import save_model_atomic
-from resnet_keras.runs.runstate import check_class_names, check_keras_file, parse_history, read_labels, validate_configs
 from resnet_keras.core.storage import UrlPath, as_path, check_reachable, local_copy, rmtree, write_atomic
+from resnet_keras.runs.runstate import check_class_names, check_keras_file, parse_history, read_labels, validate_configs
+from resnet_keras.zoo.portable import save_model_atomic
 
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "finished_at")
 WEIGHTS = ("final", "best")
