@@ -67,3 +67,25 @@ def test_version_and_help():
     assert run("--version").exit_code == 0
     result = run("--help")
     assert result.exit_code == 0 and "info" in result.output
+
+
+def test_help_of_every_command_imports_no_tensorflow():
+    """`--help` answers at once: neither TensorFlow, Keras nor KerasTuner is imported for it."""
+    import subprocess
+    import sys
+
+    names = sorted(cli.commands)
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from resnet_keras.cli.main import cli\n"
+        f"for args in [['--help']] + [[name, '--help'] for name in {names!r}]:\n"
+        "    result = CliRunner().invoke(cli, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'keras_tuner', 'torch') if m in sys.modules)\n"
+        "print(','.join(heavy) or 'none')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "none"
+    assert len(names) >= 10  # info, convert, train, evaluate, export, predict, export-features, benchmark, ...
