@@ -75,8 +75,7 @@ def read_init_weights(
             f"Received: a model config that differs from init_from={init_from!r}: "
             f"{'; '.join(mismatched)}; use the source's architecture (finetune.model_config_for)"
         )
-    values = resolve.load(source, include_top=False, log=log)
-    values = {name: v for name, v in values.items() if name not in HEAD_LAYERS}
+    values = resolve.load(source, include_top=False, log=log)  # no head, whatever the source
     target = build_model(dataclasses.replace(model_config, include_top=True))
     resolve.check_fit(target, values, f"init_from={init_from!r}", skip=HEAD_LAYERS)
     return values

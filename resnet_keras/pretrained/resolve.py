@@ -209,8 +209,6 @@ def build(
     top = "predictions" in values
     config = dataclasses.replace(source.config, include_top=top, image_size=image_size or source.config.image_size)
     model = build_model(config)
-    if not top:
-        values = {name: v for name, v in values.items() if name not in HEAD_LAYERS}
     check_fit(model, values, source.label)
     assign(model, values)
     return model, config
@@ -282,7 +280,6 @@ def create_model(name: str, weights: str | None = None, **overrides: Any):
     values = load(source, include_top=not new_head)
     model = build_model(config)
     skip = HEAD_LAYERS if new_head else ()
-    values = {k: v for k, v in values.items() if k not in skip}
     check_fit(model, values, source.label, skip=skip)
-    assign(model, values)
+    assign(model, values, skip=skip)
     return model

@@ -35,6 +35,7 @@ from typing import Any
 
 from resnet_keras.core.errors import ExportFailure, UsageError, first_line
 from resnet_keras.core.storage import as_path, write_atomic
+from resnet_keras.serving.export import DEFAULT_BASE_DIR, DEFAULT_CALIBRATION_SAMPLES
 
 QUANTIZATIONS = ("none", "int8")
 OPSET = 17
@@ -273,9 +274,9 @@ def export_onnx(
     output: str | os.PathLike | None = None,
     *,
     quantize: str = "none",
-    base_dir: str | os.PathLike = "saved_models",
+    base_dir: str | os.PathLike = DEFAULT_BASE_DIR,
     calibration_data: str | os.PathLike | None = None,
-    calibration_samples: int = 200,
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
     eval_samples: int | None = None,
     max_accuracy_drop: float = 1.0,
     overwrite: bool = False,
