@@ -46,7 +46,8 @@ from resnet_keras.pretrained.state_dicts import seeded_state_dict
 
 SEED = 2016
 SIZE = 64
-OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "torch"
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "tests" / "fixtures" / "torch"
 MODELS = [("torchvision", f"resnet{d}") for d in (18, 34, 50, 101, 152)] + [("timm", "resnet18"), ("timm", "resnet50")]
 VARIANTS = ["resnet50d", "seresnet50"]
 SKELETONS = [("torchvision", "resnet18"), ("timm", "resnet50")]
@@ -206,12 +207,68 @@ def write_full_pth(directory: Path) -> None:
         print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB)")
 
 
+VIEW_IMAGES = REPO / "tests" / "fixtures" / "views"
+# (name, rows, cols) of CIFAR-10 mosaics: real photos at sizes that make the resize shrink a landscape and
+# a portrait image to odd margins (the crop offsets' rounding), plus one 32x32 image that is enlarged.
+VIEW_MOSAICS = (("landscape", 8, 11), ("portrait", 13, 7), ("single", 1, 1))
+
+
+def write_view_fixtures(output: Path = VIEW_IMAGES) -> None:
+    """Real images and what torchvision's `weights.transforms()` and timm's eval transform make of them.
+
+    The images are mosaics of cifar10-mini training photos (JPEG, written once here). For
+    torchvision's ResNet50 IMAGENET1K_V1 and V2 transforms and timm's resnet50.a1_in1k eval transform
+    it stores every other row and column of the crops as uint8 [n, 112, 112, 3]: the transforms
+    normalise a PIL uint8 crop, so (x * std + mean) * 255 gives its pixels back exactly (checked
+    here), and the test compares our view against them in pixel units. About 300 KB.
+    """
+    import timm
+    import torchvision
+    from PIL import Image
+
+    output.mkdir(parents=True, exist_ok=True)
+    source = sorted((REPO / "tests" / "fixtures" / "cifar10-mini" / "train").glob("*/*.jpg"))
+    paths, start = [], 0
+    for name, rows, cols in VIEW_MOSAICS:
+        tiles = [np.asarray(Image.open(f).convert("RGB")) for f in source[start : start + rows * cols]]
+        start += rows * cols
+        mosaic = np.concatenate([np.concatenate(tiles[r * cols : (r + 1) * cols], 1) for r in range(rows)], 0)
+        path = output / f"{name}.jpg"
+        Image.fromarray(mosaic).save(path, quality=95)
+        paths.append(path)
+    weights = torchvision.models.ResNet50_Weights
+    model = timm.create_model("resnet50.a1_in1k", pretrained=False)
+    config = timm.data.resolve_data_config({}, model=model)
+    transforms = {
+        "torchvision:resnet50.IMAGENET1K_V1": weights.IMAGENET1K_V1.transforms(),
+        "torchvision:resnet50.IMAGENET1K_V2": weights.IMAGENET1K_V2.transforms(),
+        "timm:resnet50.a1_in1k": timm.data.create_transform(**config),
+    }
+    arrays = {"files": np.array([p.name for p in paths])}
+    for name, transform in transforms.items():
+        mean, std = np.array(config["mean"]), np.array(config["std"])  # ImageNet's, for all three
+        crops = []
+        for path in paths:
+            tensor = transform(Image.open(path).convert("RGB")).numpy().transpose(1, 2, 0)
+            pixels = (tensor * std + mean) * 255
+            assert np.abs(pixels - np.round(pixels)).max() < 1e-3, (name, np.abs(pixels - np.round(pixels)).max())
+            crops.append(np.round(pixels).astype(np.uint8))
+        arrays[name] = np.stack(crops)[:, ::2, ::2]  # every other row and column: a quarter of the bytes
+        print(f"{name}: {transform}".replace("\n", " "))
+    np.savez_compressed(output / "torch_views.npz", **arrays)
+    print(f"wrote {output / 'torch_views.npz'} and {len(paths)} images")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=OUT)
     parser.add_argument("--pth-dir", type=Path, help="also write full-size seeded .pth files here (not committed)")
     parser.add_argument("--pth-only", action="store_true", help="write only the .pth fixtures (and --pth-dir)")
+    parser.add_argument("--views-only", action="store_true", help="write only tests/fixtures/views (eval views)")
     args = parser.parse_args()
+    if args.views_only:
+        write_view_fixtures()
+        return
     if args.pth_only:
         args.output.mkdir(parents=True, exist_ok=True)
         write_pth_fixtures(args.output)

@@ -79,9 +79,12 @@ def keras_probabilities(trained, pixels):
 
 
 def decode(path):
+    """The pixels the input pipeline decodes (JPEGs with libjpeg's accurate IDCT, as PIL)."""
     import tensorflow as tf
 
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False).numpy()
+    from resnet_keras.data.preprocessing import decode_image
+
+    return decode_image(tf.io.read_file(path)).numpy()
 
 
 # ----------------------------------------------------------------------------- SavedModel

@@ -37,6 +37,62 @@ MAX_CLASSES = 1_000_000
 # below this size the family uses the 3x3/1 stem without max pool instead.
 SMALL_STEM_BELOW = 128
 
+INTERPOLATIONS = ("bilinear", "bicubic")
+# "resnet_keras": shorter side round(size / crop_fraction), longer side rounded, crop offset floored, float
+# pixels. "torchvision": torchvision's Resize(int) + CenterCrop on PIL images, which timm's eval transform
+# uses too: shorter side floor(size / crop_fraction), longer side truncated, crop offset rounded half to
+# even, pixels rounded to uint8 after the resize (PIL works in uint8).
+CONVENTIONS = ("resnet_keras", "torchvision")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalView:
+    """How the ImageNet evaluation view resizes and crops for this model (`preprocessing.eval_view`).
+
+    The shorter side goes to `resize(image_size)` pixels with `interpolation` (antialiased), then the
+    centre image_size x image_size crop is taken. `crop_fraction` is timm's `crop_pct` and
+    torchvision's crop / resize (224 / 232 for the IMAGENET1K_V2 weights); a model built from a weight
+    set takes the publisher's, so a converted model is evaluated, exported and served as it was
+    published. The CIFAR and "none" views (images of 64 pixels or less) only resize.
+    """
+
+    crop_fraction: float = 0.875
+    interpolation: str = "bilinear"
+    convention: str = "resnet_keras"
+
+    def __post_init__(self) -> None:
+        expect(
+            is_number(self.crop_fraction) and 0.05 <= self.crop_fraction <= 1.0,
+            "eval_view.crop_fraction",
+            self.crop_fraction,
+            "a fraction in [0.05, 1]",
+        )
+        object.__setattr__(self, "crop_fraction", float(self.crop_fraction))
+        expect(
+            self.interpolation in INTERPOLATIONS,
+            "eval_view.interpolation",
+            self.interpolation,
+            " or ".join(INTERPOLATIONS),
+        )
+        expect(self.convention in CONVENTIONS, "eval_view.convention", self.convention, " or ".join(CONVENTIONS))
+
+    def resize(self, image_size: int) -> int:
+        """The shorter side before the centre crop of `image_size` (torchvision V2 at 224: 232)."""
+        if self.convention == "torchvision":
+            # floor, as timm's int(math.floor(size / crop_pct)); the epsilon keeps 224 / (224 / 232) at 232.
+            return max(int(image_size / self.crop_fraction + 1e-6), image_size)
+        return max(round(image_size / self.crop_fraction), image_size)
+
+    def describe(self, image_size: int) -> dict[str, Any]:
+        """What a runtime outside this package needs to reproduce the view (export sidecars)."""
+        return dict(
+            resize=self.resize(image_size),
+            crop=image_size,
+            crop_fraction=self.crop_fraction,
+            interpolation=self.interpolation,
+            convention=self.convention,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -64,6 +120,8 @@ class ModelConfig:
         channels (Hu et al. 2018 and timm's `seresnet*`: 1/16); 0 turns it off.
     drop_path: stochastic depth (Huang et al. 2016) of the last block; block i of N drops its
         branch with probability drop_path * i / (N - 1), the first block never (timm's rule).
+    eval_view: the evaluation resize and crop (`EvalView`); a model built from a published weight set
+        records the publisher's, beside its input_mean and input_std.
     """
 
     depth: int = 50
@@ -85,8 +143,12 @@ class ModelConfig:
     avg_down: bool = False
     se_ratio: float = 0.0
     drop_path: float = 0.0
+    eval_view: EvalView = EvalView()
 
     def __post_init__(self) -> None:
+        if isinstance(self.eval_view, dict):
+            object.__setattr__(self, "eval_view", _from_dict(EvalView, self.eval_view, "eval_view"))
+        expect(isinstance(self.eval_view, EvalView), "eval_view", self.eval_view, "an EvalView")
         expect(is_int(self.depth), "depth", self.depth, "an integer")
         family = self.family or specs.default_family(self.depth)
         expect(family in specs.FAMILIES, "family", family, " or ".join(specs.FAMILIES))

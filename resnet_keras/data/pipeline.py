@@ -88,6 +88,7 @@ def make_dataset(
     class_names: tuple[str, ...] | None = None,
     crop_size: int | None = None,
     flip: str = "random",
+    eval_view=None,
 ) -> tf.data.Dataset:
     """Batches ``(float32 [b, image_size, image_size, 3] in [0, 255], int32 [b])``.
 
@@ -96,6 +97,7 @@ def make_dataset(
     ``input_context`` the examples are sharded by input pipeline and each batch has
     ``input_context.get_per_replica_batch_size(batch_size)`` examples. ``drop_remainder``
     defaults to ``training``. The result carries ``skipped_files`` (int): corrupt files dropped.
+    ``eval_view`` (`config.schema.EvalView`, the model config's) shapes the "imagenet" evaluation view.
 
     With ``repeat`` and ``training``, epoch ``e`` of the stream is shuffled and augmented from
     ``(seed, e)`` alone, and ``skip_batches`` starts the stream where a reader that already took
@@ -218,6 +220,7 @@ def make_dataset(
                 seed,
                 reshuffle=False,
                 crop=crop,
+                view=eval_view,
                 flips=None if coins is None else (coins, index),
                 # The resumed epoch skips its first batches before they are decoded and cropped.
                 skip_batches=tf.where(index == first_epoch, tf.constant(offset, tf.int64), 0),
@@ -229,7 +232,9 @@ def make_dataset(
             ds = ds.shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
-        ds = _augment_and_batch(ds, family, training, image_size, batch_size, drop_remainder, config.seed, crop=crop)
+        ds = _augment_and_batch(
+            ds, family, training, image_size, batch_size, drop_remainder, config.seed, crop=crop, view=eval_view
+        )
     ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
     ds.skipped_files = skipped
     return ds
@@ -312,7 +317,18 @@ def training_stream(
 
 
 def _augment_and_batch(
-    ds, family, training, size, batch_size, drop_remainder, seed, reshuffle=True, skip_batches=0, crop=None, flips=None
+    ds,
+    family,
+    training,
+    size,
+    batch_size,
+    drop_remainder,
+    seed,
+    reshuffle=True,
+    skip_batches=0,
+    crop=None,
+    flips=None,
+    view=None,
 ):
     """(index, uint8 image, label) elements -> float32 batches, augmented when training.
 
@@ -336,7 +352,7 @@ def _augment_and_batch(
             )
         else:
             ds = ds.skip(skip_batches * batch_size).map(
-                lambda _, image, label: (centre_crop(image, size), label), num_parallel_calls=tf.data.AUTOTUNE
+                lambda _, image, label: (centre_crop(image, size, view), label), num_parallel_calls=tf.data.AUTOTUNE
             )
         return ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)

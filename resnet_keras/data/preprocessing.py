@@ -94,9 +94,23 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return image_file_problem(path) is None
 
 
+# libjpeg's accurate integer IDCT, which PIL (so torchvision and timm) uses. TensorFlow's default is the
+# fast one, 1.8-2.1 levels off PIL's pixels on average on CIFAR photos (max 12-17 after a resize);
+# the accurate one gives PIL's pixels exactly (tests/test_views.py).
+JPEG_DCT = "INTEGER_ACCURATE"
+
+
 def decode_image(data) -> tf.Tensor:
-    """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 RGB [h, w, 3] (first frame of a GIF)."""
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 RGB [h, w, 3] (first frame of a GIF); JPEGs as PIL
+    decodes them (`JPEG_DCT`)."""
+
+    def jpeg():
+        return tf.io.decode_jpeg(data, channels=3, dct_method=JPEG_DCT)
+
+    def other():
+        return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+    image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
     return tf.ensure_shape(image, [None, None, 3])
 
 
@@ -194,26 +208,43 @@ def resize_to(image, size: int) -> tf.Tensor:
     return tf.ensure_shape(tf.cond(same, lambda: image, resize), [size, size, 3])
 
 
-def centre_crop(image, size: int) -> tf.Tensor:
-    """ImageNet evaluation view: shorter side to round(size / 0.875), centre size x size crop, float32."""
+def centre_crop(image, size: int, view=None) -> tf.Tensor:
+    """ImageNet evaluation view: shorter side to `view.resize(size)` (default round(size / 0.875)),
+    centre size x size crop, float32. `view` (`config.schema.EvalView`) also sets the interpolation and
+    the rounding convention: "torchvision" reproduces torchvision's Resize + CenterCrop on a PIL image
+    (timm's eval transform too), within the resampling kernels' differences."""
+    from resnet_keras.config.schema import EvalView
+
+    view = view or EvalView()
+    short = view.resize(size)
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = round(size / CENTRE_CROP_FRACTION) / tf.reduce_min(hw)
-    resized = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), size)
-    image = tf.image.resize(image, resized, antialias=True)
-    top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
+    scale = short / tf.reduce_min(hw)
+    if view.convention == "torchvision":  # the longer side truncated, the shorter one exact
+        resized = tf.where(hw == tf.reduce_min(hw), float(short), tf.floor(hw * scale))
+        resized = tf.maximum(tf.cast(resized, tf.int32), size)
+    else:
+        resized = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), size)
+    image = tf.image.resize(image, resized, method=view.interpolation, antialias=True)
+    if view.convention == "torchvision":
+        image = tf.round(tf.clip_by_value(image, 0.0, 255.0))  # PIL resizes in uint8
+        # CenterCrop: int(round((h - size) / 2)), Python's round (half to even), as tf.round.
+        top, left = (tf.cast(tf.round(tf.cast(resized[k] - size, tf.float32) / 2), tf.int32) for k in (0, 1))
+    else:
+        top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
     return tf.image.crop_to_bounding_box(image, top, left, size, size)
 
 
-def eval_view(family: str, image_size: int) -> Callable:
+def eval_view(family: str, image_size: int, view=None) -> Callable:
     """uint8 ``[h, w, 3]`` -> float32 ``[image_size, image_size, 3]`` raw pixels: the evaluation view
-    of `family`, exactly as the input pipeline computes it."""
+    of `family`, exactly as the input pipeline computes it. `view` (`config.schema.EvalView`, the
+    model config's `eval_view`) shapes the "imagenet" view's resize and crop."""
 
-    def view(image):
+    def apply(image):
         if family == "imagenet":
-            return tf.ensure_shape(centre_crop(image, image_size), [image_size, image_size, 3])
+            return tf.ensure_shape(centre_crop(image, image_size, view), [image_size, image_size, 3])
         return tf.cast(resize_to(image, image_size), tf.float32)
 
-    return view
+    return apply
 
 
 # ----------------------------------------------------------------------------- training views
@@ -307,7 +338,9 @@ def decode_random_crop(data, key, size: int) -> tf.Tensor:
     def fused():
         begin, crop = _sample_crop(tf.image.extract_jpeg_shape(data), key)
         window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
-        image = tf.ensure_shape(tf.io.decode_and_crop_jpeg(data, window, channels=3), [None, None, 3])
+        image = tf.ensure_shape(
+            tf.io.decode_and_crop_jpeg(data, window, channels=3, dct_method=JPEG_DCT), [None, None, 3]
+        )
         return _resize_and_flip(image, key, size)
 
     def whole():

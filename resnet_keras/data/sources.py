@@ -27,7 +27,14 @@ import tensorflow as tf
 from resnet_keras.config.schema import DataConfig
 from resnet_keras.core import network
 from resnet_keras.core.errors import DataError, first_line
-from resnet_keras.data.preprocessing import IMAGE_EXTENSIONS, decode_image, image_file_problem, list_image_files, to_rgb
+from resnet_keras.data.preprocessing import (
+    IMAGE_EXTENSIONS,
+    JPEG_DCT,
+    decode_image,
+    image_file_problem,
+    list_image_files,
+    to_rgb,
+)
 
 log = logging.getLogger(__name__)
 
@@ -670,6 +677,6 @@ def _record_split(names: list[str], counts: list[int], config: DataConfig, train
         return read([names[i] for i in mine]), sum(counts[i] for i in mine)
 
     def decode(data):
-        return tf.ensure_shape(tf.io.decode_jpeg(data, channels=3), [None, None, 3])
+        return tf.ensure_shape(tf.io.decode_jpeg(data, channels=3, dct_method=JPEG_DCT), [None, None, 3])
 
     return Split(read(names), sum(counts), decode, (None, None), read_shard=read_shard, jpeg=True)

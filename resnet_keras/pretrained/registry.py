@@ -16,7 +16,7 @@ import dataclasses
 import re
 from typing import NamedTuple
 
-from resnet_keras.config.schema import IMAGENET_MEAN, IMAGENET_STD
+from resnet_keras.config.schema import IMAGENET_MEAN, IMAGENET_STD, EvalView
 from resnet_keras.core.errors import UsageError
 
 HUBS = ("torchvision", "timm", "keras-hub")
@@ -60,6 +60,13 @@ class WeightSet:
         if self.hub == "keras-hub":  # keras-hub names presets, not architectures
             return f"{self.hub}:{self.tag}"
         return f"{self.hub}:{self.arch}.{self.tag}"
+
+    @property
+    def eval_view(self) -> EvalView:
+        """The publisher's evaluation view: torchvision's Resize(resize) + CenterCrop(eval_size), or
+        timm's crop_pct (both with torchvision's transforms on PIL images)."""
+        fraction = self.eval_size / self.resize if self.resize else self.crop_pct or 0.875
+        return EvalView(fraction, self.interpolation, "torchvision")
 
     @property
     def depth(self) -> int | None:

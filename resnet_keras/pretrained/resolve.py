@@ -119,6 +119,8 @@ def resolve(
         config = keras_hub.read_preset_config(path, label, depth=depth)
     else:
         config = state_dicts.describe(path, label, depth=depth, weight_set=weight_set)
+    if weight_set is not None:  # the publisher's evaluation view travels with its weights
+        config = dataclasses.replace(config, eval_view=weight_set.eval_view)
     return Source(kind, label, config, str(path), weight_set)
 
 

@@ -56,6 +56,7 @@ from resnet_keras.core.files import (
 )
 from resnet_keras.core.storage import as_path, local_folder, write_atomic
 from resnet_keras.runs.rundir import WEIGHTS, RunDir
+from resnet_keras.serving.predict_io import eval_view_record
 
 PIXELS_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
@@ -198,7 +199,7 @@ def _build_archive(run: TrainedRun, labels_path: Path):
         default_value="",
     )
     model, top_k = run.model, run.top_k
-    view = preprocessing.eval_view(run.preprocessing, size)
+    view = preprocessing.eval_view(run.preprocessing, size, run.model_config.eval_view)
 
     def outputs(pixels):
         probabilities = tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
@@ -246,7 +247,13 @@ def _sample_images(run: TrainedRun, split: str, limit: int | None):
 
     size = run.model_config.image_size
     ds = data_lib.make_dataset(
-        run.data_config, split, image_size=size, batch_size=64, training=False, drop_remainder=False
+        run.data_config,
+        split,
+        image_size=size,
+        batch_size=64,
+        training=False,
+        drop_remainder=False,
+        eval_view=run.model_config.eval_view,
     )
     images, labels, count = [], [], 0
     for batch_images, batch_labels in ds:
@@ -309,7 +316,7 @@ def _check_saved_model(path: Path, run: TrainedRun, sample) -> dict:
     png = tf.io.encode_png(tf.constant(pixels[0]))
     via_bytes = loaded.signatures[BYTES_SIGNATURE](**{BYTES_INPUT: tf.stack([png])})["probabilities"].numpy()
     size = run.model_config.image_size
-    viewed = preprocessing.eval_view(run.preprocessing, size)(tf.constant(pixels[0]))
+    viewed = preprocessing.eval_view(run.preprocessing, size, run.model_config.eval_view)(tf.constant(pixels[0]))
     direct = keras_probabilities(run.model, viewed[None].numpy())
     bytes_difference = float(np.abs(via_bytes - direct).max())
     del loaded
@@ -505,7 +512,7 @@ def calibration_images(run: TrainedRun, calibration_data: str | os.PathLike | No
     if not files:
         raise UsageError(f"No images ({', '.join(preprocessing.IMAGE_EXTENSIONS)}) under calibration folder {root}")
     files = [files[i] for i in np.random.default_rng(0).permutation(len(files))[:limit]]
-    view = preprocessing.eval_view(run.preprocessing, run.model_config.image_size)
+    view = preprocessing.eval_view(run.preprocessing, run.model_config.image_size, run.model_config.eval_view)
     images = []
     for path in files:
         try:
@@ -682,6 +689,7 @@ def export_tflite(
         report,
         class_names=list(run.class_names),
         preprocessing=run.preprocessing,
+        eval_view=eval_view_record(run),
         image_size=run.model_config.image_size,
         model=run.model_config.to_dict(),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(),

@@ -36,6 +36,7 @@ from typing import Any
 from resnet_keras.core.errors import ExportFailure, UsageError, first_line
 from resnet_keras.core.storage import as_path, write_atomic
 from resnet_keras.serving.export import DEFAULT_BASE_DIR, DEFAULT_CALIBRATION_SAMPLES
+from resnet_keras.serving.predict_io import eval_view_record
 
 QUANTIZATIONS = ("none", "int8")
 OPSET = 17
@@ -219,7 +220,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 def _decode_metadata(props: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = dict(props)
-    for key in ("class_names", "export"):
+    for key in ("class_names", "export", "eval_view"):
         if key in out:
             out[key] = json.loads(out[key])
     if "image_size" in out:
@@ -338,6 +339,7 @@ def export_onnx(
     metadata = dict(
         class_names=json.dumps(list(run.class_names)),
         preprocessing=run.preprocessing,
+        eval_view=json.dumps(eval_view_record(run)),
         image_size=str(run.model_config.image_size),
         export=json.dumps(
             dict(
@@ -381,6 +383,7 @@ class OnnxPredictor:
         import tensorflow as tf
 
         from resnet_keras.data.preprocessing import eval_view
+        from resnet_keras.serving.predict_io import stored_eval_view
 
         self.tf, self.path, self.notes = tf, path, []
         try:
@@ -390,12 +393,13 @@ class OnnxPredictor:
         meta = _decode_metadata(self.runner.metadata)
         if "class_names" in meta and "preprocessing" in meta:
             self.labels, preprocessing = list(meta["class_names"]), meta["preprocessing"]
+            view = stored_eval_view(meta.get("eval_view"))
         else:
-            self.labels, preprocessing = [str(i) for i in range(self.runner.num_classes)], "none"
+            self.labels, preprocessing, view = [str(i) for i in range(self.runner.num_classes)], "none", None
             self.notes.append(
                 f"Note: {path} has no resnet-keras metadata: labels are class indices, images only resized."
             )
-        self.view = eval_view(preprocessing, self.runner.image_size)
+        self.view = eval_view(preprocessing, self.runner.image_size, view)
 
     def batch(self, datas: list[bytes]):
         from resnet_keras.serving.predict_io import decode_batch

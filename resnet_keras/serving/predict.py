@@ -77,6 +77,7 @@ class _TFLitePredictor:
 
         from resnet_keras.data.preprocessing import eval_view
         from resnet_keras.serving.export import TFLiteRunner
+        from resnet_keras.serving.predict_io import stored_eval_view
 
         self.tf = tf
         self.path = path
@@ -90,10 +91,11 @@ class _TFLitePredictor:
         if sidecar.exists():
             meta = json.loads(sidecar.read_text())
             self.labels, preprocessing = list(meta["class_names"]), meta["preprocessing"]
+            view = stored_eval_view(meta.get("eval_view"))
         else:
-            self.labels, preprocessing = [str(i) for i in range(num_classes)], "none"
+            self.labels, preprocessing, view = [str(i) for i in range(num_classes)], "none", None
             self.notes.append(f"Note: {sidecar} is missing: labels are class indices and images are only resized.")
-        self.view = eval_view(preprocessing, self.runner.image_size)
+        self.view = eval_view(preprocessing, self.runner.image_size, view)
 
     def __call__(self, data: bytes):
         from resnet_keras.data.preprocessing import decode_image_checked as decode_image

@@ -108,3 +108,26 @@ def decode_failure(error) -> str:
 
     found = re.search(r"image (has more than \d+ megapixels|larger than \d+ MB)", str(error))
     return found.group(0) if found else NOT_AN_IMAGE
+
+
+def eval_view_record(run) -> dict:
+    """The evaluation view of an exported run (`export.TrainedRun`), for its TFLite sidecar and ONNX
+    metadata: the shorter side to resize to, the crop, the interpolation, the rounding convention and
+    the normalisation, which the model applies itself (raw RGB 0-255 in)."""
+    config = run.model_config
+    return dict(
+        view=run.preprocessing,
+        **config.eval_view.describe(config.image_size),
+        mean=list(config.input_mean),
+        std=list(config.input_std),
+        normalisation="inside the model",
+    )
+
+
+def stored_eval_view(record: dict | None):
+    """The `config.schema.EvalView` of an `eval_view_record` (None for exports made before it)."""
+    from resnet_keras.config.schema import EvalView
+
+    if not record:
+        return None
+    return EvalView(record["crop_fraction"], record["interpolation"], record["convention"])

@@ -83,6 +83,7 @@ def evaluate(
         training=False,
         drop_remainder=False,
         class_names=by_name,
+        eval_view=model_config.eval_view,
     )
 
     @tf.function(autograph=False)

@@ -239,6 +239,7 @@ def _prepare(model_config, data_config, train_config, run: RunDir, log) -> _Setu
             training=False,
             input_context=ctx,
             drop_remainder=False,
+            eval_view=model_config.eval_view,
         ),
         options=distribute.input_options(strategy),
     )
