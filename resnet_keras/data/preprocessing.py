@@ -29,7 +29,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # What tf.io.decode_image recognises, by the first bytes of the file.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 CIFAR_PAD = 4
-CENTRE_CROP_FRACTION = 0.875
 # What the serving signature and `predict` accept, checked before anything is decoded: a 1 MB PNG can
 # declare 20000 x 20000 pixels (1.2 GB decoded). 50 MB and 64 megapixels pass any camera's photos.
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
