@@ -19,6 +19,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.14",
     packages=find_packages(include=["resnet_keras", "resnet_keras.*"]),
+    # Our trained weights and their cards (resnet_keras/pretrained/shipped.py), about 1 MB a set.
+    package_data={"resnet_keras.pretrained": ["weights/*.weights.h5", "weights/*.json"]},
     install_requires=[
         "keras>=3.5",
         "click>=8.1",

@@ -499,6 +499,13 @@ def test_predict_saved_model_and_tflite(exported, trained, run_dir, val_files, t
     assert lines[0] == val_files[0] and len(lines) == 6
     assert lines[1].split()[:2] == ["1.", trained.class_names[expected[0].argmax()]]
 
+    # The run directory itself, in Keras (no export): the same answers as the SavedModel.
+    direct = cli_run("predict", run_dir, val_files[0], val_files[1], "--json", "--top-k", "3")
+    assert direct.exit_code == 0, direct.output
+    for entry, probs in zip(json.loads(direct.stdout), expected):
+        assert entry["predictions"][0]["label"] == trained.class_names[probs.argmax()]
+        assert entry["predictions"][0]["probability"] == pytest.approx(probs.max(), abs=1e-4)
+
 
 def test_export_base_dir_that_is_a_file_is_one_line_exit_2(run_dir, tmp_path):
     (tmp_path / "file").write_text("x")

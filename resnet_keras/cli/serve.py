@@ -93,7 +93,8 @@ def export(model_dir, fmt, weights, overwrite, as_json, **options):
 )
 def predict(model, images, top_k, as_json, batch_size, output):
     """Top-k labels of IMAGES (files, folders or quoted glob patterns) from MODEL: a SavedModel
-    (version folder or base path), a .tflite or an .onnx file.
+    (version folder or base path), a .tflite or an .onnx file, a run directory, or weights installed
+    with the package (`cifar10`: our ResNet-20 trained on CIFAR-10, 32x32 images).
 
     Exit code 1 when some image could not be read (the others are still predicted).
     """

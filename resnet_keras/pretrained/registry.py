@@ -7,6 +7,9 @@ or `timm:resnet50.a1_in1k`. With the architecture known from elsewhere (`create_
 
 keras.applications' weights are named without a hub: `resnet50`, `resnet101v2`, or `imagenet`.
 
+Our own weights, installed with the package (`shipped`), are hub `resnet-keras`:
+`resnet-keras:resnet20.cifar10`, or their tag alone, `cifar10` (`create_model("resnet20", weights="cifar10")`).
+
 This module imports neither TensorFlow nor PyTorch: `resnet-keras info --weights` is instant.
 """
 
@@ -19,7 +22,9 @@ from typing import NamedTuple
 from resnet_keras.config.schema import IMAGENET_MEAN, IMAGENET_STD, EvalView
 from resnet_keras.core.errors import UsageError
 
-HUBS = ("torchvision", "timm", "keras-hub")
+HUBS = ("torchvision", "timm", "keras-hub", "resnet-keras")
+OURS = "resnet-keras"
+IMAGENET_VAL = "ImageNet-1K val"
 TORCHVISION_URL = "https://download.pytorch.org/models/"
 HF_URL = "https://huggingface.co/"
 # torchvision's recipes (its docs: references/classification) and timm's results table
@@ -32,7 +37,7 @@ TIMM_SOURCE = "timm results-imagenet.csv (ImageNet-1K val)"
 class WeightSet:
     """One published set of ResNet weights and the facts that travel with it.
 
-    `top1`/`top5` are the publisher's ImageNet-1K validation accuracy (%) at `eval_size` pixels
+    `top1`/`top5` are the publisher's accuracy (%) on `evaluated_on` (ImageNet-1K val) at `eval_size` pixels
     after resizing the short side to `resize` (torchvision) or cropping `crop_pct` of the image
     (timm); `mean`/`std` (0-255 pixel units) go into the model's `normalize` layer, so the model
     takes raw RGB 0-255. `unsupported` says why our zoo cannot hold the architecture (None: it can).
@@ -54,6 +59,7 @@ class WeightSet:
     source: str = ""
     default: bool = False
     unsupported: str | None = None
+    evaluated_on: str = IMAGENET_VAL
 
     @property
     def name(self) -> str:
@@ -65,6 +71,8 @@ class WeightSet:
     def eval_view(self) -> EvalView:
         """The publisher's evaluation view: torchvision's Resize(resize) + CenterCrop(eval_size), or
         timm's crop_pct (both with torchvision's transforms on PIL images)."""
+        if self.hub == OURS:  # trained with our own view, which the set's card records
+            return EvalView()
         fraction = self.eval_size / self.resize if self.resize else self.crop_pct or 0.875
         return EvalView(fraction, self.interpolation, "torchvision")
 
@@ -127,9 +135,34 @@ def _keras_hub(depth, preset, timm_top1, timm_top5, *, unsupported=None, family=
     )
 
 
+def _ours(depth, tag, top1, top5, evaluated_on, source):
+    file = f"resnet{depth}-{tag}.weights.h5"
+    return WeightSet(
+        OURS,
+        f"resnet{depth}",
+        tag,
+        file,
+        f"package:resnet_keras/pretrained/weights/{file}",
+        top1,
+        top5,
+        32,
+        source=source,
+        default=True,
+        evaluated_on=evaluated_on,
+    )
+
+
 _RESNET_D = "ResNet-D (deep 3x3 stem, average-pool shortcut) is not in our zoo yet"
 _KERAS_HUB_V2 = (
     "keras-hub's ResNetV2 pads its first max pool with -inf where our v2 stem pads with zeros, so it is not exact"
+)
+CIFAR10_VAL = (
+    "CIFAR-10: the 5,000 training images `--validation-fraction 0.1` holds out (as JPEGs, ../shared/data), "
+    "never trained on"
+)
+PAPER_RUN = (
+    "resnet-keras train --preset resnet20 --recipe paper --dataset folder --data-dir cifar10 "
+    "--validation-fraction 0.1 (docs/benchmarks.md)"
 )
 _SE = "SE-ResNet (squeeze-and-excitation blocks) is not in our zoo yet"
 # torchvision 0.29's ResNet*_Weights enums (checked by scripts/make_torch_fixtures.py) and timm's
@@ -163,8 +196,17 @@ REGISTRY: dict[str, WeightSet] = {
         _keras_hub(152, "resnet_152_imagenet", 81.998, 95.294),
         _keras_hub(50, "resnet_v2_50_imagenet", 80.410, 95.082, unsupported=_KERAS_HUB_V2, family="resnetv2"),
         _keras_hub(101, "resnet_v2_101_imagenet", 82.042, 95.866, unsupported=_KERAS_HUB_V2, family="resnetv2"),
+        # Ours, installed with the package: scripts/ship_weights.py measured these on the held-out images
+        # `evaluated_on` names (tests/test_shipped.py scores them again); docs/benchmarks.md has the run.
+        _ours(20, "cifar10", 82.32, 99.18, CIFAR10_VAL, PAPER_RUN),
     )
 }
+SHIPPED_TAGS = tuple(sorted({w.tag for w in REGISTRY.values() if w.hub == OURS}))
+
+
+def is_shipped_tag(text: str) -> bool:
+    """`cifar10`: the tag of a weight set installed with the package, named without its hub."""
+    return isinstance(text, str) and text in SHIPPED_TAGS
 
 
 def is_weight_name(text: str) -> bool:
@@ -190,6 +232,10 @@ def lookup(name: str, *, depth: int | None = None) -> WeightSet:
         return found
     named = "." in rest or re.fullmatch(r"[a-z]*resnet\d+[a-z]*", rest)
     arch, _, tag = rest.partition(".") if named else ("", "", rest)
+    if not arch and depth is None and hub == OURS:  # our tags name one set each
+        found = [w for w in REGISTRY.values() if w.hub == hub and w.tag == tag and w.default]
+        if found:
+            return found[0]
     if not arch:
         if depth is None:
             raise UsageError(
@@ -245,8 +291,16 @@ def rows() -> list[dict]:
     """The registry, then keras.applications' sets, as rows for `resnet-keras info --weights`."""
     result = []
     for w in REGISTRY.values():
-        view = f"resize {w.resize}, crop {w.eval_size}" if w.resize else f"crop {w.crop_pct:g} at {w.eval_size}"
+        if w.hub == OURS:
+            view = f"the whole {w.eval_size}x{w.eval_size} image"
+        elif w.resize:
+            view = f"resize {w.resize}, crop {w.eval_size}"
+        else:
+            view = f"crop {w.crop_pct:g} at {w.eval_size}"
         ours = f"resnet{w.depth}" + ("_v1.5" if w.depth and w.depth >= 50 else "")
+        note = w.unsupported or ("timm's a1_in1k weights, converted by keras-hub" if w.hub == "keras-hub" else "")
+        if w.hub == OURS:
+            note = f"installed with the package; accuracy on {w.evaluated_on}"
         result.append(
             {
                 "name": w.name,
@@ -256,8 +310,7 @@ def rows() -> list[dict]:
                 "eval": f"{view}, {w.interpolation}",
                 "default": w.default,
                 "supported": w.unsupported is None,
-                "note": w.unsupported
-                or ("timm's a1_in1k weights, converted by keras-hub" if w.hub == "keras-hub" else ""),
+                "note": note,
                 "file": w.file,
                 "url": w.url,
                 "source": w.source,

@@ -6,6 +6,8 @@ all go through here, so they accept the same names:
 
 - a weight set of the registry: `torchvision:resnet50.IMAGENET1K_V2`, `timm:resnet50.a1_in1k`,
   `keras-hub:resnet_50_imagenet`; a tag alone (`torchvision:IMAGENET1K_V2`) with a depth;
+- our own weights, installed with the package (`shipped`): `resnet-keras:resnet20.cifar10`, or
+  `cifar10` alone (unless a run directory or file of that name is there);
 - keras.applications' ImageNet weights: `resnet50` ... `resnet152v2`, or `imagenet` (the one of
   the depth and variant given);
 - a file or folder: a PyTorch `.pth`/`.pt`/`.bin`/`.ckpt` or `.safetensors` state dict of a
@@ -13,7 +15,8 @@ all go through here, so they accept the same names:
   our run directories or `.keras` files.
 
 Formats (one loader each): `state_dicts` (torchvision/timm), `keras_apps` (keras.applications),
-`keras_hub` (presets), `ours` (our runs and files). Files are found or fetched by `download`.
+`keras_hub` (presets), `ours` (our runs, files and installed weights). Files are found or fetched by
+`download`; our installed ones are found by `shipped`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from resnet_keras.config import specs
 from resnet_keras.config.schema import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 from resnet_keras.core.errors import UsageError
 from resnet_keras.core.files import check_output_file
-from resnet_keras.pretrained import download, keras_apps, keras_hub, ours, registry, state_dicts
+from resnet_keras.pretrained import download, keras_apps, keras_hub, ours, registry, shipped, state_dicts
 from resnet_keras.zoo.portable import save_model_atomic
 
 STATE_DICT, KERAS_APP, KERAS_HUB, OURS = "state-dict", "keras-app", "keras-hub", "ours"
@@ -39,7 +42,8 @@ STATE_DICT_SUFFIXES = state_dicts.PICKLE_SUFFIXES + (state_dicts.SAFETENSORS_SUF
 KERAS_WEIGHTS_SUFFIXES = (".h5", ".hdf5")
 ACCEPTED = (
     "expected a keras.applications ResNet (" + ", ".join(registry.KERAS_APPLICATIONS) + ") or 'imagenet', "
-    "a weight set (torchvision:..., timm:..., keras-hub:...; `resnet-keras info --weights`), a .pth/.safetensors "
+    "a weight set (torchvision:..., timm:..., keras-hub:..., resnet-keras:... or cifar10; "
+    "`resnet-keras info --weights`), a .pth/.safetensors "
     "state dict, a keras.applications weights .h5 file, a keras-hub preset folder, a .keras file or a run directory"
 )
 
@@ -61,12 +65,25 @@ class Source:
         return keras_apps.describe_app(self.app) if self.kind == KERAS_APP else self.label
 
 
+def shipped_name(text: str) -> str:
+    """`text` with a bare tag of our installed weights (`cifar10`) spelled in full (`resnet-keras:cifar10`),
+    unless a file or a run directory of that name is there (a folder of images named cifar10 is not one)."""
+    if registry.is_shipped_tag(text):
+        path = Path(text).expanduser()
+        if not (path.is_file() or (path / "config.json").is_file()):
+            return f"{registry.OURS}:{text}"
+    return text
+
+
 def kind_of(text: str) -> str:
     """The kind of a source string, from its spelling and the file system (nothing is read);
     UsageError for what is no source."""
     if not isinstance(text, str) or not text.strip():
         raise UsageError(f"Received: source={text!r}; {ACCEPTED}")
+    text = shipped_name(text)
     if registry.is_weight_name(text):
+        if text.startswith(f"{registry.OURS}:"):
+            return OURS
         return KERAS_HUB if text.startswith("keras-hub:") else STATE_DICT
     path = Path(text).expanduser()
     if registry.is_keras_app_name(text) and not path.exists():
@@ -86,6 +103,7 @@ def kind_of(text: str) -> str:
 
 def normalize(text: str) -> str:
     """Names stay as they are; paths become absolute (so a resume from another folder matches)."""
+    text = shipped_name(text)
     if registry.is_weight_name(text) or (registry.is_keras_app_name(text) and not os.path.exists(text)):
         return text
     return os.path.abspath(os.path.expanduser(text))
@@ -103,9 +121,13 @@ def resolve(
     `variant` picks `imagenet`'s keras.applications model (with `depth`); `app` says which
     keras.applications architecture a weights file must hold. A named file is found in its
     publisher's cache or downloaded (`download`), so a missing one fails here, before any model."""
-    kind = kind_of(text)
+    kind, text = kind_of(text), shipped_name(text)
     if kind == KERAS_APP:
         return _keras_app(text, depth=depth, variant=variant, app=app)
+    if kind == OURS and registry.is_weight_name(text):  # installed with the package
+        weight_set = registry.lookup(text, depth=depth)
+        config = shipped.model_config(weight_set)
+        return Source(OURS, weight_set.name, config, shipped.checked_weights_file(weight_set), weight_set)
     if kind == OURS:
         config, path = ours.weights_path(Path(text).expanduser(), text)
         return Source(OURS, text, config, path)

@@ -1,11 +1,14 @@
-"""Top-k predictions from an exported model (SavedModel, .tflite or .onnx) for image files, in batches.
+"""Top-k predictions for image files, in batches, from an exported model (SavedModel, .tflite or .onnx),
+a run directory, or weights installed with the package (`cifar10`, `resnet-keras:resnet20.cifar10`).
 
 A SavedModel runs its ``serving_bytes`` signature, so decoding, resizing and cropping happen in
 the exported graph, exactly as TF Serving would do them. A .tflite file takes pixels: the same
 evaluation view (``preprocessing.eval_view``) is applied here, with the preprocessing and labels
 read from the ``<file>.tflite.json`` sidecar written by the export (without it: indices as labels
 and a plain resize, with a note). An .onnx file takes pixels too, with its labels and preprocessing
-read from the file's own metadata (``onnx_export.OnnxPredictor``).
+read from the file's own metadata (``onnx_export.OnnxPredictor``). A run directory (its final model,
+else its best weights) and our installed weights run in Keras, on the evaluation view of their model
+config, with the class names of labels.txt or of the set's card.
 
 Each predictor's ``batch(list of image bytes)`` scores a batch in one graph call (``predict``'s
 ``batch_size``); a batch holding an undecodable image is retried image by image, so one bad file
@@ -111,6 +114,34 @@ class _TFLitePredictor:
         return decode_batch(self, datas, self.runner)
 
 
+class _KerasPredictor:
+    """Our own weights in Keras: a run directory or a weight set installed with the package."""
+
+    def __init__(self, text: str):
+        import tensorflow as tf
+
+        from resnet_keras.data.preprocessing import eval_view
+        from resnet_keras.pretrained import resolve, shipped
+        from resnet_keras.runs.rundir import RunDir
+
+        self.tf = tf
+        source = resolve.resolve(text, log=lambda line: None)
+        self.path = source.path
+        self.model, config = resolve.build(source, log=lambda line: None)
+        if source.weight_set is not None:
+            self.labels = list(shipped.labels(source.weight_set))
+        else:
+            self.labels = list(RunDir(text).class_names(config.num_classes))
+        if not config.include_top or len(self.labels) != config.num_classes:
+            raise UsageError(f"{text}: {len(self.labels)} class names for {config.num_classes} outputs")
+        self.view = eval_view(config.family, config.image_size, config.eval_view)
+
+    def batch(self, datas: list[bytes]):
+        from resnet_keras.serving.export import keras_probabilities
+
+        return decode_batch(self, datas, lambda pixels: keras_probabilities(self.model, pixels.astype("float32")))
+
+
 def read_image_file(path: str) -> bytes:
     """The bytes of an image file: a regular file (a FIFO or device would block or never end) of at
     most MAX_IMAGE_BYTES that starts like a JPEG/PNG/GIF/BMP; ValueError or OSError otherwise."""
@@ -126,10 +157,18 @@ def read_image_file(path: str) -> bytes:
 
 
 def load_predictor(model: str | os.PathLike):
-    """A callable image bytes -> probabilities [C] (float32) with ``.labels`` and ``.path``."""
+    """A predictor with ``.batch(list of image bytes) -> probabilities [n, C]``, ``.labels`` and ``.path``."""
+    from resnet_keras.pretrained import registry, resolve
+
     path = Path(model)
+    name = resolve.shipped_name(str(model))
+    if registry.is_weight_name(name) and name.startswith(f"{registry.OURS}:"):
+        return _KerasPredictor(name)
     if not path.exists():
-        raise UsageError(f"Model not found: {path}")
+        raise UsageError(
+            f"Model not found: {path}; expected a SavedModel folder, a .tflite or .onnx file, a run directory or "
+            f"weights installed with the package ({', '.join(registry.SHIPPED_TAGS)})"
+        )
     if path.is_file():
         if path.suffix == ".onnx":
             from resnet_keras.serving.onnx import OnnxPredictor
@@ -138,6 +177,8 @@ def load_predictor(model: str | os.PathLike):
         if path.suffix != ".tflite":
             raise UsageError(f"Received: model={str(path)!r}; expected a SavedModel folder, a .tflite or an .onnx file")
         return _TFLitePredictor(path)
+    if (path / "config.json").is_file() and not (path / "saved_model.pb").exists():
+        return _KerasPredictor(str(path))
     return _SavedModelPredictor(path)
 
 
