@@ -367,10 +367,17 @@ def test_tflite_every_format_agrees_with_keras(run_dir, trained, val_files, tmp_
             probabilities.append(y)
         probabilities = np.array(probabilities)
         agreement = (probabilities.argmax(-1) == expected.argmax(-1)).mean()
-        if quantize in ("none", "float16"):
-            assert agreement == 1.0, quantize
-            # All 200 val images: float16 weights may flip a near-tie of this barely trained net.
-            assert report["top1_agreement"] >= (1.0 if quantize == "none" else 0.99), quantize
+        if quantize == "none":
+            assert agreement == 1.0 and report["top1_agreement"] == 1.0
+        elif quantize == "float16":
+            # float16 weights: a near-tie of this barely trained net may flip (1 of 20 did on one CI
+            # machine, none here), a clear answer may not.
+            top2 = np.sort(expected, axis=-1)[:, -2:]
+            clear = top2[:, 1] - top2[:, 0] > 0.1
+            flipped = probabilities.argmax(-1) != expected.argmax(-1)
+            assert not (clear & flipped).any(), (quantize, top2[clear & flipped])
+            assert agreement >= 0.9 and report["top1_agreement"] >= 0.95, (agreement, report)
+            assert np.abs(probabilities - expected).max() <= 0.1
         else:
             assert agreement >= INT8_AGREEMENT_FLOOR and report["top1_agreement"] >= INT8_AGREEMENT_FLOOR, quantize
         if quantize == "none":
