@@ -3,8 +3,10 @@
     python scripts/ship_weights.py runs/paper-resnet20 --data-dir /tmp/c10/cifar10 --tag cifar10
 
 The weights are the run's final model (model.keras) when it has finished, else its latest checkpoint
-(`--checkpoint latest`, for a run still in progress: the card says at which epoch and step). The
-best-by-validation weights are never shipped: they were chosen on the images they would be scored on.
+(`--checkpoint latest`, for a run still in progress: the card says at which epoch and step).
+`--checkpoint best` ships the best-by-validation weights only when the final ones are gone: they were
+chosen on the images they are scored on, so the card marks the score as selected on them
+("selected_on_val") and gives the last epoch's validation accuracy beside it.
 The held-out split is the run's own (its data config, with `--data-dir` where the images are now).
 Prints the registry line's accuracies (resnet_keras/pretrained/registry.py) and writes
 resnet_keras/pretrained/weights/resnet<depth>-<tag>.{weights.h5,json}.
@@ -27,7 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--data-dir", required=True, help="where the run's image folder is now")
     parser.add_argument("--tag", required=True, help="the weight set's tag, e.g. cifar10")
-    parser.add_argument("--checkpoint", choices=("final", "latest"), default="final")
+    parser.add_argument("--checkpoint", choices=("final", "latest", "best"), default="final")
     parser.add_argument("--command", help="the command that trained the run (default: the registry's)")
     args = parser.parse_args(argv)
 
@@ -51,6 +53,19 @@ def main(argv=None) -> int:
         final = tf.keras.models.load_model(str(run.file(RunDir.FINAL_MODEL)), compile=False)
         model.set_weights(final.get_weights())
         where = {"weights": "the final model", "epochs_done": len(rows)}
+    elif args.checkpoint == "best":
+        best_file = run.file(RunDir.BEST_WEIGHTS)
+        if not best_file.is_file():
+            sys.exit(f"{args.run_dir} has no {RunDir.BEST_WEIGHTS}")
+        model.load_weights(str(best_file))
+        best = max(rows, key=lambda row: float(row["val_accuracy"]))
+        where = {
+            "weights": f"the best by validation accuracy (epoch {best['epoch']} of {len(rows)})",
+            "epoch": int(best["epoch"]),
+            "epochs_done": len(rows),
+            "selected_on_val": True,
+            "last_epoch_val_top1": round(100 * float(rows[-1]["val_accuracy"]), 2),
+        }
     else:
         path = run.latest_checkpoint()
         if path is None:

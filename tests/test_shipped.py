@@ -60,6 +60,10 @@ def test_the_card_agrees_with_the_registry_and_the_file():
     assert (WEIGHT_SET.top1, WEIGHT_SET.top5) == (card["val"]["top1"], card["val"]["top5"])
     assert card["val"]["images"] == 5000 and card["val"]["split"]["validation_fraction"] == 0.1
     assert card["trained"]["recipe"] == "paper" and card["trained"]["batch_size"] == 128
+    if card["trained"].get("selected_on_val"):  # chosen on the images it is scored on: the entry says so
+        last = card["trained"]["last_epoch_val_top1"]
+        assert last <= WEIGHT_SET.top1 and f"{last:.2f} %" in WEIGHT_SET.evaluated_on
+        assert f"epoch ({card['trained']['epoch']} of {card['trained']['epochs_done']})" in WEIGHT_SET.evaluated_on
     config = shipped.model_config(WEIGHT_SET)
     assert (config.depth, config.family, config.shortcut, config.num_classes) == (20, "cifar", "A", 10)
 

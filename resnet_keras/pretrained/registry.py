@@ -158,7 +158,8 @@ _KERAS_HUB_V2 = (
 )
 CIFAR10_VAL = (
     "CIFAR-10: the 5,000 training images `--validation-fraction 0.1` holds out (as JPEGs, ../shared/data), "
-    "never trained on"
+    "never trained on; the epoch (96 of 182) was chosen on them, so the score is optimistic: the last "
+    "epoch scored 86.62 %"
 )
 PAPER_RUN = (
     "resnet-keras train --preset resnet20 --recipe paper --dataset folder --data-dir cifar10 "
@@ -198,7 +199,7 @@ REGISTRY: dict[str, WeightSet] = {
         _keras_hub(101, "resnet_v2_101_imagenet", 82.042, 95.866, unsupported=_KERAS_HUB_V2, family="resnetv2"),
         # Ours, installed with the package: scripts/ship_weights.py measured these on the held-out images
         # `evaluated_on` names (tests/test_shipped.py scores them again); docs/benchmarks.md has the run.
-        _ours(20, "cifar10", 83.24, 99.12, CIFAR10_VAL, PAPER_RUN),
+        _ours(20, "cifar10", 87.38, 99.30, CIFAR10_VAL, PAPER_RUN),
     )
 }
 SHIPPED_TAGS = tuple(sorted({w.tag for w in REGISTRY.values() if w.hub == OURS}))
