@@ -74,46 +74,13 @@ def ours_worker(model: str, precision: str, warmup: int) -> None:
     _serve(runner.train, spec["batch"])
 
 
-def torch_resnet20(torch, num_classes: int = 10):
-    """He et al. 2015 sec. 4.2 ResNet-20: 3x3 conv 16, three stages of three basic blocks (16, 32, 64
-    channels), option A shortcuts (subsample, zero-pad channels), global average pool, linear."""
-    nn, F = torch.nn, torch.nn.functional
+def torch_resnet20(num_classes: int = 10):
+    """He et al. 2015 sec. 4.2 ResNet-20 (option A shortcuts), as the paper run's PyTorch control
+    trains it (scripts/torch_cifar_control.py, beside this script)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from torch_cifar_control import resnet_cifar
 
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.stride, self.extra = stride, cout - cin
-
-        def forward(self, x):
-            y = F.relu(self.bn1(self.conv1(x)))
-            y = self.bn2(self.conv2(y))
-            shortcut = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
-            if self.extra:
-                shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.extra))
-            return F.relu(y + shortcut)
-
-    class ResNet20(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(16)
-            blocks, cin = [], 16
-            for stage, cout in enumerate((16, 32, 64)):
-                for index in range(3):
-                    blocks.append(Block(cin, cout, 2 if stage and not index else 1))
-                    cin = cout
-            self.blocks = nn.Sequential(*blocks)
-            self.fc = nn.Linear(64, num_classes)
-
-        def forward(self, x):
-            x = self.blocks(F.relu(self.bn1(self.conv1(x))))
-            return self.fc(x.mean((2, 3)))
-
-    return ResNet20()
+    return resnet_cifar(20, num_classes)
 
 
 def torch_worker(model: str, channels_last: bool, warmup: int) -> None:
@@ -123,7 +90,7 @@ def torch_worker(model: str, channels_last: bool, warmup: int) -> None:
 
     spec = MODELS[model]
     torch.manual_seed(0)
-    net = torchvision.models.resnet50() if model == "resnet50_v1.5" else torch_resnet20(torch, spec["classes"])
+    net = torchvision.models.resnet50() if model == "resnet50_v1.5" else torch_resnet20(spec["classes"])
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     images = torch.rand(spec["batch"], 3, spec["size"], spec["size"]) * 255
